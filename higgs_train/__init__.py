@@ -1,0 +1,1 @@
+"""LoRA fine-tuning of Higgs Audio v2."""

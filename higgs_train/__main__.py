@@ -1,0 +1,3 @@
+from higgs_train.cli import main
+
+main()

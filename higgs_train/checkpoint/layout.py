@@ -1,0 +1,43 @@
+"""Names of everything a checkpoint holds, in one place."""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "checkpoint-"
+TMP_MARK = ".tmp-"  # checkpoint-N.tmp-XXXX: a save in progress, never read, removed at start-up
+FAILED_DIR = ".failed"  # partial saves moved aside, each with an error.txt
+LATEST = "latest"  # a one-line file naming the newest published checkpoint folder
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+OPTIMIZER = "optimizer.pt"
+SCHEDULER = "scheduler.pt"
+SCALER = "scaler.pt"
+TRAINER_STATE = "trainer_state.json"
+INTEGRITY = "integrity.json"  # the commit marker: sizes and sha256 of every other file, written last
+ERROR_NOTE = "error.txt"
+
+KIND_FULL = "full"
+KIND_FALLBACK = "fallback"  # adapter weights only: resumes with a fresh optimizer
+
+
+def rng_file(rank: int) -> str:
+    return f"rng_state_{rank}.pt"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step}"
+
+
+_NAME = re.compile(rf"^{re.escape(PREFIX)}(\d+)$")
+
+
+def parse_step(name: str) -> int | None:
+    """The step of a published checkpoint folder name, or None for anything else (tmp folders included)."""
+    match = _NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def is_tmp(name: str) -> bool:
+    return name.startswith(PREFIX) and TMP_MARK in name

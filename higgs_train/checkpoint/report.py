@@ -1,0 +1,44 @@
+"""The rows of `higgs-train checkpoints DIR`: every checkpoint folder, valid or not and why, and resume's pick."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+
+from higgs_train.checkpoint import layout
+from higgs_train.checkpoint.resume import list_checkpoints
+from higgs_train.checkpoint.verify import verify_checkpoint
+
+
+@dataclass
+class CheckpointRow:
+    name: str
+    step: int | None
+    kind: str | None
+    size_bytes: int
+    modified: str
+    valid: bool
+    reason: str
+    resume_pick: bool = False
+
+
+def checkpoint_rows(run_dir: str | Path) -> list[CheckpointRow]:
+    """Newest first; tmp folders of interrupted saves are listed as invalid; the first valid row is resume's pick."""
+    run_dir = Path(run_dir)
+    paths = list_checkpoints(run_dir)
+    paths += sorted(p for p in run_dir.iterdir() if p.is_dir() and layout.is_tmp(p.name)) if run_dir.is_dir() else []
+    rows = []
+    for path in paths:
+        result = verify_checkpoint(path)
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        mtime = datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M:%S")
+        reason = "ok" if result.ok else "; ".join(result.problems)
+        if layout.is_tmp(path.name):
+            reason = "unfinished save (removed at the next start)"
+        rows.append(CheckpointRow(path.name, result.step, result.kind, size, mtime, result.ok, reason))
+    for row in rows:
+        if row.valid:
+            row.resume_pick = True
+            break
+    return rows

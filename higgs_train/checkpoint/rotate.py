@@ -1,0 +1,29 @@
+"""Delete old checkpoints, only after a new one is published, never the newest valid one."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from higgs_train.checkpoint import layout
+from higgs_train.checkpoint.io import fsync_dir, remove_tree
+from higgs_train.checkpoint.resume import list_checkpoints
+
+
+def rotate(root: str | Path, keep: int, newest: Path, log: Callable[[str], None] = print) -> list[Path]:
+    """Keep the `keep` newest checkpoints in `root`; `newest` (just published and verified) is always kept.
+
+    A folder is first renamed to a tmp name and then removed, so a crash mid-delete never leaves a
+    half-deleted folder under a published name.
+    """
+    root = Path(root)
+    old = [p for p in list_checkpoints(root) if p.resolve() != newest.resolve()][max(keep - 1, 0) :]
+    for path in old:
+        doomed = root / f"{path.name}{layout.TMP_MARK}delete-{secrets.token_hex(2)}"
+        os.rename(path, doomed)
+        fsync_dir(root)
+        remove_tree(doomed)
+        log(f"deleted {path.name} (--save_total_limit {keep})")
+    return old

@@ -1,0 +1,135 @@
+"""Is a checkpoint folder complete and intact? One function, used before publishing, on resume and by `verify`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from higgs_train.checkpoint import layout
+from higgs_train.checkpoint.io import sha256_file
+
+
+@dataclass
+class VerifyResult:
+    path: Path
+    step: int | None = None
+    kind: str | None = None
+    created: str | None = None
+    total_bytes: int = 0
+    num_tensors: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"{self.path}: valid {self.kind} checkpoint at step {self.step} ({self.num_tensors} adapter tensors)"
+        return f"{self.path}: invalid: " + "; ".join(self.problems)
+
+
+def verify_checkpoint(path: str | Path, expected_adapter: dict[str, torch.Tensor] | None = None) -> VerifyResult:
+    """Check the integrity manifest (every file present, sizes and sha256 equal, nothing extra), the adapter
+    (more than 0 tensors, all finite, equal to `expected_adapter` when given), the optimizer state (loads) and
+    the trainer state (its step matches the folder name).
+    """
+    path = Path(path)
+    result = VerifyResult(path, step=layout.parse_step(path.name))
+    if not path.is_dir():
+        result.problems.append("not a folder")
+        return result
+    try:
+        integrity = json.loads((path / layout.INTEGRITY).read_text())
+        files: dict[str, dict] = integrity["files"]
+        result.kind = integrity["kind"]
+        result.created = integrity.get("created")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        result.problems.append(f"{layout.INTEGRITY} missing or unreadable ({type(e).__name__}): not a finished save")
+        return result
+    if not _files_intact(path, files, result):
+        return result
+    _check_adapter(path, expected_adapter, result)
+    _check_trainer_state(path, result)
+    if result.kind == layout.KIND_FULL:
+        _check_optimizer(path, result)
+    return result
+
+
+def _files_intact(path: Path, files: dict[str, dict], result: VerifyResult) -> bool:
+    required = [layout.ADAPTER_WEIGHTS, layout.ADAPTER_CONFIG, layout.TRAINER_STATE]
+    if result.kind == layout.KIND_FULL:
+        required += [layout.OPTIMIZER, layout.SCHEDULER]
+    for name in required:
+        if name not in files:
+            result.problems.append(f"{name} is not listed in {layout.INTEGRITY}")
+    present = {p.name for p in path.iterdir()}
+    for name in sorted(present - set(files) - {layout.INTEGRITY}):
+        result.problems.append(f"unexpected file {name} (not written by the save)")
+    for name, meta in files.items():
+        file = path / name
+        if name not in present:
+            result.problems.append(f"{name} is missing")
+            continue
+        size = file.stat().st_size
+        result.total_bytes += size
+        if size != meta["size"]:
+            result.problems.append(f"{name} has {size} bytes, expected {meta['size']} (truncated or overwritten)")
+        elif sha256_file(file) != meta["sha256"]:
+            result.problems.append(f"{name} sha256 mismatch (corrupted)")
+    return result.ok
+
+
+def _check_adapter(path: Path, expected: dict[str, torch.Tensor] | None, result: VerifyResult) -> None:
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path / layout.ADAPTER_WEIGHTS))
+    except Exception as e:  # safetensors raises its own error types for malformed headers
+        result.problems.append(f"{layout.ADAPTER_WEIGHTS} does not load ({e})")
+        return
+    result.num_tensors = len(tensors)
+    if not tensors:
+        result.problems.append(f"{layout.ADAPTER_WEIGHTS} holds 0 tensors: an empty adapter is never valid")
+        return
+    bad = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
+    if bad:
+        result.problems.append(f"{len(bad)} adapter tensors hold NaN or Inf, first {bad[0]}")
+    if expected is None:
+        return
+    if set(tensors) != set(expected):
+        missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        result.problems.append(f"adapter names differ from the trainable set: missing {missing[:3]}, extra {extra[:3]}")
+        return
+    for name, want in expected.items():
+        got = tensors[name]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            result.problems.append(
+                f"{name}: saved {tuple(got.shape)} {got.dtype}, trained {tuple(want.shape)} {want.dtype}"
+            )
+        elif not torch.equal(got, want):
+            result.problems.append(f"{name}: saved values differ from the trained ones")
+
+
+def _check_trainer_state(path: Path, result: VerifyResult) -> None:
+    try:
+        state = json.loads((path / layout.TRAINER_STATE).read_text())
+        step = state["progress"]["step"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        result.problems.append(f"{layout.TRAINER_STATE} unreadable ({type(e).__name__})")
+        return
+    if result.step is not None and step != result.step:
+        result.problems.append(f"{layout.TRAINER_STATE} says step {step} but the folder is step {result.step}")
+    result.step = step
+
+
+def _check_optimizer(path: Path, result: VerifyResult) -> None:
+    try:
+        state = torch.load(path / layout.OPTIMIZER, map_location="cpu", weights_only=True)
+        if not {"state", "param_groups"} <= set(state):
+            raise ValueError("no state/param_groups")
+    except Exception as e:  # torch.load raises many types for a corrupt pickle
+        result.problems.append(f"{layout.OPTIMIZER} does not load ({type(e).__name__}: {e})")

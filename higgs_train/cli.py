@@ -1,0 +1,137 @@
+"""Command line: flags to a TrainConfig, one call per command, typed errors to exit codes. Nothing else."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from higgs_train.config import TrainConfig, build_config
+from higgs_train.errors import HiggsTrainError
+
+app = typer.Typer(
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="LoRA fine-tuning of Higgs Audio v2. Run with training flags to train; rerun the same command to resume.",
+)
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(e: HiggsTrainError) -> typer.Exit:
+    err.print(f"error: {e}", style="red", highlight=False, markup=False)
+    return typer.Exit(e.exit_code)
+
+
+def _option(f) -> inspect.Parameter:
+    """A typer option for one TrainConfig field: --name and --dashed-name, default None (= not given)."""
+    names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+    kind = str(f.type).replace(" | None", "")
+    if kind == "bool":
+        names = [f"{n}/--no-{n[2:]}" for n in names]
+    annotation = {"int": int | None, "float": float | None, "bool": bool | None}.get(kind, str | None)
+    default = typer.Option(
+        None,
+        *names,
+        help=f.metadata["help"],
+        rich_help_panel=f.metadata["group"],
+        show_default=str(f.default) if f.default is not None else False,
+    )
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def train_command(ctx: typer.Context, config: str | None = None, **flags) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    if config is None and all(v is None for v in flags.values()):
+        out.print(ctx.get_help())
+        raise typer.Exit(0)
+    from higgs_train.train import train
+
+    try:
+        cfg = build_config(flags, config)
+        out.print("config:", cfg.to_json(), highlight=False)
+        result = train(cfg, log=lambda msg: err.print(msg, highlight=False, markup=False))
+    except HiggsTrainError as e:
+        raise _fail(e) from None
+    last = result.saves[-1].path if result.saves else None
+    losses = result.losses
+    if losses:
+        out.print(f"done: step {result.progress.step}, loss {losses[0]:.4f} -> {losses[-1]:.4f}", highlight=False)
+    out.print(f"adapter: {last}", highlight=False)
+
+
+train_command.__signature__ = inspect.Signature(
+    [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str | None,
+            default=typer.Option(None, "--config", help="YAML preset (see configs/); flags given here win."),
+        ),
+        *[_option(f) for f in fields(TrainConfig)],
+    ]
+)
+app.callback(invoke_without_command=True)(train_command)
+
+
+@app.command("init-tiny")
+def init_tiny(
+    directory: Path = typer.Argument(..., help="Folder to write the tiny random-weight model into."),
+    seed: int = typer.Option(0, help="Seed for the random weights."),
+) -> None:
+    """Write a tiny random-weight Higgs Audio v2 model folder (LM, tokenizers, processor) for offline runs."""
+    from higgs_train.tiny import build_tiny_model
+
+    build_tiny_model(directory, seed=seed)
+    out.print(f"tiny model written to {directory}; train with --model {directory}", highlight=False)
+
+
+@app.command("checkpoints")
+def checkpoints(run_dir: Path = typer.Argument(..., help="A run's --output_dir.")) -> None:
+    """List a run's checkpoints: step, size, time, valid or why not, and which one a resume would take."""
+    from higgs_train.checkpoint.report import checkpoint_rows
+
+    rows = checkpoint_rows(run_dir)
+    if not rows:
+        out.print(f"{run_dir}: no checkpoints", highlight=False)
+        return
+    table = Table("checkpoint", "step", "kind", "size", "modified", "status", "resume")
+    for r in rows:
+        status = "[green]valid[/]" if r.valid else f"[red]invalid[/]: {r.reason}"
+        size = f"{r.size_bytes / 1e6:.1f} MB"
+        table.add_row(
+            r.name,
+            str(r.step or "-"),
+            r.kind or "-",
+            size,
+            r.modified,
+            status,
+            "<- resume" if r.resume_pick else "",
+        )
+    out.print(table)
+
+
+@app.command("verify")
+def verify(checkpoint: Path = typer.Argument(..., help="A checkpoint folder.")) -> None:
+    """Exit 0 when the checkpoint is complete and intact, otherwise print why and exit 1."""
+    from higgs_train.checkpoint.verify import verify_checkpoint
+
+    result = verify_checkpoint(checkpoint)
+    (out if result.ok else err).print(result.summary(), highlight=False, markup=False)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def main() -> None:
+    app(prog_name="higgs-train")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The run's configuration: one frozen dataclass, built once from defaults < YAML preset < command-line flags.
+
+Each field's `help` metadata is also its `--help` text; `cli.py` builds the options from these fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from higgs_train.errors import ConfigError
+
+BASE_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
+DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+MIXED_PRECISION = ("no", "bf16", "fp16")
+RESUME_MODES = ("auto", "never")
+ON_SAVE_ERROR = ("stop", "continue")
+
+DATA, MODEL, LORA, OPTIM, RUN, CKPT = "Data", "Model", "LoRA", "Optimisation", "Run", "Checkpoints"
+
+
+def _f(default: Any, help: str, group: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, "group": group, **extra})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    train_manifest: str | None = _f(None, "JSONL or JSON-array manifest of training clips.", DATA)
+    output_dir: str | None = _f(None, "Run folder: checkpoints, metrics.jsonl, code cache.", DATA)
+    model: str = _f(BASE_MODEL, "Base model: hub id or local folder (see `higgs-train init-tiny`).", MODEL)
+    audio_tokenizer: str | None = _f(
+        None,
+        "Audio tokenizer folder or hub id (default: MODEL/audio_tokenizer if present, else the processor's).",
+        MODEL,
+    )
+    mixed_precision: str = _f("no", "Mixed precision: no, bf16 or fp16.", MODEL)
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.", MODEL)
+    lora_r: int = _f(16, "LoRA rank.", LORA)
+    lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).", LORA)
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA input.", LORA)
+    lora_targets: str = _f(
+        DEFAULT_LORA_TARGETS,
+        "Comma-separated module names (q_proj..down_proj cover both FFNs), 'all-linear', or a regex.",
+        LORA,
+    )
+    lr: float = _f(1e-4, "Peak learning rate (AdamW).", OPTIM)
+    warmup_steps: int = _f(0, "Linear warm-up steps before cosine decay.", OPTIM)
+    weight_decay: float = _f(0.0, "AdamW weight decay.", OPTIM)
+    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this (0 disables clipping).", OPTIM)
+    batch_size: int = _f(1, "Samples per micro-batch per process.", OPTIM)
+    grad_accum: int = _f(1, "Micro-batches per optimizer step.", OPTIM)
+    max_steps: int | None = _f(None, "Optimizer steps to train (overrides --num_epochs).", RUN)
+    num_epochs: float = _f(1.0, "Epochs to train when --max_steps is not given.", RUN)
+    seed: int = _f(42, "Seed for weights init, data order and dropout.", RUN)
+    log_steps: int = _f(1, "Write metrics.jsonl every N optimizer steps.", RUN)
+    save_steps: int = _f(500, "Save a checkpoint every N optimizer steps (and at the last step).", CKPT)
+    save_total_limit: int | None = _f(None, "Keep at most N checkpoints (oldest deleted after a good save).", CKPT)
+    resume: str = _f("auto", "auto (newest valid checkpoint in --output_dir), never, or a checkpoint path.", CKPT)
+    on_save_error: str = _f("stop", "stop, or continue training after a failed save.", CKPT)
+    max_save_failures: int = _f(3, "With --on_save_error continue: stop after N failed saves in a row.", CKPT)
+    fallback_dir: str | None = _f(None, "Where the adapter-only fallback goes when a save fails.", CKPT)
+    min_free_disk_gb: float = _f(1.0, "Free disk to keep beyond a checkpoint's estimated size.", CKPT)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML preset: a mapping of TrainConfig field names (dashes allowed) to values."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot read the file ({e.strerror}); pass an existing YAML file") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: the file must be a mapping of option names to values")
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS:
+            raise ConfigError(f"--config {path}: unknown option {key!r}; see `higgs-train --help` for the names")
+        out[name] = value
+    return out
+
+
+def build_config(flags: dict[str, Any], yaml_path: str | None = None) -> TrainConfig:
+    """Merge defaults < YAML preset < flags given on the command line (None = not given), then validate.
+
+    Raises:
+        ConfigError: naming every bad value at once.
+    """
+    values = load_yaml(yaml_path) if yaml_path else {}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    problems = []
+    for name, value in list(values.items()):
+        try:
+            values[name] = _coerce(name, value)
+        except (TypeError, ValueError):
+            problems.append(f"--{name} {value!r} is not a valid {_type_name(name)}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def _type_name(name: str) -> str:
+    return str(FIELDS[name].type).replace(" | None", "")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _type_name(name)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ValueError(value)
+    if kind == "int":
+        if isinstance(value, bool) or float(value) != int(float(value)):
+            raise ValueError(value)
+        return int(float(value))
+    if kind == "float":
+        return float(value)
+    return str(value)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check every value and combination; report all problems in one ConfigError."""
+    problems = []
+    if not cfg.train_manifest:
+        problems.append("--train_manifest is required: the JSONL manifest of clips to train on")
+    if not cfg.output_dir:
+        problems.append("--output_dir is required: the folder for checkpoints and logs")
+    positive = (
+        "lora_r",
+        "lora_alpha",
+        "batch_size",
+        "grad_accum",
+        "save_steps",
+        "log_steps",
+        "max_save_failures",
+    )
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            problems.append(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        problems.append(f"--max_steps must be at least 1, got {cfg.max_steps}")
+    if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
+        problems.append(f"--save_total_limit must be at least 1, got {cfg.save_total_limit}")
+    if cfg.num_epochs <= 0:
+        problems.append(f"--num_epochs must be above 0, got {cfg.num_epochs}")
+    if cfg.lr <= 0:
+        problems.append(f"--lr must be above 0, got {cfg.lr}")
+    for name in ("warmup_steps", "weight_decay", "max_grad_norm", "min_free_disk_gb"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"--{name} must not be negative, got {getattr(cfg, name)}")
+    if not 0 <= cfg.lora_dropout < 1:
+        problems.append(f"--lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
+    for name, allowed in (("mixed_precision", MIXED_PRECISION), ("on_save_error", ON_SAVE_ERROR)):
+        if getattr(cfg, name) not in allowed:
+            problems.append(f"--{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+    if not cfg.lora_targets.strip():
+        problems.append("--lora_targets is empty; name modules such as q_proj,v_proj or use all-linear")
+    if problems:
+        raise ConfigError("; ".join(problems))

@@ -1,0 +1,154 @@
+"""Samples + codes -> model inputs and training-ready labels.
+
+The processor's own labels are not fit for training (see docs): it never labels end-of-audio, labels every
+audio segment including a voice-cloning reference, and labels the prompt text. Here:
+- only the target clip (the last assistant audio) is labelled; context audio and all text are not;
+- the labels are the delay-patterned stream [codes..., EOS]: each codebook's real end-of-audio code is
+  labelled, the stream-bos and the delay pattern's EOS padding (which generation forces anyway) are not;
+- labels are per position (B, L, K), so the loss needs no alignment with the frame tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from higgs_train.data.manifest import Sample
+from higgs_train.errors import ManifestError
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """The ids that lay audio out in the token sequence, read from the processor and model config."""
+
+    tokenizer: object
+    chat_template: str
+    audio_token: str
+    audio_token_id: int
+    delay_token_id: int
+    pad_token_id: int
+    stream_bos: int
+    stream_eos: int
+    num_codebooks: int
+
+    @classmethod
+    def from_processor(cls, processor, num_codebooks: int) -> TokenLayout:
+        return cls(
+            tokenizer=processor.tokenizer,
+            chat_template=processor.chat_template,
+            audio_token=processor.audio_token,
+            audio_token_id=processor.audio_token_id,
+            delay_token_id=processor.audio_delay_token_id,
+            pad_token_id=processor.tokenizer.pad_token_id,
+            stream_bos=processor.audio_stream_bos_id,
+            stream_eos=processor.audio_stream_eos_id,
+            num_codebooks=num_codebooks,
+        )
+
+
+@dataclass
+class Example:
+    """One tokenized sample: input ids (L,), audio frames (F, K) for every audio placeholder, labels (L, K)."""
+
+    input_ids: np.ndarray
+    audio_frames: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def num_label_codes(self) -> int:
+        return int((self.labels != IGNORE).sum())
+
+
+def delay_pattern(codes: np.ndarray, bos: int, eos: int) -> np.ndarray:
+    """(K, T) codes -> (T + K + 1, K) frames: [bos, codes, eos] with codebook k delayed by k frames."""
+    k_count, t = codes.shape
+    frames = np.full((k_count, t + k_count + 1), eos, dtype=np.int64)
+    for k in range(k_count):
+        frames[k, :k] = bos
+        frames[k, k] = bos
+        frames[k, k + 1 : k + 1 + t] = codes[k]
+    return frames.T.copy()
+
+
+def target_labels(codes: np.ndarray) -> np.ndarray:
+    """Labels for a target clip's frames: its codes and each codebook's first EOS; everything else ignored."""
+    k_count, t = codes.shape
+    labels = np.full((k_count, t + k_count + 1), IGNORE, dtype=np.int64)
+    for k in range(k_count):
+        labels[k, k + 1 : k + 1 + t] = codes[k]
+    return labels.T.copy()
+
+
+def conversation(sample: Sample) -> list[dict]:
+    """The sample as chat-template messages; audio items carry their path."""
+    messages = []
+    for turn in sample.turns:
+        item = {"type": "audio", "path": turn.audio} if turn.audio else {"type": "text", "text": turn.text}
+        if messages and messages[-1]["role"] == turn.role:
+            messages[-1]["content"].append(item)
+        else:
+            messages.append({"role": turn.role, "content": [item]})
+    return messages
+
+
+def build_example(sample: Sample, codes: dict[str, np.ndarray], layout: TokenLayout) -> Example:
+    """Tokenize one sample: render the chat template, expand each audio placeholder to its frames, label the target."""
+    text = layout.tokenizer.apply_chat_template(
+        conversation(sample), chat_template=layout.chat_template, tokenize=False
+    )
+    pieces = text.split(layout.audio_token)
+    clips = [codes[p] for p in sample.audio_paths]
+    if len(pieces) != len(clips) + 1:
+        raise ManifestError(
+            f"{sample.source}: the text contains the reserved token {layout.audio_token}; remove it from the row"
+        )
+    ids: list[int] = []
+    frames, label_rows = [], []
+    for i, piece in enumerate(pieces):
+        ids.extend(layout.tokenizer(piece, add_special_tokens=False)["input_ids"])
+        if i == len(clips):
+            break
+        clip = clips[i]
+        clip_frames = delay_pattern(clip, layout.stream_bos, layout.stream_eos)
+        n = len(clip_frames)
+        is_target = i == len(clips) - 1
+        label_rows.append((len(ids), target_labels(clip) if is_target else None, n))
+        ids.extend([layout.audio_token_id] * (n - (layout.num_codebooks - 1)))
+        ids.extend([layout.delay_token_id] * (layout.num_codebooks - 1))
+        frames.append(clip_frames)
+    labels = np.full((len(ids), layout.num_codebooks), IGNORE, dtype=np.int64)
+    for start, clip_labels, n in label_rows:
+        if clip_labels is not None:
+            labels[start : start + n] = clip_labels
+    return Example(np.asarray(ids, dtype=np.int64), np.concatenate(frames), labels)
+
+
+def collate(examples: list[Example], layout: TokenLayout) -> dict[str, torch.Tensor]:
+    """Right-pad a list of examples into a batch for `HiggsAudioV2ForConditionalGeneration.forward`."""
+    b = len(examples)
+    seq = max(len(e.input_ids) for e in examples)
+    n_frames = max(len(e.audio_frames) for e in examples)
+    k = layout.num_codebooks
+    input_ids = torch.full((b, seq), layout.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((b, seq), dtype=torch.long)
+    audio_input_ids = torch.full((b, n_frames, k), layout.stream_eos, dtype=torch.long)
+    audio_mask = torch.zeros((b, n_frames), dtype=torch.bool)
+    labels = torch.full((b, seq, k), IGNORE, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n, f = len(e.input_ids), len(e.audio_frames)
+        input_ids[i, :n] = torch.from_numpy(e.input_ids)
+        attention_mask[i, :n] = 1
+        audio_input_ids[i, :f] = torch.from_numpy(e.audio_frames)
+        audio_mask[i, :f] = True
+        labels[i, :n] = torch.from_numpy(e.labels)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "audio_input_ids": audio_input_ids,
+        "audio_input_ids_mask": audio_mask,
+        "labels": labels,
+    }

@@ -1,0 +1,187 @@
+"""Manifest parsing and validation: every row becomes one `Sample`, a conversation whose last audio is the target.
+
+Rows are parsed line by line (not by `datasets.load_dataset("json")`, whose schema inference fails on a manifest
+that mixes row forms and whose errors carry no line numbers), so every error names the file, line and field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from higgs_train.errors import ManifestError
+
+DEFAULT_SYSTEM_PROMPT = "Generate audio following instruction."
+ROLES = ("system", "scene", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a conversation: text, or one audio clip (absolute path)."""
+
+    role: str
+    text: str | None = None
+    audio: str | None = None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training row. `turns` is the conversation; the last audio turn is the target, earlier audio is context."""
+
+    source: str  # "manifest.jsonl:17", for error messages and reports
+    turns: tuple[Turn, ...]
+    speaker: str | None = None
+
+    @property
+    def audio_paths(self) -> list[str]:
+        return [t.audio for t in self.turns if t.audio is not None]
+
+    @property
+    def target_audio(self) -> str:
+        return self.audio_paths[-1]
+
+
+def load_manifest(path: str | Path) -> list[Sample]:
+    """Read a JSONL manifest or a JSON array of rows.
+
+    Args:
+        path: the manifest file; relative audio paths in it resolve against its folder.
+
+    Returns:
+        One `Sample` per row, in file order.
+
+    Raises:
+        ManifestError: the file is missing or empty, or a row is malformed (the message names file, line, field).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found; pass an existing .jsonl or .json file to --train_manifest")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: cannot read the manifest ({e}); it must be UTF-8 text") from e
+    rows = list(_json_array_rows(path, text) if text.lstrip().startswith("[") else _jsonl_rows(path, text))
+    if not rows:
+        raise ManifestError(f"{path}: the manifest has no rows; add one JSON object per line")
+    return [parse_row(row, f"{path}:{line}", path.parent) for line, row in rows]
+
+
+def _jsonl_rows(path: Path, text: str):
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(
+                f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object"
+            ) from e
+
+
+def _json_array_rows(path: Path, text: str):
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
+    if not isinstance(rows, list):
+        raise ManifestError(f"{path}: a .json manifest must be an array of row objects")
+    # Report the array index as the "line": rows of a pretty-printed array span many lines.
+    return [(f"row {i}", row) for i, row in enumerate(rows)]
+
+
+def parse_row(row: object, where: str, base_dir: Path) -> Sample:
+    """Turn one manifest row (any of the three forms) into a `Sample`.
+
+    Args:
+        row: the decoded JSON value.
+        where: "file:line" for error messages.
+        base_dir: the folder that relative audio paths resolve against.
+
+    Raises:
+        ManifestError: the row is not an object, or a field is missing, empty or of the wrong type.
+    """
+    if not isinstance(row, dict):
+        raise ManifestError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    if "messages" in row:
+        return _chatml_sample(row, where, base_dir)
+    speaker = _optional_str(row, "speaker", where)
+    turns = [Turn("system", text=_optional_str(row, "system", where) or DEFAULT_SYSTEM_PROMPT)]
+    if scene := _optional_str(row, "scene", where):
+        turns.append(Turn("scene", text=scene))
+    if "ref_audio_filepath" in row or "ref_text" in row:
+        turns.append(Turn("user", text=_required_text(row, "ref_text", where)))
+        turns.append(Turn("assistant", audio=_audio_path(row, ("ref_audio_filepath",), where, base_dir)))
+    turns.append(Turn("user", text=_required_text(row, "text", where)))
+    turns.append(Turn("assistant", audio=_audio_path(row, ("audio_filepath", "audio"), where, base_dir)))
+    return Sample(where, tuple(turns), speaker)
+
+
+def _chatml_sample(row: dict, where: str, base_dir: Path) -> Sample:
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise ManifestError(f'{where}: field "messages" must be a non-empty list of {{"role", "content"}} objects')
+    turns: list[Turn] = []
+    for i, msg in enumerate(messages):
+        field = f"messages[{i}]"
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+            raise ManifestError(f'{where}: field "{field}.role" must be one of {", ".join(ROLES)}')
+        turns.extend(_content_turns(msg["role"], msg.get("content"), f"{field}.content", where, base_dir))
+    audio_roles = [t.role for t in turns if t.audio is not None]
+    if not audio_roles or audio_roles[-1] != "assistant":
+        raise ManifestError(
+            f'{where}: field "messages" has no assistant audio; the last assistant audio is the training target'
+        )
+    if "user" in audio_roles:
+        raise ManifestError(f"{where}: audio in a user turn is not supported; put context audio in assistant turns")
+    if not any(t.role == "system" for t in turns):
+        turns.insert(0, Turn("system", text=DEFAULT_SYSTEM_PROMPT))
+    return Sample(where, tuple(turns), _optional_str(row, "speaker", where))
+
+
+def _content_turns(role: str, content: object, field: str, where: str, base_dir: Path) -> list[Turn]:
+    if isinstance(content, str):
+        if not content.strip():
+            raise ManifestError(f'{where}: field "{field}" is empty; give the text of the turn')
+        return [Turn(role, text=content)]
+    if not isinstance(content, list) or not content:
+        raise ManifestError(f'{where}: field "{field}" must be a string or a list of text/audio items')
+    turns = []
+    for j, item in enumerate(content):
+        item_field = f"{field}[{j}]"
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "text":
+            turns.append(Turn(role, text=_required_text(item, "text", where, prefix=f"{item_field}.")))
+        elif kind == "audio":
+            keys = ("audio_url", "url", "path", "audio")
+            turns.append(Turn(role, audio=_audio_path(item, keys, where, base_dir, prefix=f"{item_field}.")))
+        else:
+            raise ManifestError(f'{where}: field "{item_field}.type" must be "text" or "audio"')
+    return turns
+
+
+def _optional_str(row: dict, key: str, where: str) -> str | None:
+    value = row.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ManifestError(f'{where}: field "{key}" must be a string, got {type(value).__name__}')
+    return value
+
+
+def _required_text(row: dict, key: str, where: str, prefix: str = "") -> str:
+    if key not in row:
+        raise ManifestError(f'{where}: missing "{prefix}{key}"; every row needs a "{key}" field with the transcript')
+    value = row[key]
+    if not isinstance(value, str) or not value.strip():
+        raise ManifestError(f'{where}: field "{prefix}{key}" is empty; give the transcript of the clip')
+    return value.strip()
+
+
+def _audio_path(row: dict, keys: tuple[str, ...], where: str, base_dir: Path, prefix: str = "") -> str:
+    key = next((k for k in keys if k in row), None)
+    if key is None:
+        raise ManifestError(f'{where}: missing "{prefix}{keys[0]}"; give the path of the audio file')
+    value = row[key]
+    if not isinstance(value, str) or not value.strip():
+        raise ManifestError(f'{where}: field "{prefix}{key}" must be a non-empty path to an audio file')
+    path = Path(value)
+    return str(path if path.is_absolute() else (base_dir / path).resolve())

@@ -1,0 +1,128 @@
+"""Load the base model, processor and audio tokenizer (hub id or local folder, same code), and apply LoRA."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from higgs_train.config import TrainConfig
+from higgs_train.errors import ConfigError, ModelError
+from higgs_train.tiny import AUDIO_TOKENIZER_SUBDIR
+
+DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Base:
+    model: torch.nn.Module
+    processor: object
+    audio_tokenizer: torch.nn.Module
+
+
+def _offline_if_local(path: str) -> None:
+    # A local folder must never fall through to the hub: a missing file should fail at once, not after retries.
+    if Path(path).is_dir():
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def load_audio_tokenizer(model: str, audio_tokenizer: str | None = None):
+    """The audio tokenizer: the given folder / hub id, else MODEL/audio_tokenizer, else None (processor's own)."""
+    from transformers import HiggsAudioV2TokenizerModel
+
+    source = audio_tokenizer or (
+        str(Path(model) / AUDIO_TOKENIZER_SUBDIR) if (Path(model) / AUDIO_TOKENIZER_SUBDIR).is_dir() else None
+    )
+    if source is None:
+        return None
+    _offline_if_local(source)
+    try:
+        return HiggsAudioV2TokenizerModel.from_pretrained(source).eval()
+    except (OSError, ValueError) as e:
+        raise ModelError(f"--audio_tokenizer {source}: cannot load the audio tokenizer ({e})") from e
+
+
+def load_processor(model: str, audio_tokenizer: str | None = None):
+    """`HiggsAudioV2Processor.from_pretrained`, with the audio tokenizer loaded explicitly when one is local."""
+    from transformers import AutoProcessor
+
+    _offline_if_local(model)
+    tok = load_audio_tokenizer(model, audio_tokenizer)
+    kwargs = {"audio_tokenizer": tok} if tok is not None else {}
+    try:
+        processor = AutoProcessor.from_pretrained(model, **kwargs)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelError(f"--model {model}: cannot load the processor ({e})") from e
+    if processor.chat_template is None:
+        from higgs_train.tiny import chat_template
+
+        processor.chat_template = chat_template()
+    return processor
+
+
+def load_base(model: str, mixed_precision: str = "no", audio_tokenizer: str | None = None) -> Base:
+    """Load model + processor through `from_pretrained`, for a hub id or a local folder alike.
+
+    Weights stay in float32 for "no"; with bf16/fp16 the frozen base is loaded in that dtype (LoRA weights are
+    kept in float32 by PEFT's autocast handling) to halve its memory.
+    """
+    from transformers import HiggsAudioV2ForConditionalGeneration
+
+    _offline_if_local(model)
+    try:
+        lm = HiggsAudioV2ForConditionalGeneration.from_pretrained(model, dtype=DTYPES[mixed_precision])
+    except (OSError, ValueError) as e:
+        raise ModelError(f"--model {model}: cannot load the model ({e}); pass a hub id or a model folder") from e
+    processor = load_processor(model, audio_tokenizer)
+    n_q = processor.audio_tokenizer.config.num_quantizers
+    if n_q != lm.config.num_codebooks:
+        raise ModelError(
+            f"--model {model}: the audio tokenizer makes {n_q} codebooks but the model expects "
+            f"{lm.config.num_codebooks}; use the audio tokenizer released with this model"
+        )
+    return Base(lm, processor, processor.audio_tokenizer)
+
+
+def lora_target_modules(spec: str) -> str | list[str]:
+    """'all-linear', a regex (anything with regex characters), or a comma-separated list of module names."""
+    spec = spec.strip()
+    if spec == "all-linear" or any(c in spec for c in "*()|\\[]^$"):
+        return spec
+    return [name.strip() for name in spec.split(",") if name.strip()]
+
+
+def lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=lora_target_modules(cfg.lora_targets),
+        bias="none",
+    )
+
+
+def apply_lora(model: torch.nn.Module, cfg: TrainConfig):
+    """Wrap the model with PEFT LoRA; the base is frozen, only adapter weights train (in float32)."""
+    from peft import get_peft_model
+
+    try:
+        peft_model = get_peft_model(model, lora_config(cfg))
+    except ValueError as e:
+        raise ConfigError(f"--lora_targets {cfg.lora_targets!r}: {e}") from e
+    for p in peft_model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    if cfg.gradient_checkpointing:
+        peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return peft_model
+
+
+def trainable_summary(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,161 @@
+"""A complete random-weight Higgs Audio v2 folder, small enough to train on a CPU in well under a second a step.
+
+The folder has the same files as the released model (LM config and weights, text tokenizer, processor, chat
+template) plus `audio_tokenizer/`, so `--model DIR` goes through exactly the `from_pretrained` code that loads the
+released checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+# Text-side special tokens of Higgs Audio v2 (Llama-3 headers plus the audio markers).
+SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|audio_bos|>",
+    "<|audio_eos|>",
+    "<|audio_out_bos|>",
+    "<|AUDIO|>",
+    "<|AUDIO_OUT|>",
+    "<|reserved_special_token_6|>",  # the audio delay token
+    "<|scene_desc_start|>",
+    "<|scene_desc_end|>",
+]
+AUDIO_TOKENIZER_SUBDIR = "audio_tokenizer"
+TINY_CODEBOOK_SIZE = 64  # codec codes per codebook; the LM adds stream-bos and stream-eos on top
+TINY_NUM_CODEBOOKS = 8
+_BPE_CORPUS = [
+    "Generate audio following instruction.",
+    "The quick brown fox jumps over the lazy dog while the birds sing in the morning.",
+    "She sells sea shells by the sea shore; a speaker reads the text aloud in a quiet room.",
+    "0123456789 , . ! ? ' \" - ( ) : ;",
+]
+
+
+def chat_template() -> str:
+    """The Higgs Audio v2 chat template that higgs-train ships (the transformers package does not carry one)."""
+    return resources.files("higgs_train").joinpath("templates/chat_template.jinja").read_text()
+
+
+def _text_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=384, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(_BPE_CORPUS * 4, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|end_of_text|>",
+    )
+
+
+def _audio_tokenizer():
+    from transformers import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel
+
+    config = HiggsAudioV2TokenizerConfig(
+        # 8 quantizers at 25 frames/s: 2 kbps / (25 * log2(64) bits) = 13 -> the last bandwidth picks 8 (1.2 kbps)
+        target_bandwidths=[0.6, 1.2],
+        codebook_size=TINY_CODEBOOK_SIZE,
+        codebook_dim=8,
+        acoustic_model_config={
+            "encoder_hidden_size": 4,
+            "downsampling_ratios": [8, 5, 4, 6],  # product 960 at 24 kHz = 25 frames/s, as released
+            "upsampling_ratios": [8, 5, 4, 6],
+            "decoder_hidden_size": 16,
+            "hidden_size": 16,
+        },
+        semantic_model_config={
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "conv_dim": [8] * 7,
+            "num_conv_pos_embeddings": 16,
+            "num_conv_pos_embedding_groups": 2,
+        },
+    )
+    model = HiggsAudioV2TokenizerModel(config).eval()
+    # The class initialises every codebook to zeros, which maps all audio to code 0; spread them out so that
+    # different sounds get different codes.
+    for layer in model.quantizer.quantizers:
+        layer.codebook.embed.normal_(0.0, 0.05)
+        layer.codebook.embed_avg.copy_(layer.codebook.embed)
+    return model
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a random-weight Higgs Audio v2 model folder (LM, tokenizers, processor, chat template).
+
+    Args:
+        out_dir: the folder to write; created if missing.
+        seed: seeds the random weights, so the same seed gives the same model.
+
+    Returns:
+        The folder, loadable with `higgs_train.model.load_base` / `--model`.
+    """
+    from transformers import (
+        DacFeatureExtractor,
+        HiggsAudioV2Config,
+        HiggsAudioV2ForConditionalGeneration,
+        HiggsAudioV2Processor,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = _text_tokenizer()
+    audio_tokenizer = _audio_tokenizer()
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
+    config = HiggsAudioV2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        num_codebooks=TINY_NUM_CODEBOOKS,
+        codebook_size=TINY_CODEBOOK_SIZE + 2,
+        audio_stream_bos_id=TINY_CODEBOOK_SIZE,
+        audio_stream_eos_id=TINY_CODEBOOK_SIZE + 1,
+        audio_token_id=ids["<|AUDIO_OUT|>"],
+        audio_bos_token_id=ids["<|audio_out_bos|>"],
+        audio_delay_token_id=ids["<|reserved_special_token_6|>"],
+        pad_token_id=ids["<|end_of_text|>"],
+        bos_token_id=ids["<|begin_of_text|>"],
+        eos_token_id=ids["<|eot_id|>"],
+    )
+    HiggsAudioV2ForConditionalGeneration(config).save_pretrained(out)
+    audio_tokenizer.save_pretrained(out / AUDIO_TOKENIZER_SUBDIR)
+    processor = HiggsAudioV2Processor(
+        DacFeatureExtractor(sampling_rate=audio_tokenizer.config.sample_rate, hop_length=960),
+        tokenizer,
+        audio_tokenizer,
+        chat_template=chat_template(),
+        audio_stream_bos_id=config.audio_stream_bos_id,
+        audio_stream_eos_id=config.audio_stream_eos_id,
+    )
+    processor.save_pretrained(out)
+    # An in-memory audio tokenizer is recorded with an empty path, which from_pretrained cannot load; the
+    # audio tokenizer lives in AUDIO_TOKENIZER_SUBDIR instead and higgs_train.model loads it from there.
+    proc_cfg_path = out / "processor_config.json"
+    proc_cfg = json.loads(proc_cfg_path.read_text())
+    proc_cfg.pop("audio_tokenizer", None)
+    proc_cfg_path.write_text(json.dumps(proc_cfg, indent=2) + "\n")
+    return out

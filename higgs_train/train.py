@@ -1,0 +1,360 @@
+"""The training loop: accelerate (mixed precision, accumulation, clipping), AdamW with warm-up and cosine decay,
+and the checkpoint hook at every `--save_steps` optimizer steps, at the last step and on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from higgs_train.checkpoint.memory import memory_report, relieve_if_low
+from higgs_train.checkpoint.preflight import check_output_dir
+from higgs_train.checkpoint.resume import check_compatible, clean_stale, find_resume_point, load_checkpoint
+from higgs_train.checkpoint.rotate import rotate
+from higgs_train.checkpoint.save import SaveResult, save_checkpoint
+from higgs_train.checkpoint.state import Snapshot, TrainingProgress, capture_rng, restore_rng
+from higgs_train.config import TrainConfig
+from higgs_train.data.batches import BatchPlan
+from higgs_train.data.codes import encode_clips
+from higgs_train.data.collate import IGNORE, TokenLayout, build_example, collate
+from higgs_train.data.manifest import load_manifest
+from higgs_train.errors import CheckpointError, ConfigError, Interrupted
+from higgs_train.model import apply_lora, load_base, trainable_summary
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class RunResult:
+    progress: TrainingProgress
+    losses: list[float] = field(default_factory=list)
+    saves: list[SaveResult] = field(default_factory=list)
+    resumed_from: Path | None = None
+
+
+class StopSignal:
+    """First SIGTERM/SIGINT: finish the step, save, stop. Second: exit at once (published checkpoints are safe)."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.requested = False
+        self.log = log
+        self._previous = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            os._exit(128 + signum)
+        self.requested = True
+        self.log(f"{signal.Signals(signum).name}: finishing this step, saving, then stopping (again to quit now)")
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+
+    cpu = not torch.cuda.is_available()
+    if cpu and cfg.mixed_precision == "fp16":
+        raise ConfigError("--mixed_precision fp16 needs a GPU; use bf16 or no on the CPU")
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:
+        raise ConfigError(
+            f"the launcher started {launched} processes but only {accelerator.num_processes} joined the run; "
+            "use `accelerate launch --multi_gpu --num_processes N` (see configs/accelerate/)"
+        )
+    return accelerator
+
+
+def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def audio_loss_sum(model, batch: dict[str, torch.Tensor], codebook_size: int) -> torch.Tensor:
+    """Summed cross-entropy over every labelled code; logits at t predict the frame at t + 1."""
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False).logits[:, :-1]
+    targets = labels[:, 1:]
+    rows = (targets != IGNORE).any(-1)
+    picked = logits[rows].float().reshape(-1, codebook_size)
+    return F.cross_entropy(picked, targets[rows].reshape(-1), ignore_index=IGNORE, reduction="sum")
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bool = True) -> RunResult:
+    """Run (or resume) a LoRA fine-tune as configured; returns the final progress, losses and saves."""
+    out = Path(cfg.output_dir)
+    check_output_dir(out)  # fail fast: before the manifest is parsed or the model loads
+    samples = load_manifest(cfg.train_manifest)
+    accelerator = make_accelerator(cfg)
+    main = accelerator.is_main_process
+    say = log if main else (lambda _msg: None)
+    roots = [out] + ([Path(cfg.fallback_dir)] if cfg.fallback_dir else [])
+    resume_path = _resume_target(cfg, roots, say, main)
+
+    base = load_base(cfg.model, cfg.mixed_precision, cfg.audio_tokenizer)
+    base.audio_tokenizer.to(accelerator.device)
+    with accelerator.main_process_first():  # rank 0 fills the code cache, the others read it
+        codes = encode_clips([(p, s.source) for s in samples for p in s.audio_paths], base.audio_tokenizer, out)
+    layout = TokenLayout.from_processor(base.processor, base.model.config.num_codebooks)
+    examples = [build_example(s, codes, layout) for s in samples]
+    base.audio_tokenizer.to("cpu")
+
+    torch.manual_seed(cfg.seed)
+    model = apply_lora(base.model, cfg)
+    trainable, total = trainable_summary(model)
+    say(
+        f"LoRA r={cfg.lora_r} on {cfg.lora_targets}: "
+        f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=torch.cuda.is_available())
+    plan = BatchPlan(len(examples), cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes)
+    max_steps = cfg.max_steps or plan.steps_for_epochs(cfg.num_epochs, cfg.grad_accum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, max_steps))
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    progress = TrainingProgress(data_seed=cfg.seed, world_size=accelerator.num_processes)
+    result = RunResult(progress)
+    if resume_path is not None:
+        progress = _restore(resume_path, cfg, accelerator, model, optimizer, scheduler, say)
+        result = RunResult(progress, resumed_from=resume_path)
+    metrics = _open_metrics(out / METRICS_FILE, progress.step) if main else None
+    codebook_size = accelerator.unwrap_model(model).config.codebook_size
+    say(f"training {len(examples)} samples for {max_steps} steps ({plan.batches_per_epoch} batches per epoch)")
+
+    with StopSignal(log) as stop, _progress_display(main and progress_bar, max_steps, progress.step) as bar:
+        while progress.step < max_steps:
+            t0 = time.perf_counter()
+            batches = [_next_batch(plan, progress, examples, layout, cfg) for _ in range(cfg.grad_accum)]
+            loss, grad_norm, tokens = _optimizer_step(
+                model, optimizer, scheduler, accelerator, batches, cfg, codebook_size
+            )
+            progress.step += 1
+            result.losses.append(loss)
+            tok_s = tokens * accelerator.num_processes / (time.perf_counter() - t0)
+            lr = scheduler.get_last_lr()[0]
+            if metrics and progress.step % cfg.log_steps == 0:
+                row = {
+                    "step": progress.step,
+                    "epoch": progress.epoch,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                }
+                metrics.write(json.dumps({**row, "tokens_per_s": round(tok_s, 1), "time": time.time()}) + "\n")
+                metrics.flush()
+            bar(progress.step, loss, lr, tok_s)
+            stopping = _any_rank(accelerator, stop.requested)
+            if progress.step % cfg.save_steps == 0 or progress.step == max_steps or stopping:
+                result.saves.append(_checkpoint(cfg, out, model, optimizer, scheduler, accelerator, progress, say))
+                _enforce_save_policy(cfg, result.saves)
+            if stopping:
+                raise Interrupted(f"stopped by signal at step {progress.step}; rerun the same command to resume")
+    if metrics:
+        metrics.close()
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codebook_size):
+    """One optimizer step over `grad_accum` micro-batches; gradients sync across ranks on the last one only."""
+    # Normalise by the labelled codes of the whole window, so every code weighs the same whatever its micro-batch.
+    window_codes = max(1, sum(int((b["labels"] != IGNORE).sum()) for b in batches))
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    loss_total = 0.0
+    for i, batch in enumerate(batches):
+        batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+        last = i == len(batches) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            loss = audio_loss_sum(model, batch, codebook_size) / window_codes
+            accelerator.backward(loss)
+        loss_total += loss.item()  # note: a device sync; one per micro-batch
+    grad_norm = None
+    if cfg.max_grad_norm > 0:
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_total, grad_norm, tokens
+
+
+def _next_batch(plan: BatchPlan, progress: TrainingProgress, examples, layout, cfg):
+    epoch, indices = plan.micro_batch(progress.micro_batches)
+    progress.micro_batches += 1
+    progress.epoch = epoch
+    progress.samples_seen += len(indices) * plan.world_size
+    return collate([examples[i] for i in indices], layout)
+
+
+def _any_rank(accelerator, flag: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(value, "max").item())
+
+
+def _resume_target(cfg: TrainConfig, roots: list[Path], say, main: bool) -> Path | None:
+    from higgs_train.checkpoint.resume import list_checkpoints
+    from higgs_train.checkpoint.verify import verify_checkpoint
+
+    if main:
+        for root in roots:
+            clean_stale(root, say)
+    if cfg.resume == "never":
+        existing = [p for root in roots for p in list_checkpoints(root)]
+        if existing:
+            raise CheckpointError(
+                f"--resume never, but {cfg.output_dir} already holds {existing[0].name}; "
+                "choose another --output_dir or use --resume auto"
+            )
+        return None
+    if cfg.resume == "auto":
+        chosen, _ = find_resume_point(roots, say)
+        return chosen.path if chosen else None
+    result = verify_checkpoint(cfg.resume)
+    if not result.ok:
+        raise CheckpointError(f"--resume {cfg.resume}: {'; '.join(result.problems)}")
+    return result.path
+
+
+def _restore(path: Path, cfg, accelerator, model, optimizer, scheduler, say) -> TrainingProgress:
+    from peft import set_peft_model_state_dict
+
+    loaded = load_checkpoint(path, accelerator.process_index)
+    for warning in check_compatible(loaded.config, cfg.to_dict(), path):
+        say(f"warning: resuming with a changed setting: {warning}")
+    unwrapped = accelerator.unwrap_model(model)
+    outcome = set_peft_model_state_dict(unwrapped, loaded.adapter)
+    missing = [k for k in outcome.missing_keys if "lora_" in k]
+    if missing:
+        raise CheckpointError(f"{path}: adapter lacks {len(missing)} LoRA tensors, e.g. {missing[0]}")
+    progress = loaded.progress
+    if loaded.optimizer is not None:
+        optimizer.load_state_dict(loaded.optimizer)
+        scheduler.load_state_dict(loaded.scheduler)
+        if loaded.scaler is not None and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(loaded.scaler)
+    else:
+        say(f"warning: {path.name} is an adapter-only fallback: resuming with a fresh optimizer state")
+        for _ in range(progress.step):
+            scheduler.step()
+    if progress.world_size != accelerator.num_processes:
+        say(f"warning: saved with {progress.world_size} processes, resuming with {accelerator.num_processes}")
+        progress.micro_batches = progress.samples_seen // (cfg.batch_size * accelerator.num_processes)
+        progress.world_size = accelerator.num_processes
+    elif loaded.rng is not None:
+        restore_rng(loaded.rng)  # last, so nothing after it draws from the restored generators
+    say(f"resumed from {path} at step {progress.step}")
+    return progress
+
+
+def _checkpoint(cfg, out, model, optimizer, scheduler, accelerator, progress, say) -> SaveResult:
+    """The checkpoint hook, called by every process: memory check, snapshot, guarded save on the main process."""
+    from accelerate.utils import gather_object
+    from peft import get_peft_model_state_dict
+
+    memory = memory_report()
+    if relieve_if_low(memory):
+        say("memory is low: collected garbage and emptied the CUDA cache before the save")
+    rngs = gather_object([(accelerator.process_index, capture_rng())])
+    unwrapped = accelerator.unwrap_model(model)
+    result = None
+    if accelerator.is_main_process:
+        adapter = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(unwrapped).items()}
+        adapter_config = unwrapped.peft_config["default"].to_dict()
+        adapter_config["base_model_name_or_path"] = cfg.model
+        snapshot = Snapshot(
+            progress=TrainingProgress(**progress.to_dict()),
+            adapter=adapter,
+            adapter_config=adapter_config,
+            config=cfg.to_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            rng=dict(rngs),
+            memory=memory,
+        )
+        result = save_checkpoint(out, snapshot, fallback_dir=cfg.fallback_dir, min_free_disk_gb=cfg.min_free_disk_gb)
+        _report_save(result, say)
+        if result.ok and cfg.save_total_limit and result.path.parent == out:
+            rotate(out, cfg.save_total_limit, result.path, say)
+    return gather_object([result])[0] if accelerator.num_processes > 1 else result
+
+
+def _report_save(result: SaveResult, say) -> None:
+    if result.kind == "full":
+        say(f"saved {result.path} in {result.seconds:.2f}s")
+    elif result.ok:
+        say(f"warning: full save failed ({result.error}); wrote adapter-only fallback {result.path}")
+    else:
+        say(f"error: save at step {result.step} failed: {result.error}")
+
+
+def _enforce_save_policy(cfg: TrainConfig, saves: list[SaveResult]) -> None:
+    failures = 0
+    for s in reversed(saves):
+        if s.ok:
+            break
+        failures += 1
+    if failures == 0:
+        return
+    last = saves[-1]
+    if cfg.on_save_error == "stop" or failures >= cfg.max_save_failures:
+        raise CheckpointError(
+            f"save at step {last.step} failed ({last.error}); the last good checkpoint is untouched. "
+            "Free disk space or fix permissions, then rerun the same command to resume"
+        )
+
+
+def _open_metrics(path: Path, resumed_step: int):
+    """Open metrics.jsonl for appending, first dropping rows past the step we resume from (they will be redone)."""
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resumed_step]
+        path.write_text("".join(line + "\n" for line in keep))
+    return open(path, "a")
+
+
+@contextlib.contextmanager
+def _progress_display(enabled: bool, total: int, done: int):
+    if not enabled:
+        yield lambda *a: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [
+        TextColumn("train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns) as bar:
+        task = bar.add_task("train", total=total, completed=done, info="")
+
+        def update(step, loss, lr, tok_s):
+            bar.update(task, completed=step, info=f"loss {loss:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s")
+
+        yield update
