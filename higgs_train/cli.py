@@ -60,7 +60,7 @@ def train_command(ctx: typer.Context, config: str | None = None, **flags) -> Non
         result = train(cfg, log=lambda msg: err.print(msg, highlight=False, markup=False))
     except HiggsTrainError as e:
         raise _fail(e) from None
-    last = result.saves[-1].path if result.saves else None
+    last = result.saves[-1].path if result.saves else result.resumed_from
     losses = result.losses
     if losses:
         out.print(f"done: step {result.progress.step}, loss {losses[0]:.4f} -> {losses[-1]:.4f}", highlight=False)

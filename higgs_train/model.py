@@ -22,6 +22,19 @@ class Base:
     audio_tokenizer: torch.nn.Module
 
 
+def quiet_libraries() -> None:
+    """Keep the run's output to what matters: no per-load progress bars or deprecation chatter from libraries."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def _offline_if_local(path: str) -> None:
     # A local folder must never fall through to the hub: a missing file should fail at once, not after retries.
     if Path(path).is_dir():

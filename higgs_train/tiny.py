@@ -11,6 +11,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 
 # Text-side special tokens of Higgs Audio v2 (Llama-3 headers plus the audio markers).
@@ -159,3 +161,48 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     proc_cfg.pop("audio_tokenizer", None)
     proc_cfg_path.write_text(json.dumps(proc_cfg, indent=2) + "\n")
     return out
+
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "She sells sea shells by the sea shore.",
+    "A speaker reads the text aloud in a quiet room.",
+    "Birds sing in the morning while the sun rises.",
+    "Every checkpoint that exists is complete and verified.",
+    "Rerunning the same command resumes where it stopped.",
+]
+
+
+def synth_clip(text: str, rate: int, rng: np.random.Generator) -> np.ndarray:
+    """A speech-like signal: one voiced 'syllable' per word, harmonics of a gliding pitch, plus a little noise."""
+    words = text.split()
+    f0 = rng.uniform(100, 220)
+    pieces = []
+    for _ in words:
+        n = int(rate * rng.uniform(0.18, 0.32))
+        t = np.arange(n) / rate
+        pitch = f0 * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(1, 3) * t))
+        phase = 2 * np.pi * np.cumsum(pitch) / rate
+        voiced = sum(np.sin(h * phase) / h for h in range(1, 6))
+        envelope = np.sin(np.pi * np.arange(n) / n) ** 2
+        pieces.append(voiced * envelope)
+        pieces.append(np.zeros(int(rate * 0.05)))
+    wave = np.concatenate(pieces)
+    return (0.3 * wave / np.abs(wave).max() + 0.003 * rng.standard_normal(len(wave))).astype(np.float32)
+
+
+def make_dataset(folder: str | Path) -> Path:
+    """Write synthetic clips at mixed sample rates and a JSONL manifest for them; returns the manifest."""
+    folder = Path(folder)
+    rng = np.random.default_rng(0)
+    clips = folder / "clips"
+    clips.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, text in enumerate(TEXTS):
+        rate = (16000, 22050, 24000, 44100)[i % 4]  # mixed rates: resampling is part of the pipeline
+        name = f"clip_{i}.wav"
+        sf.write(clips / name, synth_clip(text, rate, rng), rate)
+        rows.append({"audio_filepath": f"clips/{name}", "text": text, "speaker": "demo"})
+    manifest = folder / "train.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest

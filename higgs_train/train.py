@@ -29,7 +29,7 @@ from higgs_train.data.codes import encode_clips
 from higgs_train.data.collate import IGNORE, TokenLayout, build_example, collate
 from higgs_train.data.manifest import load_manifest
 from higgs_train.errors import CheckpointError, ConfigError, Interrupted
-from higgs_train.model import apply_lora, load_base, trainable_summary
+from higgs_train.model import apply_lora, load_base, quiet_libraries, trainable_summary
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -40,6 +40,7 @@ class RunResult:
     losses: list[float] = field(default_factory=list)
     saves: list[SaveResult] = field(default_factory=list)
     resumed_from: Path | None = None
+    model: torch.nn.Module | None = None  # the trained PEFT model (unwrapped), for in-process callers
 
 
 class StopSignal:
@@ -114,6 +115,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     roots = [out] + ([Path(cfg.fallback_dir)] if cfg.fallback_dir else [])
     resume_path = _resume_target(cfg, roots, say, main)
 
+    quiet_libraries()
     base = load_base(cfg.model, cfg.mixed_precision, cfg.audio_tokenizer)
     base.audio_tokenizer.to(accelerator.device)
     with accelerator.main_process_first():  # rank 0 fills the code cache, the others read it
@@ -176,6 +178,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     if metrics:
         metrics.close()
     accelerator.wait_for_everyone()
+    result.model = accelerator.unwrap_model(model)
     return result
 
 

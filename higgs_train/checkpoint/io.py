@@ -10,12 +10,15 @@ from pathlib import Path
 
 import torch
 
+from higgs_train.checkpoint.faults import failpoint
+
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Write a whole file and fsync it. OS errors (ENOSPC, EACCES, EIO) propagate to the caller."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
+        failpoint("mid_file", fd=fd, half=view[: len(view) // 2])
         while view:
             written = os.write(fd, view)
             view = view[written:]

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from higgs_train.checkpoint import layout
-from higgs_train.checkpoint.io import atomic_write_text, fsync_dir, fsync_file, torch_bytes, write_bytes
+from higgs_train.checkpoint.faults import failpoint, set_step
+from higgs_train.checkpoint.io import atomic_write_text, fsync_dir, fsync_file, remove_tree, torch_bytes, write_bytes
 from higgs_train.checkpoint.preflight import check_free_space
 from higgs_train.checkpoint.state import Snapshot
 from higgs_train.checkpoint.verify import verify_checkpoint
@@ -74,6 +75,7 @@ def save_checkpoint(
     output_dir = Path(output_dir)
     start = time.perf_counter()
     step = snapshot.progress.step
+    set_step(step)
     try:
         check_free_space(output_dir, estimate_bytes(snapshot), min_free_disk_gb)
         path = _publish(output_dir, snapshot, layout.KIND_FULL, _full_files)
@@ -99,14 +101,17 @@ def _publish(root: Path, snapshot: Snapshot, kind: str, write_files) -> Path:
     tmp = root / f"{final.name}{layout.TMP_MARK}{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
+        failpoint("before_write")
         manifest = write_files(tmp, snapshot, kind)
         write_bytes(tmp / layout.INTEGRITY, json.dumps(manifest, indent=2).encode())
         fsync_dir(tmp)
         result = verify_checkpoint(tmp, expected_adapter=snapshot.adapter)
         if not result.ok:
             raise CheckpointError("post-save validation failed: " + "; ".join(result.problems))
+        failpoint("before_rename")
         os.rename(tmp, final)
         fsync_dir(root)
+        failpoint("after_rename")
     except BaseException as e:
         _move_aside(tmp, root, e)
         raise
@@ -133,8 +138,6 @@ def _move_aside(path: Path, root: Path, error: BaseException) -> None:
         dest = failed / f"{path.name}-{int(time.time())}-{secrets.token_hex(2)}"
         os.rename(path, dest)
     except OSError:
-        from higgs_train.checkpoint.io import remove_tree
-
         remove_tree(path)
         return
     try:

@@ -1,0 +1,29 @@
+"""Crash points for the kill tests: HIGGS_TRAIN_FAILPOINT=NAME@STEP sends this process a real SIGKILL there.
+
+Names: before_write (tmp folder made, nothing written), mid_file (half of a file written), before_rename
+(everything written and verified), after_rename (published, `latest` not yet updated). Unset, it costs one
+dictionary lookup per call.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "HIGGS_TRAIN_FAILPOINT"
+_step: list[int] = [-1]  # the step being saved, set by save_checkpoint
+
+
+def set_step(step: int) -> None:
+    _step[0] = step
+
+
+def failpoint(name: str, fd: int | None = None, half: memoryview | None = None) -> None:
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    want, _, step = spec.partition("@")
+    if want == name and (not step or int(step) == _step[0]):
+        if fd is not None and half is not None:
+            os.write(fd, half)  # leave a torn file behind
+        os.kill(os.getpid(), signal.SIGKILL)
