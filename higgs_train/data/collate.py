@@ -74,12 +74,13 @@ def delay_pattern(codes: np.ndarray, bos: int, eos: int) -> np.ndarray:
     return frames.T.copy()
 
 
-def target_labels(codes: np.ndarray) -> np.ndarray:
+def target_labels(codes: np.ndarray, eos: int) -> np.ndarray:
     """Labels for a target clip's frames: its codes and each codebook's first EOS; everything else ignored."""
     k_count, t = codes.shape
     labels = np.full((k_count, t + k_count + 1), IGNORE, dtype=np.int64)
     for k in range(k_count):
         labels[k, k + 1 : k + 1 + t] = codes[k]
+        labels[k, k + 1 + t] = eos  # end-of-audio: the processor never labels it, so the model never learns to stop
     return labels.T.copy()
 
 
@@ -116,7 +117,7 @@ def build_example(sample: Sample, codes: dict[str, np.ndarray], layout: TokenLay
         clip_frames = delay_pattern(clip, layout.stream_bos, layout.stream_eos)
         n = len(clip_frames)
         is_target = i == len(clips) - 1
-        label_rows.append((len(ids), target_labels(clip) if is_target else None, n))
+        label_rows.append((len(ids), target_labels(clip, layout.stream_eos) if is_target else None, n))
         ids.extend([layout.audio_token_id] * (n - (layout.num_codebooks - 1)))
         ids.extend([layout.delay_token_id] * (layout.num_codebooks - 1))
         frames.append(clip_frames)

@@ -61,7 +61,8 @@ def load_manifest(path: str | Path) -> list[Sample]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: cannot read the manifest ({e}); it must be UTF-8 text") from e
-    rows = list(_json_array_rows(path, text) if text.lstrip().startswith("[") else _jsonl_rows(path, text))
+    is_array = path.suffix == ".json" and text.lstrip().startswith("[")
+    rows = list(_json_array_rows(path, text) if is_array else _jsonl_rows(path, text))
     if not rows:
         raise ManifestError(f"{path}: the manifest has no rows; add one JSON object per line")
     return [parse_row(row, f"{path}:{line}", path.parent) for line, row in rows]

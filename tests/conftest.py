@@ -1,0 +1,72 @@
+"""Shared fixtures, built once per session: the tiny model, synthetic and real-voice manifests."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the tests may reach a hub
+
+REPO = Path(__file__).resolve().parent.parent
+VOICES = REPO.parent / "shared" / "data" / "voices"
+VOICE_NAMES = ["belinda", "chadwick", "en_man", "en_woman", "mabel", "vex"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from higgs_train.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def synth_manifest(tmp_path_factory) -> Path:
+    from higgs_train.tiny import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("synth"))
+
+
+@pytest.fixture(scope="session")
+def voices() -> Path:
+    if not VOICES.is_dir():
+        pytest.skip(
+            f"real voice clips not found at {VOICES} (../shared is only present in the project checkout and CI)"
+        )
+    return VOICES
+
+
+@pytest.fixture(scope="session")
+def voice_manifest(voices, tmp_path_factory) -> Path:
+    """The six real clips, with paths relative to the manifest, one voice-cloning row."""
+    folder = tmp_path_factory.mktemp("voices")
+    (folder / "clips").symlink_to(voices)
+    rows = [
+        {"audio_filepath": f"clips/{n}.wav", "text": (voices / f"{n}.txt").read_text().strip()} for n in VOICE_NAMES
+    ]
+    rows.append(
+        {
+            "audio_filepath": "clips/en_man.wav",
+            "text": (voices / "en_man.txt").read_text().strip(),
+            "ref_audio_filepath": "clips/en_woman.wav",
+            "ref_text": (voices / "en_woman.txt").read_text().strip(),
+        }
+    )
+    manifest = folder / "train.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def base(tiny_model):
+    """The tiny model loaded through the same code a run uses (do not train it in place)."""
+    from higgs_train.model import load_base, quiet_libraries
+
+    quiet_libraries()
+    return load_base(str(tiny_model))
+
+
+def train_args(manifest: Path, out: Path, model: Path, *extra: str) -> list[str]:
+    return ["--train_manifest", str(manifest), "--output_dir", str(out), "--model", str(model), *extra]
