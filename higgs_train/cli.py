@@ -20,8 +20,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="LoRA fine-tuning of Higgs Audio v2. Run with training flags to train; rerun the same command to resume.",
 )
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def _fail(e: HiggsTrainError) -> typer.Exit:

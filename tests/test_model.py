@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from higgs_train.config import build_config
+from higgs_train.data.collate import TokenLayout, build_example, collate
+from higgs_train.data.manifest import Sample, Turn
+from higgs_train.errors import ConfigError, ModelError
+from higgs_train.model import apply_lora, load_base, trainable_summary
+from higgs_train.train import audio_loss_sum
+
+
+def cfg(**kw):
+    return build_config({"train_manifest": "m.jsonl", "output_dir": "out", **kw})
+
+
+def test_default_targets_cover_attention_and_both_ffns(tiny_model):
+    model = apply_lora(load_base(str(tiny_model)).model, cfg())
+    lora_modules = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if ".lora_A." in n}
+    for name in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "audio_mlp.down_proj"):
+        assert any(m.endswith(name) for m in lora_modules), name
+    trainable, total = trainable_summary(model)
+    assert 0 < trainable < total
+    assert all(("lora_" in n) == p.requires_grad for n, p in model.named_parameters())
+
+
+def test_lora_forward_backward_touches_only_adapter(tiny_model):
+    base = load_base(str(tiny_model))
+    layout = TokenLayout.from_processor(base.processor, base.model.config.num_codebooks)
+    model = apply_lora(base.model, cfg(lora_targets=r".*\.audio_mlp\.(gate_proj|up_proj|down_proj)"))
+    sample = Sample("x:1", (Turn("user", text="hello"), Turn("assistant", audio="a.wav")))
+    codes = torch.randint(0, 64, (8, 6)).numpy()
+    batch = collate([build_example(sample, {"a.wav": codes}, layout)], layout)
+    loss = audio_loss_sum(model, batch, model.config.codebook_size)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads and all("audio_mlp" in n for n in grads)
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_A" in n or "lora_B" in n)
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+
+
+def test_unknown_lora_target_is_a_config_error(tiny_model):
+    with pytest.raises(ConfigError, match="--lora_targets 'no_such_proj'"):
+        apply_lora(load_base(str(tiny_model)).model, cfg(lora_targets="no_such_proj"))
+
+
+def test_missing_model_folder_is_a_model_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match=r"--model .*empty: cannot load the model"):
+        load_base(str(tmp_path / "empty"))

@@ -1,0 +1,131 @@
+"""End to end on the tiny model: CLI runs, checkpoints, falling loss, adapter reload, resume equivalence."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from higgs_train.checkpoint.verify import verify_checkpoint
+from higgs_train.cli import app
+from higgs_train.config import build_config
+from higgs_train.errors import Interrupted
+from higgs_train.model import load_base
+from higgs_train.train import train
+from tests.conftest import train_args
+
+runner = CliRunner()
+
+
+def quiet(_msg):
+    pass
+
+
+def run_cfg(manifest, out, model, **kw):
+    flags = {"train_manifest": str(manifest), "output_dir": str(out), "model": str(model), **kw}
+    return build_config(flags)
+
+
+def test_cli_run_with_dash_spellings(synth_manifest, tiny_model, tmp_path):
+    args = [
+        "--train-manifest",
+        str(synth_manifest),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--model",
+        str(tiny_model),
+        "--max-steps",
+        "3",
+        "--save-steps",
+        "2",
+        "--batch-size",
+        "2",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "done: step 3" in result.output
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert (tmp_path / "run" / "latest").read_text() == "checkpoint-3\n"
+
+
+def test_full_run_loss_falls_and_adapter_reloads(synth_manifest, tiny_model, tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "run"
+    cfg = run_cfg(synth_manifest, out, tiny_model, max_steps=12, save_steps=5, lr=1e-2, batch_size=3, lora_dropout=0.0)
+    result = train(cfg, log=quiet, progress_bar=False)
+    assert [s.step for s in result.saves] == [5, 10, 12]
+    assert all(verify_checkpoint(s.path).ok for s in result.saves)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 13)) and {"loss", "lr"} <= set(rows[0])
+    losses = [r["loss"] for r in rows]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
+
+    reloaded = PeftModel.from_pretrained(load_base(str(tiny_model)).model, str(out / "checkpoint-12")).eval()
+    trained = result.model.eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trained(input_ids=ids).logits, rtol=0, atol=0)
+
+
+def test_voice_cloning_run_on_real_clips(voice_manifest, tiny_model, tmp_path):
+    result = runner.invoke(app, train_args(voice_manifest, tmp_path / "run", tiny_model, "--max_steps", "2"))
+    assert result.exit_code == 0, result.output
+    assert verify_checkpoint(tmp_path / "run" / "checkpoint-2").ok
+
+
+def test_resume_after_signal_is_bitwise_equal(synth_manifest, tiny_model, tmp_path, monkeypatch):
+    kw = {"max_steps": 8, "save_steps": 4, "lr": 5e-3, "batch_size": 2, "grad_accum": 2, "warmup_steps": 2}
+    straight = train(run_cfg(synth_manifest, tmp_path / "a", tiny_model, **kw), log=quiet, progress_bar=False)
+
+    import higgs_train.train as train_module
+
+    real_next = train_module._next_batch
+
+    def next_then_signal(plan, progress, *args):
+        batch = real_next(plan, progress, *args)
+        if progress.micro_batches == 5:  # inside step 3: finish it, save at 3, stop
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batch
+
+    monkeypatch.setattr(train_module, "_next_batch", next_then_signal)
+    cfg_b = run_cfg(synth_manifest, tmp_path / "b", tiny_model, **kw)
+    with pytest.raises(Interrupted, match="stopped by signal at step 3; rerun the same command to resume"):
+        train(cfg_b, log=quiet, progress_bar=False)
+    assert verify_checkpoint(tmp_path / "b" / "checkpoint-3").ok
+    monkeypatch.undo()
+    resumed = train(cfg_b, log=quiet, progress_bar=False)
+    assert resumed.resumed_from.name == "checkpoint-3"
+    assert resumed.progress.step == straight.progress.step == 8
+
+    for name in ("adapter_model.safetensors",):
+        a, b = load_file(tmp_path / "a" / "checkpoint-8" / name), load_file(tmp_path / "b" / "checkpoint-8" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    opt_a = torch.load(tmp_path / "a" / "checkpoint-8" / "optimizer.pt", weights_only=True)
+    opt_b = torch.load(tmp_path / "b" / "checkpoint-8" / "optimizer.pt", weights_only=True)
+    for i, state in opt_a["state"].items():
+        assert all(torch.equal(state[k], opt_b["state"][i][k]) for k in state)
+    rng_a = torch.load(tmp_path / "a" / "checkpoint-8" / "rng_state_0.pt", weights_only=False)
+    rng_b = torch.load(tmp_path / "b" / "checkpoint-8" / "rng_state_0.pt", weights_only=False)
+    assert torch.equal(rng_a["torch"], rng_b["torch"])
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # no duplicated rows after the resume
+
+
+def test_rerun_of_finished_run_resumes_and_stops(synth_manifest, tiny_model, tmp_path):
+    args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--max_steps", "2")
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0
+    assert "resumed from" in again.output and "adapter: " in again.output
+
+
+def test_lora_shape_mismatch_refused(synth_manifest, tiny_model, tmp_path):
+    args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--max_steps", "1")
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, [*args, "--max_steps", "2", "--lora_r", "4"])
+    assert result.exit_code == 3
+    assert "was trained with --lora_r 16 but this run has 4; pass the same --lora_r" in result.output
