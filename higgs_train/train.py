@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,8 +263,10 @@ def _restore(path: Path, cfg, accelerator, model, optimizer, scheduler, say) -> 
             accelerator.scaler.load_state_dict(loaded.scaler)
     else:
         say(f"warning: {path.name} is an adapter-only fallback: resuming with a fresh optimizer state")
-        for _ in range(progress.step):
-            scheduler.step()
+        with warnings.catch_warnings():  # stepping a schedule forward without optimizer steps is the point here
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            for _ in range(progress.step):
+                scheduler.step()
     if progress.world_size != accelerator.num_processes:
         say(f"warning: saved with {progress.world_size} processes, resuming with {accelerator.num_processes}")
         progress.micro_batches = progress.samples_seen // (cfg.batch_size * accelerator.num_processes)

@@ -77,6 +77,7 @@ def save_checkpoint(
     step = snapshot.progress.step
     set_step(step)
     try:
+        output_dir.mkdir(parents=True, exist_ok=True)
         check_free_space(output_dir, estimate_bytes(snapshot), min_free_disk_gb)
         path = _publish(output_dir, snapshot, layout.KIND_FULL, _full_files)
         return SaveResult(step, path, layout.KIND_FULL, time.perf_counter() - start)
@@ -102,8 +103,7 @@ def _publish(root: Path, snapshot: Snapshot, kind: str, write_files) -> Path:
     tmp.mkdir()
     try:
         failpoint("before_write")
-        manifest = write_files(tmp, snapshot, kind)
-        write_bytes(tmp / layout.INTEGRITY, json.dumps(manifest, indent=2).encode())
+        write_files(tmp, snapshot, kind)  # writes the integrity manifest last
         fsync_dir(tmp)
         result = verify_checkpoint(tmp, expected_adapter=snapshot.adapter)
         if not result.ok:
@@ -177,7 +177,7 @@ def _manifest(tmp: Path, kind: str, step: int, files: dict[str, bytes] | list[st
     return {"kind": kind, "step": step, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": entries}
 
 
-def _full_files(tmp: Path, snapshot: Snapshot, kind: str) -> dict:
+def _full_files(tmp: Path, snapshot: Snapshot, kind: str) -> None:
     from safetensors.torch import save as safetensors_bytes
 
     files = {
@@ -193,11 +193,13 @@ def _full_files(tmp: Path, snapshot: Snapshot, kind: str) -> dict:
         files[layout.rng_file(rank)] = torch_bytes(rng)
     for name, data in files.items():
         write_bytes(tmp / name, data)
-    return _manifest(tmp, kind, snapshot.progress.step, files)
+    manifest = _manifest(tmp, kind, snapshot.progress.step, files)
+    write_bytes(tmp / layout.INTEGRITY, json.dumps(manifest, indent=2).encode())
 
 
-def _fallback_files(tmp: Path, snapshot: Snapshot, kind: str) -> dict:
-    """Adapter weights alone, written by safetensors' own file writer from fresh CPU copies."""
+def _fallback_files(tmp: Path, snapshot: Snapshot, kind: str) -> None:
+    """Adapter weights alone, written by safetensors' and Python's own file writers from fresh CPU copies, so a
+    fault in the full save's writer (write_bytes) or serialisation (in-memory buffers) does not repeat here."""
     from safetensors.torch import save_file
 
     adapter = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in snapshot.adapter.items()}
@@ -205,6 +207,7 @@ def _fallback_files(tmp: Path, snapshot: Snapshot, kind: str) -> dict:
     (tmp / layout.ADAPTER_CONFIG).write_bytes(_adapter_config_bytes(snapshot))
     (tmp / layout.TRAINER_STATE).write_bytes(_trainer_state(snapshot, kind))
     names = [layout.ADAPTER_WEIGHTS, layout.ADAPTER_CONFIG, layout.TRAINER_STATE]
-    for name in names:
+    manifest = _manifest(tmp, kind, snapshot.progress.step, names)
+    (tmp / layout.INTEGRITY).write_text(json.dumps(manifest, indent=2))
+    for name in [*names, layout.INTEGRITY]:
         fsync_file(tmp / name)
-    return _manifest(tmp, kind, snapshot.progress.step, names)

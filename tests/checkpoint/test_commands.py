@@ -1,0 +1,97 @@
+"""`checkpoints` and `verify` commands, and the save-failure policy inside a real training run."""
+
+import errno
+
+from typer.testing import CliRunner
+
+import higgs_train.checkpoint.save as save_module
+import higgs_train.train as train_module
+from higgs_train.checkpoint.save import SaveResult, save_checkpoint
+from higgs_train.cli import app
+from tests.conftest import train_args
+
+runner = CliRunner()
+
+
+def test_verify_command(tmp_path, snapshot_factory):
+    path = save_checkpoint(tmp_path, snapshot_factory(3)).path
+    ok = runner.invoke(app, ["verify", str(path)])
+    assert ok.exit_code == 0 and f"{path}: valid full checkpoint at step 3 (4 adapter tensors)" in ok.output
+    (path / "optimizer.pt").write_bytes(b"corrupt")
+    bad = runner.invoke(app, ["verify", str(path)])
+    assert bad.exit_code == 1
+    assert f"{path}: invalid: optimizer.pt has 7 bytes, expected" in bad.output
+
+
+def test_checkpoints_table_marks_invalid_and_resume_pick(tmp_path, snapshot_factory):
+    save_checkpoint(tmp_path, snapshot_factory(2))
+    save_checkpoint(tmp_path, snapshot_factory(4))
+    (tmp_path / "checkpoint-4" / "integrity.json").unlink()
+    (tmp_path / "checkpoint-6.tmp-1234").mkdir()
+    result = runner.invoke(app, ["checkpoints", str(tmp_path)])
+    assert result.exit_code == 0
+    lines = {line.split()[1]: line for line in result.output.splitlines() if "checkpoint-" in line}
+    assert "invalid" in lines["checkpoint-4"] and "integrity.json" in result.output
+    assert "valid" in lines["checkpoint-2"] and "<- resume" in lines["checkpoint-2"]
+    assert "unfinished save" in lines["checkpoint-6.tmp-1234"]
+
+
+def failing_save(fail_steps):
+    real = train_module.save_checkpoint
+
+    def save(out, snapshot, **kw):
+        if snapshot.progress.step in fail_steps:
+            return SaveResult(snapshot.progress.step, None, None, 0.0, "OSError: [Errno 28] No space left on device")
+        return real(out, snapshot, **kw)
+
+    return save
+
+
+def test_failed_save_stops_the_run_by_default(synth_manifest, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "save_checkpoint", failing_save({4}))
+    args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--max_steps", "6", "--save_steps", "2")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3
+    assert (
+        "error: save at step 4 failed (OSError: [Errno 28] No space left on device); the last good checkpoint is "
+        "untouched. Free disk space or fix permissions, then rerun the same command to resume" in result.output
+    )
+    assert (tmp_path / "run" / "checkpoint-2").is_dir() and not (tmp_path / "run" / "checkpoint-6").exists()
+
+
+def test_continue_policy_stops_after_consecutive_failures(synth_manifest, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "save_checkpoint", failing_save({2, 6, 8}))
+    args = train_args(
+        synth_manifest,
+        tmp_path / "run",
+        tiny_model,
+        "--max_steps",
+        "10",
+        "--save_steps",
+        "2",
+        "--on_save_error",
+        "continue",
+        "--max_save_failures",
+        "2",
+    )
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3 and "save at step 8 failed" in result.output  # 2 ok at 4, then 6 and 8 fail
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-4"]
+
+
+def test_fallback_checkpoint_resumes_with_fresh_optimizer(synth_manifest, tiny_model, tmp_path, monkeypatch):
+    real = save_module.write_bytes
+
+    def full_disk(path, data):
+        if "checkpoint-2" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(save_module, "write_bytes", full_disk)
+    args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--max_steps", "2")
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0 and "wrote adapter-only fallback" in first.output
+    monkeypatch.undo()
+    second = runner.invoke(app, [*args[:-1], "4"])
+    assert second.exit_code == 0, second.output
+    assert "checkpoint-2 is an adapter-only fallback: resuming with a fresh optimizer state" in second.output
