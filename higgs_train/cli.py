@@ -105,18 +105,15 @@ def checkpoints(run_dir: Path = typer.Argument(..., help="A run's --output_dir."
         return
     table = Table("checkpoint", "step", "kind", "size", "modified", "status", "resume")
     for r in rows:
-        status = "[green]valid[/]" if r.valid else f"[red]invalid[/]: {r.reason}"
-        size = f"{r.size_bytes / 1e6:.1f} MB"
+        status = "[green]valid[/]" if r.valid else "[red]invalid[/]"
+        pick = "<- resume" if r.resume_pick else ""
         table.add_row(
-            r.name,
-            str(r.step or "-"),
-            r.kind or "-",
-            size,
-            r.modified,
-            status,
-            "<- resume" if r.resume_pick else "",
+            r.name, str(r.step or "-"), r.kind or "-", f"{r.size_bytes / 1e6:.1f} MB", r.modified, status, pick
         )
     out.print(table)
+    for r in rows:
+        if not r.valid:
+            out.print(f"{r.name}: {r.reason}", highlight=False, markup=False)
 
 
 @app.command("verify")
