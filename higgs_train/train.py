@@ -42,6 +42,7 @@ class RunResult:
     saves: list[SaveResult] = field(default_factory=list)
     resumed_from: Path | None = None
     model: torch.nn.Module | None = None  # the trained PEFT model (unwrapped), for in-process callers
+    loop_seconds: float = 0.0  # wall time of the training loop, saves included, set-up excluded
 
 
 class StopSignal:
@@ -148,6 +149,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     codebook_size = accelerator.unwrap_model(model).config.codebook_size
     say(f"training {len(examples)} samples for {max_steps} steps ({plan.batches_per_epoch} batches per epoch)")
 
+    loop_start = time.perf_counter()
     with StopSignal(log) as stop, _progress_display(main and progress_bar, max_steps, progress.step) as bar:
         while progress.step < max_steps:
             t0 = time.perf_counter()
@@ -178,6 +180,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
                 raise Interrupted(f"stopped by signal at step {progress.step}; rerun the same command to resume")
     if metrics:
         metrics.close()
+    result.loop_seconds = time.perf_counter() - loop_start
     accelerator.wait_for_everyone()
     result.model = accelerator.unwrap_model(model)
     return result
