@@ -56,10 +56,11 @@ def train_command(ctx: typer.Context, config: str | None = None, **flags) -> Non
 
     try:
         cfg = build_config(flags, config)
-        out.print("config:", cfg.to_json(), highlight=False)
         result = train(cfg, log=lambda msg: err.print(msg, highlight=False, markup=False))
     except HiggsTrainError as e:
         raise _fail(e) from None
+    if not result.is_main:
+        return
     last = result.saves[-1].path if result.saves else result.resumed_from
     losses = result.losses
     if losses:

@@ -65,6 +65,7 @@ class TrainConfig:
     max_save_failures: int = _f(3, "With --on_save_error continue: stop after N failed saves in a row.", CKPT)
     fallback_dir: str | None = _f(None, "Where the adapter-only fallback goes when a save fails.", CKPT)
     min_free_disk_gb: float = _f(1.0, "Free disk to keep beyond a checkpoint's estimated size.", CKPT)
+    dist_timeout_s: int = _f(1800, "Seconds a process waits for the others at a collective before failing.", RUN)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -29,7 +29,15 @@ from higgs_train.data.batches import BatchPlan
 from higgs_train.data.codes import encode_clips
 from higgs_train.data.collate import IGNORE, TokenLayout, build_example, collate
 from higgs_train.data.manifest import load_manifest
-from higgs_train.errors import CheckpointError, ConfigError, Interrupted
+from higgs_train.distributed import (
+    adapter_digest,
+    any_rank,
+    check_replicas,
+    global_sum,
+    make_accelerator,
+    on_main,
+)
+from higgs_train.errors import CheckpointError, Interrupted
 from higgs_train.model import apply_lora, load_base, quiet_libraries, trainable_summary
 
 METRICS_FILE = "metrics.jsonl"
@@ -42,6 +50,7 @@ class RunResult:
     saves: list[SaveResult] = field(default_factory=list)
     resumed_from: Path | None = None
     model: torch.nn.Module | None = None  # the trained PEFT model (unwrapped), for in-process callers
+    is_main: bool = True  # False on the other ranks of a multi-process run
     loop_seconds: float = 0.0  # wall time of the training loop, saves included, set-up excluded
 
 
@@ -67,22 +76,6 @@ class StopSignal:
             os._exit(128 + signum)
         self.requested = True
         self.log(f"{signal.Signals(signum).name}: finishing this step, saving, then stopping (again to quit now)")
-
-
-def make_accelerator(cfg: TrainConfig):
-    from accelerate import Accelerator
-
-    cpu = not torch.cuda.is_available()
-    if cpu and cfg.mixed_precision == "fp16":
-        raise ConfigError("--mixed_precision fp16 needs a GPU; use bf16 or no on the CPU")
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if accelerator.num_processes != launched:
-        raise ConfigError(
-            f"the launcher started {launched} processes but only {accelerator.num_processes} joined the run; "
-            "use `accelerate launch --multi_gpu --num_processes N` (see configs/accelerate/)"
-        )
-    return accelerator
 
 
 def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -114,8 +107,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
     say = log if main else (lambda _msg: None)
+    say(f"config: {cfg.to_json()}")
     roots = [out] + ([Path(cfg.fallback_dir)] if cfg.fallback_dir else [])
-    resume_path = _resume_target(cfg, roots, say, main)
+    resume_path = on_main(accelerator, _resume_target, cfg, roots, say)
 
     quiet_libraries()
     base = load_base(cfg.model, cfg.mixed_precision, cfg.audio_tokenizer)
@@ -172,7 +166,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
                 metrics.write(json.dumps({**row, "tokens_per_s": round(tok_s, 1), "time": time.time()}) + "\n")
                 metrics.flush()
             bar(progress.step, loss, lr, tok_s)
-            stopping = _any_rank(accelerator, stop.requested)
+            stopping = any_rank(accelerator, stop.requested)
             if progress.step % cfg.save_steps == 0 or progress.step == max_steps or stopping:
                 result.saves.append(_checkpoint(cfg, out, model, optimizer, scheduler, accelerator, progress, say))
                 _enforce_save_policy(cfg, result.saves)
@@ -183,29 +177,37 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     result.loop_seconds = time.perf_counter() - loop_start
     accelerator.wait_for_everyone()
     result.model = accelerator.unwrap_model(model)
+    result.is_main = main
     return result
 
 
 def _optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codebook_size):
-    """One optimizer step over `grad_accum` micro-batches; gradients sync across ranks on the last one only."""
-    # Normalise by the labelled codes of the whole window, so every code weighs the same whatever its micro-batch.
-    window_codes = max(1, sum(int((b["labels"] != IGNORE).sum()) for b in batches))
+    """One optimizer step over `grad_accum` micro-batches; gradients sync across ranks on the last one only.
+
+    Returns:
+        (mean loss per labelled code over all ranks, gradient norm, tokens on this rank).
+    """
+    # Normalise by the labelled codes of the whole window on all ranks, so every code weighs the same whatever its
+    # micro-batch or rank; DDP averages gradients, hence the factor num_processes.
+    local_codes = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
+    window_codes = max(1.0, global_sum(accelerator, local_codes))
+    scale = accelerator.num_processes / window_codes
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    loss_total = 0.0
+    loss_sum = 0.0
     for i, batch in enumerate(batches):
         batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
         last = i == len(batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
-            loss = audio_loss_sum(model, batch, codebook_size) / window_codes
-            accelerator.backward(loss)
-        loss_total += loss.item()  # note: a device sync; one per micro-batch
+            ce_sum = audio_loss_sum(model, batch, codebook_size)
+            accelerator.backward(ce_sum * scale)
+        loss_sum += ce_sum.item()  # note: a device sync; one per micro-batch
     grad_norm = None
     if cfg.max_grad_norm > 0:
         grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_total, grad_norm, tokens
+    return global_sum(accelerator, loss_sum) / window_codes, grad_norm, tokens
 
 
 def _next_batch(plan: BatchPlan, progress: TrainingProgress, examples, layout, cfg):
@@ -216,20 +218,13 @@ def _next_batch(plan: BatchPlan, progress: TrainingProgress, examples, layout, c
     return collate([examples[i] for i in indices], layout)
 
 
-def _any_rank(accelerator, flag: bool) -> bool:
-    if accelerator.num_processes == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(value, "max").item())
-
-
-def _resume_target(cfg: TrainConfig, roots: list[Path], say, main: bool) -> Path | None:
+def _resume_target(cfg: TrainConfig, roots: list[Path], say) -> Path | None:
+    """Main process only: clean leftovers of interrupted saves, then pick the checkpoint to resume from."""
     from higgs_train.checkpoint.resume import list_checkpoints
     from higgs_train.checkpoint.verify import verify_checkpoint
 
-    if main:
-        for root in roots:
-            clean_stale(root, say)
+    for root in roots:
+        clean_stale(root, say)
     if cfg.resume == "never":
         existing = [p for root in roots for p in list_checkpoints(root)]
         if existing:
@@ -281,18 +276,24 @@ def _restore(path: Path, cfg, accelerator, model, optimizer, scheduler, say) -> 
 
 
 def _checkpoint(cfg, out, model, optimizer, scheduler, accelerator, progress, say) -> SaveResult:
-    """The checkpoint hook, called by every process: memory check, snapshot, guarded save on the main process."""
-    from accelerate.utils import gather_object
+    """The checkpoint hook, called by every process: memory check, replica check, snapshot, guarded save on the
+    main process, and the outcome shared with every rank."""
+    from accelerate.utils import DistributedType, gather_object
     from peft import get_peft_model_state_dict
 
     memory = memory_report()
     if relieve_if_low(memory):
         say("memory is low: collected garbage and emptied the CUDA cache before the save")
-    rngs = gather_object([(accelerator.process_index, capture_rng())])
     unwrapped = accelerator.unwrap_model(model)
-    result = None
-    if accelerator.is_main_process:
-        adapter = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(unwrapped).items()}
+    # Under FSDP / ZeRO-3 this gathers the full tensors from every rank; under DDP it is the local state.
+    full_state = accelerator.get_state_dict(model)
+    adapter = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(unwrapped, full_state).items()}
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if accelerator.num_processes > 1 and not sharded:
+        check_replicas(gather_object([adapter_digest(adapter)]), progress.step)
+    rngs = gather_object([(accelerator.process_index, capture_rng())])
+
+    def save() -> SaveResult:
         adapter_config = unwrapped.peft_config["default"].to_dict()
         adapter_config["base_model_name_or_path"] = cfg.model
         snapshot = Snapshot(
@@ -310,7 +311,9 @@ def _checkpoint(cfg, out, model, optimizer, scheduler, accelerator, progress, sa
         _report_save(result, say)
         if result.ok and cfg.save_total_limit and result.path.parent == out:
             rotate(out, cfg.save_total_limit, result.path, say)
-    return gather_object([result])[0] if accelerator.num_processes > 1 else result
+        return result
+
+    return on_main(accelerator, save)
 
 
 def _report_save(result: SaveResult, say) -> None:

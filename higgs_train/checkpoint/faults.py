@@ -1,4 +1,5 @@
-"""Crash points for the kill tests: HIGGS_TRAIN_FAILPOINT=NAME@STEP sends this process a real SIGKILL there.
+"""Crash points for the fault tests: HIGGS_TRAIN_FAILPOINT=NAME@STEP sends this process a real SIGKILL there;
+NAME@STEP:enospc raises a disk-full OSError there instead.
 
 Names: before_write (tmp folder made, nothing written), mid_file (half of a file written), before_rename
 (everything written and verified), after_rename (published, `latest` not yet updated). Unset, it costs one
@@ -7,6 +8,7 @@ dictionary lookup per call.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -22,8 +24,11 @@ def failpoint(name: str, fd: int | None = None, half: memoryview | None = None) 
     spec = os.environ.get(ENV)
     if not spec:
         return
-    want, _, step = spec.partition("@")
+    want, _, rest = spec.partition("@")
+    step, _, mode = rest.partition(":")
     if want == name and (not step or int(step) == _step[0]):
+        if mode == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
         if fd is not None and half is not None:
             os.write(fd, half)  # leave a torn file behind
         os.kill(os.getpid(), signal.SIGKILL)

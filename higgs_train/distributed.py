@@ -1,0 +1,128 @@
+"""Several processes through accelerate: the launcher guard, bounded collectives, agreement between ranks.
+
+Everything here also runs with one process, where each collective is the identity.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from higgs_train.config import TrainConfig
+from higgs_train.errors import CheckpointError, ConfigError
+
+
+def requested_processes() -> int | None:
+    """How many processes the launcher was asked for: WORLD_SIZE under torchrun, else read from the parent
+    `accelerate launch` command line (whose `--num_processes 2 --cpu` silently starts one process)."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    try:
+        import psutil
+
+        argv = psutil.Process().parent().cmdline()
+    except Exception:  # no parent to read (containers, permissions): nothing to compare against
+        return None
+    line = shlex.join(argv)
+    if "accelerate" not in line or " launch" not in line:
+        return None
+    match = re.search(r"--num[_-]processes[= ](\d+)", line)
+    if match:
+        return int(match.group(1))
+    config = re.search(r"--config[_-]file[= ](\S+)", line)
+    if config and Path(config.group(1)).is_file():
+        import yaml
+
+        return int((yaml.safe_load(Path(config.group(1)).read_text()) or {}).get("num_processes", 1))
+    return None
+
+
+def make_accelerator(cfg: TrainConfig):
+    """An Accelerator on the GPUs, or on the CPU with gloo when there is none, with bounded collectives.
+
+    Raises:
+        ConfigError: fp16 without a GPU, or fewer processes joined than the launcher was asked for.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    cpu = not torch.cuda.is_available()
+    if cpu and cfg.mixed_precision == "fp16":
+        raise ConfigError("--mixed_precision fp16 needs a GPU; use bf16 or no on the CPU")
+    timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, kwargs_handlers=[timeout])
+    asked = requested_processes()
+    if asked is not None and asked != accelerator.num_processes:
+        raise ConfigError(
+            f"the launcher was asked for {asked} processes but {accelerator.num_processes} joined the run; on a "
+            f"machine without GPU use `accelerate launch --multi_gpu --num_processes {asked}` (gloo on the CPU)"
+        )
+    return accelerator
+
+
+def any_rank(accelerator, flag: bool) -> bool:
+    """True on every rank when it is true on any (e.g. a signal that reached one rank)."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(value, "max").item())
+
+
+def global_sum(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    return float(accelerator.reduce(torch.tensor([value], dtype=torch.float64, device=accelerator.device), "sum"))
+
+
+def from_main(accelerator, obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if accelerator.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj], from_process=0)[0]
+
+
+def adapter_digest(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_replicas(digests: list[str], step: int) -> None:
+    """Every rank must hold the same adapter; a mismatch means gradients were not averaged.
+
+    Raises:
+        CheckpointError: naming the ranks that differ from rank 0.
+    """
+    differ = [rank for rank, d in enumerate(digests) if d != digests[0]]
+    if differ:
+        raise CheckpointError(
+            f"adapter replicas differ at step {step}: rank(s) {differ} do not match rank 0 "
+            f"({', '.join(f'rank {r}: {d}' for r, d in enumerate(digests))}); gradients are not being averaged "
+            "across processes, so nothing was saved"
+        )
+
+
+def on_main(accelerator, fn, *args, **kwargs) -> Any:
+    """Run `fn` on rank 0 and give every rank its value, or raise its error on every rank (so no rank is left
+    waiting at a collective for a writer that failed)."""
+    outcome: tuple[str, Any] = ("ok", None)
+    if accelerator.is_main_process:
+        try:
+            outcome = ("ok", fn(*args, **kwargs))
+        except Exception as e:  # carried to every rank and re-raised there
+            outcome = ("error", e)
+    kind, value = from_main(accelerator, outcome)
+    if kind == "error":
+        raise value
+    return value

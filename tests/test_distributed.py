@@ -1,0 +1,149 @@
+"""Two real processes on the CPU (gloo) through `accelerate launch`, as users run several GPUs."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from higgs_train.checkpoint.faults import ENV
+from higgs_train.checkpoint.verify import verify_checkpoint
+from higgs_train.cli import app
+from higgs_train.distributed import adapter_digest, check_replicas
+from higgs_train.errors import CheckpointError
+from tests.conftest import train_args
+
+pytestmark = pytest.mark.slow
+ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args, env_extra=None, script=("-m", "higgs_train")):
+    cmd = [
+        ACCELERATE,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        *script,
+        *args,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+
+
+def finish(proc, timeout=240):
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"launch did not finish within {timeout}s (a rank hung)")
+    return proc.returncode, log
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_replica_check_names_the_ranks():
+    a = {"x": torch.ones(3)}
+    b = {"x": torch.tensor([1.0, 1.0, 1.5])}
+    check_replicas([adapter_digest(a), adapter_digest(dict(a))], 5)
+    with pytest.raises(
+        CheckpointError, match=r"adapter replicas differ at step 5: rank\(s\) \[1\] do not match rank 0"
+    ):
+        check_replicas([adapter_digest(a), adapter_digest(b)], 5)
+
+
+def test_two_processes_match_one_with_same_global_batch(synth_manifest, tiny_model, tmp_path):
+    common = ["--max_steps", "4", "--save_steps", "2", "--lora_dropout", "0", "--lr", "1e-2"]
+    one = CliRunner().invoke(
+        app, train_args(synth_manifest, tmp_path / "one", tiny_model, *common, "--batch_size", "2")
+    )
+    assert one.exit_code == 0, one.output
+    script = (shutil.which("higgs-train") or os.path.join(os.path.dirname(sys.executable), "higgs-train"),)
+    code, log = finish(
+        launch(train_args(synth_manifest, tmp_path / "two", tiny_model, *common, "--batch_size", "1"), script=script)
+    )
+    assert code == 0, log
+    assert log.count("done: step 4") == 1  # only the main process reports
+    torch.testing.assert_close(
+        torch.tensor(losses(tmp_path / "two")), torch.tensor(losses(tmp_path / "one")), rtol=1e-4, atol=1e-5
+    )
+    ckpt = tmp_path / "two" / "checkpoint-4"
+    assert verify_checkpoint(ckpt).ok and (ckpt / "rng_state_0.pt").exists() and (ckpt / "rng_state_1.pt").exists()
+    a, b = (
+        load_file(ckpt / "adapter_model.safetensors"),
+        load_file(tmp_path / "one/checkpoint-4/adapter_model.safetensors"),
+    )
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_rank_killed_mid_save_then_resume_is_bitwise(synth_manifest, tiny_model, tmp_path):
+    common = ["--max_steps", "6", "--save_steps", "2", "--lr", "5e-3"]
+    code, log = finish(launch(train_args(synth_manifest, tmp_path / "a", tiny_model, *common)))
+    assert code == 0, log
+    args = train_args(synth_manifest, tmp_path / "b", tiny_model, *common)
+    start = time.time()
+    code, log = finish(launch(args, {ENV: "before_rename@4"}), timeout=180)  # rank 0 SIGKILLs itself mid-save
+    assert code != 0 and time.time() - start < 180
+    assert not (tmp_path / "b" / "checkpoint-4").exists() and verify_checkpoint(tmp_path / "b" / "checkpoint-2").ok
+    code, log = finish(launch(args))
+    assert code == 0, log
+    assert "resumed from" in log and "checkpoint-2 at step 2" in log
+    a = load_file(tmp_path / "a/checkpoint-6/adapter_model.safetensors")
+    b = load_file(tmp_path / "b/checkpoint-6/adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_writer_failure_stops_every_rank(synth_manifest, tiny_model, tmp_path):
+    args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--max_steps", "4", "--save_steps", "2")
+    start = time.time()
+    code, log = finish(launch(args, {ENV: "before_write@2:enospc"}), timeout=180)
+    assert code != 0 and time.time() - start < 180
+    # every rank learns the outcome through the broadcast and stops with the error, none waits at a barrier
+    assert "error: save at step 2 failed (OSError: [Errno 28] No space left on device (injected)" in log, log
+    assert "exitcode  : 3" in log
+    assert "No space left on device (injected)" in log
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_sigterm_to_one_rank_stops_all_at_the_same_step(synth_manifest, tiny_model, tmp_path):
+    out = tmp_path / "run"
+    proc = launch(train_args(synth_manifest, out, tiny_model, "--max_steps", "100000", "--save_steps", "100000"))
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    rank1 = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
+    assert len(rank1) == 1
+    rank1[0].send_signal(signal.SIGTERM)
+    code, log = finish(proc, timeout=120)
+    saved = list(out.glob("checkpoint-*"))
+    assert len(saved) == 1 and verify_checkpoint(saved[0]).ok, log
+    step = saved[0].name.split("-")[1]
+    assert log.count(f"stopped by signal at step {step}") == 2, log  # both ranks, the same step
