@@ -56,6 +56,13 @@ def make_accelerator(cfg: TrainConfig):
     cpu = not torch.cuda.is_available()
     if cpu and cfg.mixed_precision == "fp16":
         raise ConfigError("--mixed_precision fp16 needs a GPU; use bf16 or no on the CPU")
+    sharded = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"]
+    if cpu and sharded:
+        # accelerate would silently run plain data parallel on the CPU instead: say so rather than switch
+        raise ConfigError(
+            f"the accelerate config asks for {sharded[0]}, which needs GPUs; on a machine without GPU use "
+            "configs/accelerate/cpu2.yaml (data parallel with gloo)"
+        )
     timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, kwargs_handlers=[timeout])
     asked = requested_processes()

@@ -108,6 +108,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     main = accelerator.is_main_process
     say = log if main else (lambda _msg: None)
     say(f"config: {cfg.to_json()}")
+    say(f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value} on {accelerator.device.type})")
     roots = [out] + ([Path(cfg.fallback_dir)] if cfg.fallback_dir else [])
     resume_path = on_main(accelerator, _resume_target, cfg, roots, say)
 

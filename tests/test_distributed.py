@@ -147,3 +147,69 @@ def test_sigterm_to_one_rank_stops_all_at_the_same_step(synth_manifest, tiny_mod
     assert len(saved) == 1 and verify_checkpoint(saved[0]).ok, log
     step = saved[0].name.split("-")[1]
     assert log.count(f"stopped by signal at step {step}") == 2, log  # both ranks, the same step
+
+
+def test_fsdp_config_without_gpu_is_refused_not_switched(synth_manifest, tiny_model, tmp_path):
+    fsdp_cfg = tmp_path / "fsdp.yaml"
+    text = (tests_root() / "configs/accelerate/fsdp.yaml").read_text()
+    fsdp_cfg.write_text(text.replace("num_processes: 8", "num_processes: 2").replace("bf16", '"no"'))
+    cmd = [
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        str(fsdp_cfg),
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "higgs_train",
+        *train_args(synth_manifest, tmp_path / "fsdp", tiny_model),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0
+    assert (
+        "error: the accelerate config asks for FSDP, which needs GPUs; on a machine without GPU use "
+        "configs/accelerate/cpu2.yaml (data parallel with gloo)"
+    ) in result.stdout + result.stderr
+
+
+def test_cpu_flag_that_starts_one_process_is_refused(synth_manifest, tiny_model, tmp_path):
+    cmd = [
+        ACCELERATE,
+        "launch",
+        "--num_processes",
+        "2",
+        "--cpu",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "higgs_train",
+        *train_args(synth_manifest, tmp_path / "r", tiny_model),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0
+    assert (
+        "error: the launcher was asked for 2 processes but 1 joined the run; on a machine without GPU use "
+        "`accelerate launch --multi_gpu --num_processes 2` (gloo on the CPU)"
+    ) in result.stderr + result.stdout
+
+
+def test_resume_with_another_world_size_warns_and_recomputes(synth_manifest, tiny_model, tmp_path):
+    args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--save_steps", "2")
+    code, log = finish(launch([*args, "--max_steps", "2"]))
+    assert code == 0, log
+    result = CliRunner().invoke(app, [*args, "--max_steps", "3"])
+    assert result.exit_code == 0, result.output
+    assert "warning: saved with 2 processes, resuming with 1" in result.output
+    state = json.loads((tmp_path / "run/checkpoint-3/trainer_state.json").read_text())["progress"]
+    assert state["world_size"] == 1 and state["samples_seen"] == 2 * 2 + 1
+    assert state["micro_batches"] == 4 + 1  # 4 samples seen = 4 micro-batches of 1 at world size 1, then one more
+
+
+def tests_root():
+    from tests.conftest import REPO
+
+    return REPO
