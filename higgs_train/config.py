@@ -20,6 +20,7 @@ DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 MIXED_PRECISION = ("no", "bf16", "fp16")
 RESUME_MODES = ("auto", "never")
 ON_SAVE_ERROR = ("stop", "continue")
+ON_BAD_SAMPLE = ("error", "skip")
 
 DATA, MODEL, LORA, OPTIM, RUN, CKPT = "Data", "Model", "LoRA", "Optimisation", "Run", "Checkpoints"
 
@@ -32,6 +33,17 @@ def _f(default: Any, help: str, group: str, **extra: Any) -> Any:
 class TrainConfig:
     train_manifest: str | None = _f(None, "JSONL or JSON-array manifest of training clips.", DATA)
     output_dir: str | None = _f(None, "Run folder: checkpoints, metrics.jsonl, code cache.", DATA)
+    eval_manifest: str | None = _f(None, "Held-out manifest for the eval loss.", DATA)
+    eval_fraction: float = _f(0.0, "Hold out this share of the training rows for the eval loss instead.", DATA)
+    eval_steps: int | None = _f(
+        None, "Eval loss every N steps [default: --save_steps when there is an eval set].", DATA
+    )
+    on_bad_sample: str = _f("error", "error: stop before training on any bad row; skip: drop bad rows, say why.", DATA)
+    min_duration: float = _f(0.1, "Drop or refuse target clips shorter than this (seconds).", DATA)
+    max_duration: float = _f(30.0, "Drop or refuse target clips longer than this (seconds).", DATA)
+    max_text_tokens: int = _f(1024, "Drop or refuse rows whose text has more tokens.", DATA)
+    num_workers: int = _f(0, "Processes decoding audio while encoding codes.", DATA)
+    group_by_length: bool = _f(True, "Batch rows of similar length together, so padding stays small.", DATA)
     model: str = _f(BASE_MODEL, "Base model: hub id or local folder (see `higgs-train init-tiny`).", MODEL)
     audio_tokenizer: str | None = _f(
         None,
@@ -169,7 +181,18 @@ def validate(cfg: TrainConfig) -> None:
             problems.append(f"--{name} must not be negative, got {getattr(cfg, name)}")
     if not 0 <= cfg.lora_dropout < 1:
         problems.append(f"--lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
-    for name, allowed in (("mixed_precision", MIXED_PRECISION), ("on_save_error", ON_SAVE_ERROR)):
+    if not 0 <= cfg.eval_fraction < 1:
+        problems.append(f"--eval_fraction must be in [0, 1), got {cfg.eval_fraction}")
+    if cfg.eval_manifest and cfg.eval_fraction:
+        problems.append("--eval_manifest and --eval_fraction both given; choose one")
+    if cfg.eval_steps is not None and cfg.eval_steps < 1:
+        problems.append(f"--eval_steps must be at least 1, got {cfg.eval_steps}")
+    if cfg.num_workers < 0:
+        problems.append(f"--num_workers must not be negative, got {cfg.num_workers}")
+    if cfg.max_duration <= cfg.min_duration:
+        problems.append(f"--max_duration {cfg.max_duration} must be above --min_duration {cfg.min_duration}")
+    choices = (("mixed_precision", MIXED_PRECISION), ("on_save_error", ON_SAVE_ERROR), ("on_bad_sample", ON_BAD_SAMPLE))
+    for name, allowed in choices:
         if getattr(cfg, name) not in allowed:
             problems.append(f"--{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
     if not cfg.lora_targets.strip():

@@ -12,7 +12,17 @@ class ConfigError(HiggsTrainError):
 
 
 class ManifestError(HiggsTrainError):
-    """A manifest that cannot be read, or a row in it that cannot be trained on."""
+    """A manifest that cannot be read, or a row in it that cannot be trained on.
+
+    `reason` is the short category used in the data report (e.g. "missing field", "undecodable audio").
+    """
+
+    def __init__(self, message: str, reason: str = "invalid row"):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # keep the reason when the error crosses processes
+        return (type(self), (str(self), self.reason))
 
 
 class AudioError(ManifestError):

@@ -75,26 +75,35 @@ def load_processor(model: str, audio_tokenizer: str | None = None):
     return processor
 
 
-def load_base(model: str, mixed_precision: str = "no", audio_tokenizer: str | None = None) -> Base:
-    """Load model + processor through `from_pretrained`, for a hub id or a local folder alike.
+def load_lm(model: str, mixed_precision: str = "no"):
+    """`HiggsAudioV2ForConditionalGeneration.from_pretrained`, for a hub id or a local folder alike.
 
     Weights stay in float32 for "no"; with bf16/fp16 the frozen base is loaded in that dtype (LoRA weights are
-    kept in float32 by PEFT's autocast handling) to halve its memory.
+    kept in float32) to halve its memory.
     """
     from transformers import HiggsAudioV2ForConditionalGeneration
 
     _offline_if_local(model)
     try:
-        lm = HiggsAudioV2ForConditionalGeneration.from_pretrained(model, dtype=DTYPES[mixed_precision])
+        return HiggsAudioV2ForConditionalGeneration.from_pretrained(model, dtype=DTYPES[mixed_precision])
     except (OSError, ValueError) as e:
         raise ModelError(f"--model {model}: cannot load the model ({e}); pass a hub id or a model folder") from e
-    processor = load_processor(model, audio_tokenizer)
+
+
+def check_pair(lm, processor, model: str) -> None:
     n_q = processor.audio_tokenizer.config.num_quantizers
     if n_q != lm.config.num_codebooks:
         raise ModelError(
             f"--model {model}: the audio tokenizer makes {n_q} codebooks but the model expects "
             f"{lm.config.num_codebooks}; use the audio tokenizer released with this model"
         )
+
+
+def load_base(model: str, mixed_precision: str = "no", audio_tokenizer: str | None = None) -> Base:
+    """Model, processor and audio tokenizer, through the same `from_pretrained` code users hit."""
+    lm = load_lm(model, mixed_precision)
+    processor = load_processor(model, audio_tokenizer)
+    check_pair(lm, processor, model)
     return Base(lm, processor, processor.audio_tokenizer)
 
 

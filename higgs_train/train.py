@@ -26,9 +26,8 @@ from higgs_train.checkpoint.save import SaveResult, save_checkpoint
 from higgs_train.checkpoint.state import Snapshot, TrainingProgress, capture_rng, restore_rng
 from higgs_train.config import TrainConfig
 from higgs_train.data.batches import BatchPlan
-from higgs_train.data.codes import encode_clips
-from higgs_train.data.collate import IGNORE, TokenLayout, build_example, collate
-from higgs_train.data.manifest import load_manifest
+from higgs_train.data.collate import IGNORE, collate
+from higgs_train.data.pipeline import build_training_data
 from higgs_train.distributed import (
     adapter_digest,
     any_rank,
@@ -38,7 +37,7 @@ from higgs_train.distributed import (
     on_main,
 )
 from higgs_train.errors import CheckpointError, Interrupted
-from higgs_train.model import apply_lora, load_base, quiet_libraries, trainable_summary
+from higgs_train.model import apply_lora, check_pair, load_lm, load_processor, quiet_libraries, trainable_summary
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -103,7 +102,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     """Run (or resume) a LoRA fine-tune as configured; returns the final progress, losses and saves."""
     out = Path(cfg.output_dir)
     check_output_dir(out)  # fail fast: before the manifest is parsed or the model loads
-    samples = load_manifest(cfg.train_manifest)
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
     say = log if main else (lambda _msg: None)
@@ -113,16 +111,17 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     resume_path = on_main(accelerator, _resume_target, cfg, roots, say)
 
     quiet_libraries()
-    base = load_base(cfg.model, cfg.mixed_precision, cfg.audio_tokenizer)
-    base.audio_tokenizer.to(accelerator.device)
+    processor = load_processor(cfg.model, cfg.audio_tokenizer)  # small: the data is validated before the LM loads
+    processor.audio_tokenizer.to(accelerator.device)
     with accelerator.main_process_first():  # rank 0 fills the code cache, the others read it
-        codes = encode_clips([(p, s.source) for s in samples for p in s.audio_paths], base.audio_tokenizer, out)
-    layout = TokenLayout.from_processor(base.processor, base.model.config.num_codebooks)
-    examples = [build_example(s, codes, layout) for s in samples]
-    base.audio_tokenizer.to("cpu")
+        data = build_training_data(cfg, processor, processor.audio_tokenizer.config.num_quantizers, say)
+    processor.audio_tokenizer.to("cpu")
+    lm = load_lm(cfg.model, cfg.mixed_precision)
+    check_pair(lm, processor, cfg.model)
+    examples, layout = data.train, data.layout
 
     torch.manual_seed(cfg.seed)
-    model = apply_lora(base.model, cfg)
+    model = apply_lora(lm, cfg)
     trainable, total = trainable_summary(model)
     say(
         f"LoRA r={cfg.lora_r} on {cfg.lora_targets}: "
@@ -130,7 +129,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=torch.cuda.is_available())
-    plan = BatchPlan(len(examples), cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes)
+    lengths = [len(e.input_ids) for e in examples] if cfg.group_by_length else None
+    rank, world = accelerator.process_index, accelerator.num_processes
+    plan = BatchPlan(len(examples), cfg.batch_size, cfg.seed, rank, world, lengths)
     max_steps = cfg.max_steps or plan.steps_for_epochs(cfg.num_epochs, cfg.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, max_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -141,14 +142,18 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
         progress = _restore(resume_path, cfg, accelerator, model, optimizer, scheduler, say)
         result = RunResult(progress, resumed_from=resume_path)
     metrics = _open_metrics(out / METRICS_FILE, progress.step) if main else None
+    if data.eval:
+        say(f"eval set: {len(data.eval)} rows")
     codebook_size = accelerator.unwrap_model(model).config.codebook_size
     say(f"training {len(examples)} samples for {max_steps} steps ({plan.batches_per_epoch} batches per epoch)")
 
+    eval_steps = cfg.eval_steps or cfg.save_steps
     loop_start = time.perf_counter()
     with StopSignal(log) as stop, _progress_display(main and progress_bar, max_steps, progress.step) as bar:
         while progress.step < max_steps:
             t0 = time.perf_counter()
             batches = [_next_batch(plan, progress, examples, layout, cfg) for _ in range(cfg.grad_accum)]
+            data_s = time.perf_counter() - t0
             loss, grad_norm, tokens = _optimizer_step(
                 model, optimizer, scheduler, accelerator, batches, cfg, codebook_size
             )
@@ -156,16 +161,24 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
             result.losses.append(loss)
             tok_s = tokens * accelerator.num_processes / (time.perf_counter() - t0)
             lr = scheduler.get_last_lr()[0]
-            if metrics and progress.step % cfg.log_steps == 0:
+            if progress.step % cfg.log_steps == 0:
+                padded = sum(b["attention_mask"].numel() for b in batches)
                 row = {
                     "step": progress.step,
                     "epoch": progress.epoch,
                     "loss": loss,
                     "lr": lr,
                     "grad_norm": grad_norm,
+                    "tokens_per_s": round(tok_s, 1),
+                    "padding_share": round(1 - tokens / padded, 4),
+                    "data_s": round(data_s, 5),
+                    "step_s": round(time.perf_counter() - t0, 5),
                 }
-                metrics.write(json.dumps({**row, "tokens_per_s": round(tok_s, 1), "time": time.time()}) + "\n")
-                metrics.flush()
+                _log(metrics, row)
+            if data.eval and (progress.step % eval_steps == 0 or progress.step == max_steps):
+                eval_loss = evaluate(model, accelerator, data.eval, layout, cfg.batch_size, codebook_size)
+                _log(metrics, {"step": progress.step, "eval_loss": eval_loss})
+                say(f"step {progress.step}: eval loss {eval_loss:.4f}")
             bar(progress.step, loss, lr, tok_s)
             stopping = any_rank(accelerator, stop.requested)
             if progress.step % cfg.save_steps == 0 or progress.step == max_steps or stopping:
@@ -180,6 +193,34 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     result.model = accelerator.unwrap_model(model)
     result.is_main = main
     return result
+
+
+def _log(metrics, row: dict) -> None:
+    if metrics is not None:
+        metrics.write(json.dumps({**row, "time": time.time()}) + "\n")
+        metrics.flush()
+
+
+@torch.no_grad()
+def evaluate(model, accelerator, examples, layout, batch_size: int, codebook_size: int) -> float:
+    """Mean loss per labelled code over the eval set, sharded across ranks (every rank runs as many batches)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = list(range(rank, len(examples), world))
+    per_rank = math.ceil(len(examples) / world)
+    mine += [None] * (per_rank - len(mine))  # padding batches keep ranks in step and count for nothing
+    model.eval()
+    ce, codes = 0.0, 0
+    for start in range(0, per_rank, batch_size):
+        chunk = mine[start : start + batch_size]
+        real = [i for i in chunk if i is not None]
+        batch = collate([examples[i] for i in real or [0]], layout)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        loss = audio_loss_sum(model, batch, codebook_size)
+        if real:
+            ce += loss.item()
+            codes += int((batch["labels"] != IGNORE).sum())
+    model.train()
+    return global_sum(accelerator, ce) / max(1.0, global_sum(accelerator, codes))
 
 
 def _optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codebook_size):
@@ -263,7 +304,7 @@ def _restore(path: Path, cfg, accelerator, model, optimizer, scheduler, say) -> 
     else:
         say(f"warning: {path.name} is an adapter-only fallback: resuming with a fresh optimizer state")
         with warnings.catch_warnings():  # stepping a schedule forward without optimizer steps is the point here
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
             for _ in range(progress.step):
                 scheduler.step()
     if progress.world_size != accelerator.num_processes:
@@ -345,7 +386,8 @@ def _enforce_save_policy(cfg: TrainConfig, saves: list[SaveResult]) -> None:
 def _open_metrics(path: Path, resumed_step: int):
     """Open metrics.jsonl for appending, first dropping rows past the step we resume from (they will be redone)."""
     if path.exists():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resumed_step]
+        lines = path.read_text().splitlines()
+        keep = [line for line in lines if line and json.loads(line)["step"] <= resumed_step]
         path.write_text("".join(line + "\n" for line in keep))
     return open(path, "a")
 

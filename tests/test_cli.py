@@ -1,6 +1,7 @@
 """CLI parsing, help and bad input: exit codes and the exact messages users see."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -16,12 +17,13 @@ runner = CliRunner()
 
 
 def test_help_subprocess_shows_groups_and_both_spellings():
-    result = subprocess.run(
-        [sys.executable, "-m", "higgs_train", "--help"], capture_output=True, text=True, timeout=120
-    )
+    env = {**os.environ, "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "higgs_train", "--help"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0
-    for text in ("Data", "LoRA", "Optimisation", "Checkpoints", "--train_manifest", "--train-manif", "init-tiny"):
+    for text in ("Data", "LoRA", "Optimisation", "Checkpoints", "--train_manifest", "--train-manifest", "init-tiny"):
         assert text in result.stdout
+    assert "Dropout on the LoRA input." in result.stdout
 
 
 def test_flags_yaml_and_overrides_reach_the_config(tmp_path, monkeypatch):

@@ -1,8 +1,10 @@
-"""Audio -> codes, once per clip: an Arrow cache (`datasets`) keyed by file identity and audio tokenizer.
+"""Audio -> codes, once per clip: a sharded Arrow cache (`datasets`) keyed by the clip's identity and the audio
+tokenizer.
 
-A changed file (size or mtime) or another audio tokenizer gets a new key, so only what changed is re-encoded.
-The cache folder is replaced atomically (written beside it, then renamed), so a killed run leaves the old
-cache or the new one, never a torn one.
+A changed file (size or mtime), another dataset fingerprint or another audio tokenizer gets a new key, so only
+what changed is re-encoded. New codes are written in shards of SHARD_CLIPS clips, each saved beside its final
+name and renamed into place, so a run killed mid-encoding keeps every finished shard and resumes after them.
+Decoding and resampling run in `num_workers` DataLoader workers; encoding runs in the main process.
 """
 
 from __future__ import annotations
@@ -10,15 +12,27 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Iterable
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from higgs_train.data.audio import load_audio
+from higgs_train.data.audio import load_audio, source_identity
+from higgs_train.errors import AudioError
 
 CACHE_SUBDIR = "cache/codes"
+SHARD_CLIPS = 256
+
+
+@dataclass
+class Clip:
+    """A clip's codes (num_codebooks, frames) int16 and its duration in seconds."""
+
+    codes: np.ndarray
+    seconds: float
 
 
 def tokenizer_fingerprint(audio_tokenizer) -> str:
@@ -27,76 +41,129 @@ def tokenizer_fingerprint(audio_tokenizer) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def clip_key(path: str, fingerprint: str) -> str:
-    st = os.stat(path)
-    return hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}|{fingerprint}".encode()).hexdigest()
+def clip_key(source: str, fingerprint: str) -> str:
+    return hashlib.sha256(f"{source_identity(source)}|{fingerprint}".encode()).hexdigest()
 
 
-@torch.no_grad()
-def encode_clip(path: str, audio_tokenizer, where: str = "") -> np.ndarray:
-    """Encode one clip to codes of shape (num_codebooks, frames), int16."""
-    wave = load_audio(path, audio_tokenizer.config.sample_rate, where)
-    device = next(audio_tokenizer.parameters()).device
-    codes = audio_tokenizer.encode(wave.to(device)[None, None]).audio_codes[0]
-    return codes.to(torch.int16).cpu().numpy()
+class CodeCache:
+    """OUTPUT_DIR/cache/codes/shard-*/: each shard a `datasets` folder with columns key, codes, seconds."""
+
+    def __init__(self, output_dir: str | Path):
+        self.root = Path(output_dir) / CACHE_SUBDIR
+
+    def shards(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("shard-"))
+
+    def load(self, keys: set[str]) -> dict[str, Clip]:
+        import datasets
+
+        found: dict[str, Clip] = {}
+        for shard in self.shards():
+            table = datasets.load_from_disk(str(shard))
+            wanted = [i for i, key in enumerate(table["key"]) if key in keys]
+            for row in table.select(wanted).with_format("numpy"):
+                found[str(row["key"])] = Clip(np.stack(row["codes"]).astype(np.int16), float(row["seconds"]))
+        return found
+
+    def add(self, entries: dict[str, Clip]) -> None:
+        import datasets
+
+        keys = sorted(entries)
+        table = datasets.Dataset.from_dict(
+            {
+                "key": keys,
+                "codes": [entries[k].codes.tolist() for k in keys],
+                "seconds": [entries[k].seconds for k in keys],
+            }
+        )
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{time.time_ns()}-{os.getpid()}"
+        tmp = self.root / f".{name}.writing"
+        table.save_to_disk(str(tmp))
+        tmp.rename(self.root / name)
+
+    def clean(self) -> None:
+        """Remove shards that a killed run left half-written."""
+        if self.root.is_dir():
+            for p in self.root.iterdir():
+                if p.name.endswith(".writing"):
+                    shutil.rmtree(p, ignore_errors=True)
+
+
+class _Decode(torch.utils.data.Dataset):
+    def __init__(self, todo: list[tuple[str, str]], sample_rate: int):
+        self.todo, self.sample_rate = todo, sample_rate
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, i: int):
+        source, key = self.todo[i]
+        try:
+            return key, load_audio(source, self.sample_rate), None
+        except AudioError as e:
+            return key, None, e
 
 
 def encode_clips(
-    clips: Iterable[tuple[str, str]], audio_tokenizer, output_dir: str | Path, progress=None
-) -> dict[str, np.ndarray]:
-    """Codes for every clip, read from the run's cache where present, encoded and added to it where not.
+    clips: list[str],
+    audio_tokenizer,
+    output_dir: str | Path,
+    num_workers: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[dict[str, Clip], dict[str, AudioError]]:
+    """Codes for every clip, from the cache where present, decoded and encoded (and cached) where not.
 
     Args:
-        clips: (audio path, "manifest:line" of a row naming it) pairs; duplicates are encoded once.
+        clips: audio sources (paths or embedded-dataset sources); errors name the source, not the row.
         audio_tokenizer: a `HiggsAudioV2TokenizerModel`.
         output_dir: the run folder; the cache lives in OUTPUT_DIR/cache/codes.
-        progress: optional callable(done, total) for a progress display.
+        num_workers: processes decoding and resampling audio.
+        progress: optional callable(done, total, seconds of audio so far).
 
     Returns:
-        path -> codes (num_codebooks, frames).
-
-    Raises:
-        AudioError: a clip is missing or cannot be decoded (the message names the manifest line).
+        (source -> Clip for the good clips, source -> AudioError for clips that are missing or undecodable).
     """
-    import datasets
-
     fingerprint = tokenizer_fingerprint(audio_tokenizer)
-    wanted = {}
-    for path, where in clips:
-        if path not in wanted:
-            if not os.path.isfile(path):
-                load_audio(path, 0, where)  # raises the AudioError naming the row
-            wanted[path] = (clip_key(path, fingerprint), where)
-    cache_dir = Path(output_dir) / CACHE_SUBDIR
-    cached: dict[str, np.ndarray] = {}
-    if cache_dir.is_dir():
-        table = datasets.load_from_disk(str(cache_dir)).with_format("numpy")
-        keys_needed = {key for key, _ in wanted.values()}
-        for row in table:
-            if row["key"] in keys_needed:
-                cached[row["key"]] = np.stack(row["codes"]).astype(np.int16)
-    new: dict[str, np.ndarray] = {}
-    todo = [(p, k, w) for p, (k, w) in wanted.items() if k not in cached]
-    for i, (path, key, where) in enumerate(todo):
-        new[key] = encode_clip(path, audio_tokenizer, where)
+    errors: dict[str, AudioError] = {}
+    keys: dict[str, str] = {}
+    for source in dict.fromkeys(clips):
+        try:
+            keys[source] = clip_key(source, fingerprint)
+        except OSError:
+            try:
+                load_audio(source, 0)
+            except AudioError as e:
+                errors[source] = e
+    cache = CodeCache(output_dir)
+    cache.clean()
+    found = cache.load(set(keys.values()))
+    todo = [(src, key) for src, key in keys.items() if key not in found]
+    rate = audio_tokenizer.config.sample_rate
+    device = next(audio_tokenizer.parameters()).device
+    loader = torch.utils.data.DataLoader(
+        _Decode(todo, rate), batch_size=None, num_workers=num_workers, collate_fn=lambda x: x
+    )
+    pending: dict[str, Clip] = {}
+    by_key = {key: src for src, key in keys.items()}
+    seconds = 0.0
+    for done, (key, wave, error) in enumerate(loader, start=1):
+        if error is not None:
+            errors[by_key[key]] = error
+        else:
+            with torch.no_grad():
+                codes = audio_tokenizer.encode(wave.to(device)[None, None]).audio_codes[0]
+            pending[key] = Clip(codes.to(torch.int16).cpu().numpy(), len(wave) / rate)
+            seconds += len(wave) / rate
+        if len(pending) >= SHARD_CLIPS:
+            cache.add(pending)
+            found.update(pending)
+            pending = {}
         if progress:
-            progress(i + 1, len(todo))
-    if new:
-        _write_cache(cache_dir, {**cached, **new})
-    everything = {**cached, **new}
-    return {path: everything[key] for path, (key, _) in wanted.items()}
-
-
-def _write_cache(cache_dir: Path, entries: dict[str, np.ndarray]) -> None:
-    import datasets
-
-    keys = sorted(entries)
-    table = datasets.Dataset.from_dict({"key": keys, "codes": [entries[k].tolist() for k in keys]})
-    tmp = cache_dir.with_name(cache_dir.name + f".writing-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    table.save_to_disk(str(tmp))
-    old = cache_dir.with_name(cache_dir.name + f".old-{os.getpid()}")
-    if cache_dir.exists():
-        cache_dir.rename(old)
-    tmp.rename(cache_dir)
-    shutil.rmtree(old, ignore_errors=True)
+            progress(done, len(todo), seconds)
+    if pending:
+        cache.add(pending)
+        found.update(pending)
+    return {src: found[key] for src, key in keys.items() if key in found}, errors

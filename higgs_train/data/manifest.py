@@ -6,10 +6,10 @@ that mixes row forms and whose errors carry no line numbers), so every error nam
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from higgs_train.data.formats import EMBEDDED, iter_rows
 from higgs_train.errors import ManifestError
 
 DEFAULT_SYSTEM_PROMPT = "Generate audio following instruction."
@@ -42,53 +42,43 @@ class Sample:
         return self.audio_paths[-1]
 
 
-def load_manifest(path: str | Path) -> list[Sample]:
-    """Read a JSONL manifest or a JSON array of rows.
+@dataclass(frozen=True)
+class Problem:
+    """A row that cannot be trained on: where, a short reason for the report, and the full message."""
+
+    where: str
+    reason: str
+    message: str
+
+
+def load_manifest(path: str | Path, problems: list[Problem] | None = None) -> list[Sample]:
+    """Read a manifest of any supported format (see `formats.py`).
 
     Args:
-        path: the manifest file; relative audio paths in it resolve against its folder.
+        path: a .jsonl / .json file, a folder with metadata.json, or a saved `datasets` folder; relative audio
+            paths resolve against the manifest's folder.
+        problems: when given, bad rows are appended to it and skipped; when None, the first bad row raises.
 
     Returns:
-        One `Sample` per row, in file order.
+        One `Sample` per good row, in order.
 
     Raises:
-        ManifestError: the file is missing or empty, or a row is malformed (the message names file, line, field).
+        ManifestError: the manifest cannot be read or has no rows, or (without `problems`) a row is malformed;
+            the message names file, line and field.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found; pass an existing .jsonl or .json file to --train_manifest")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: cannot read the manifest ({e}); it must be UTF-8 text") from e
-    is_array = path.suffix == ".json" and text.lstrip().startswith("[")
-    rows = list(_json_array_rows(path, text) if is_array else _jsonl_rows(path, text))
-    if not rows:
-        raise ManifestError(f"{path}: the manifest has no rows; add one JSON object per line")
-    return [parse_row(row, f"{path}:{line}", path.parent) for line, row in rows]
-
-
-def _jsonl_rows(path: Path, text: str):
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    samples = []
+    for where, row, base in iter_rows(path):
         try:
-            yield line_no, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ManifestError(
-                f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object"
-            ) from e
-
-
-def _json_array_rows(path: Path, text: str):
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
-    if not isinstance(rows, list):
-        raise ManifestError(f"{path}: a .json manifest must be an array of row objects")
-    # Report the array index as the "line": rows of a pretty-printed array span many lines.
-    return [(f"row {i}", row) for i, row in enumerate(rows)]
+            if isinstance(row, ManifestError):
+                raise row
+            samples.append(parse_row(row, where, base))
+        except ManifestError as e:
+            if problems is None:
+                raise
+            problems.append(Problem(where, e.reason, str(e)))
+    if not samples and not problems:
+        raise ManifestError(f"{path}: the manifest has no rows; add one JSON object per line", "no manifest")
+    return samples
 
 
 def parse_row(row: object, where: str, base_dir: Path) -> Sample:
@@ -170,19 +160,23 @@ def _optional_str(row: dict, key: str, where: str) -> str | None:
 
 def _required_text(row: dict, key: str, where: str, prefix: str = "") -> str:
     if key not in row:
-        raise ManifestError(f'{where}: missing "{prefix}{key}"; every row needs a "{key}" field with the transcript')
+        raise ManifestError(
+            f'{where}: missing "{prefix}{key}"; every row needs a "{key}" field with the transcript', "missing field"
+        )
     value = row[key]
     if not isinstance(value, str) or not value.strip():
-        raise ManifestError(f'{where}: field "{prefix}{key}" is empty; give the transcript of the clip')
+        raise ManifestError(f'{where}: field "{prefix}{key}" is empty; give the transcript of the clip', "empty text")
     return value.strip()
 
 
 def _audio_path(row: dict, keys: tuple[str, ...], where: str, base_dir: Path, prefix: str = "") -> str:
     key = next((k for k in keys if k in row), None)
     if key is None:
-        raise ManifestError(f'{where}: missing "{prefix}{keys[0]}"; give the path of the audio file')
+        raise ManifestError(f'{where}: missing "{prefix}{keys[0]}"; give the path of the audio file', "missing field")
     value = row[key]
     if not isinstance(value, str) or not value.strip():
         raise ManifestError(f'{where}: field "{prefix}{key}" must be a non-empty path to an audio file')
+    if value.startswith(EMBEDDED):
+        return value
     path = Path(value)
     return str(path if path.is_absolute() else (base_dir / path).resolve())

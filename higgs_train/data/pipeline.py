@@ -1,0 +1,76 @@
+"""The training run's data: prepare (validate + encode once) the train and eval manifests, apply
+--on_bad_sample, split off --eval_fraction, and tokenize everything into Examples."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from higgs_train.config import TrainConfig
+from higgs_train.data.collate import Example, TokenLayout, build_example
+from higgs_train.data.manifest import Sample
+from higgs_train.data.prepare import DataLimits, PreparedData, bad_data_error, prepare_data
+from higgs_train.errors import ManifestError
+
+
+@dataclass
+class TrainingData:
+    train: list[Example]
+    eval: list[Example]
+    layout: TokenLayout
+
+
+def limits(cfg: TrainConfig) -> DataLimits:
+    return DataLimits(cfg.min_duration, cfg.max_duration, cfg.max_text_tokens)
+
+
+def prepare(cfg: TrainConfig, manifest: str, processor, say: Callable[[str], None], progress=None) -> PreparedData:
+    """Validate and encode one manifest; apply --on_bad_sample to what the report found."""
+    tokenizer = processor.tokenizer
+    data = prepare_data(
+        manifest,
+        cfg.output_dir,
+        processor.audio_tokenizer,
+        lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+        limits(cfg),
+        cfg.num_workers,
+        progress,
+    )
+    report = data.report
+    if report.problems and cfg.on_bad_sample == "error":
+        for line in report.lines():
+            say(line)
+        raise bad_data_error(report)
+    if report.problems:
+        counts = ", ".join(f"{n} {reason}" for reason, n in report.counts().items())
+        say(f"warning: skipping {len(report.problems)} of {report.rows} rows of {manifest} ({counts})")
+    if not data.samples:
+        raise ManifestError(f"{manifest}: no usable rows left; see data_report.json in --output_dir", "no data")
+    return data
+
+
+def _held_out(sample: Sample, seed: int, fraction: float) -> bool:
+    digest = hashlib.sha256(f"{seed}|{sample.source}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def build_training_data(cfg: TrainConfig, processor, num_codebooks: int, say, progress=None) -> TrainingData:
+    layout = TokenLayout.from_processor(processor, num_codebooks)
+    train = prepare(cfg, cfg.train_manifest, processor, say, progress)
+    samples, eval_samples, clips = train.samples, [], dict(train.clips)
+    if cfg.eval_manifest:
+        held = prepare(cfg, cfg.eval_manifest, processor, say, progress)
+        eval_samples = held.samples
+        clips.update(held.clips)
+    elif cfg.eval_fraction:
+        eval_samples = [s for s in samples if _held_out(s, cfg.seed, cfg.eval_fraction)]
+        samples = [s for s in samples if not _held_out(s, cfg.seed, cfg.eval_fraction)]
+        if not samples or not eval_samples:
+            raise ManifestError(f"--eval_fraction {cfg.eval_fraction} leaves an empty train or eval set", "no data")
+    codes = {source: clip.codes for source, clip in clips.items()}
+    return TrainingData(
+        train=[build_example(s, codes, layout) for s in samples],
+        eval=[build_example(s, codes, layout) for s in eval_samples],
+        layout=layout,
+    )

@@ -1,0 +1,142 @@
+"""`higgs-train prepare` (and the start of every training run): validate every row, encode every clip once,
+write a report of what was dropped and why."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from higgs_train.data.codes import Clip, encode_clips
+from higgs_train.data.manifest import Problem, Sample, load_manifest
+from higgs_train.errors import ManifestError
+
+REPORT_FILE = "data_report.json"
+EXAMPLES_PER_REASON = 3
+
+
+@dataclass
+class DataReport:
+    manifest: str
+    rows: int = 0
+    good: int = 0
+    hours: float = 0.0  # audio hours of the good rows' target clips
+    encode_seconds: float = 0.0
+    problems: list[Problem] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return dict(collections.Counter(p.reason for p in self.problems).most_common())
+
+    def examples(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = collections.defaultdict(list)
+        for p in self.problems:
+            if len(out[p.reason]) < EXAMPLES_PER_REASON:
+                out[p.reason].append(p.message)
+        return dict(out)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(counts=self.counts(), problems=[asdict(p) for p in self.problems])
+        return data
+
+    def lines(self) -> list[str]:
+        """The human summary: totals, counts per reason, and the first examples of each with file and line."""
+        out = [f"{self.manifest}: {self.rows} rows, {self.good} usable ({self.hours:.3f} h of target audio)"]
+        for reason, n in self.counts().items():
+            out.append(f"  {n} x {reason}")
+            out.extend(f"      {m}" for m in self.examples()[reason])
+        return out
+
+
+@dataclass
+class PreparedData:
+    samples: list[Sample]
+    clips: dict[str, Clip]
+    report: DataReport
+
+
+@dataclass(frozen=True)
+class DataLimits:
+    min_duration: float = 0.0
+    max_duration: float = float("inf")
+    max_text_tokens: int = 10**9
+
+
+def prepare_data(
+    manifest: str | Path,
+    output_dir: str | Path,
+    audio_tokenizer,
+    count_tokens: Callable[[str], int],
+    limits: DataLimits,
+    num_workers: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> PreparedData:
+    """Parse, validate and encode a manifest; write OUTPUT_DIR/data_report.json.
+
+    Returns:
+        The usable samples, the codes of their clips, and the report of the rows dropped and why.
+
+    Raises:
+        ManifestError: the manifest as a whole cannot be read.
+    """
+    problems: list[Problem] = []
+    samples = load_manifest(manifest, problems)
+    rows = len(samples) + len(problems)
+    start = time.perf_counter()
+    clips, errors = encode_clips(
+        [p for s in samples for p in s.audio_paths], audio_tokenizer, output_dir, num_workers, progress
+    )
+    good = []
+    for sample in samples:
+        problem = _check(sample, clips, errors, count_tokens, limits)
+        if problem:
+            problems.append(problem)
+        else:
+            good.append(sample)
+    report = DataReport(
+        manifest=str(manifest),
+        rows=rows,
+        good=len(good),
+        hours=sum(clips[s.target_audio].seconds for s in good) / 3600,
+        encode_seconds=time.perf_counter() - start,
+        problems=problems,
+    )
+    path = Path(output_dir) / REPORT_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(report.to_dict(), indent=2))
+    os.replace(tmp, path)  # several ranks may write the same report: each replaces it whole
+    return PreparedData(good, clips, report)
+
+
+def _check(sample: Sample, clips, errors, count_tokens, limits: DataLimits) -> Problem | None:
+    for source in sample.audio_paths:
+        if source in errors:
+            e = errors[source]
+            return Problem(sample.source, e.reason, f"{sample.source}: {e}")
+    seconds = clips[sample.target_audio].seconds
+    if seconds < limits.min_duration:
+        message = f"{sample.source}: clip is {seconds:.2f}s, under --min_duration {limits.min_duration}s"
+        return Problem(sample.source, "too short", message)
+    if seconds > limits.max_duration:
+        message = f"{sample.source}: clip is {seconds:.2f}s, over --max_duration {limits.max_duration}s; split it"
+        return Problem(sample.source, "too long", message)
+    for turn in sample.turns:
+        if turn.text and turn.role == "user" and count_tokens(turn.text) > limits.max_text_tokens:
+            message = f"{sample.source}: text has over --max_text_tokens {limits.max_text_tokens} tokens; split the row"
+            return Problem(sample.source, "text too long", message)
+    return None
+
+
+def bad_data_error(report: DataReport) -> ManifestError:
+    """The error for --on_bad_sample error: the counts, the first bad line, where the full report is."""
+    counts = ", ".join(f"{n} {reason}" for reason, n in report.counts().items())
+    first = report.problems[0].message
+    return ManifestError(
+        f"{len(report.problems)} of {report.rows} rows cannot be trained on ({counts}); first: {first}. "
+        f"Fix them, or pass --on_bad_sample skip to drop them (full list: {REPORT_FILE} in --output_dir)",
+        report.problems[0].reason,
+    )
