@@ -80,7 +80,7 @@ def test_replica_check_names_the_ranks():
 
 
 def test_two_processes_match_one_with_same_global_batch(synth_manifest, tiny_model, tmp_path):
-    common = ["--max_steps", "4", "--save_steps", "2", "--lora_dropout", "0", "--lr", "1e-2"]
+    common = ["--max_steps", "4", "--save_steps", "2", "--lora_dropout", "0", "--lr", "1e-2", "--no-group_by_length"]
     one = CliRunner().invoke(
         app, train_args(synth_manifest, tmp_path / "one", tiny_model, *common, "--batch_size", "2")
     )
