@@ -68,19 +68,33 @@ def train_command(ctx: typer.Context, config: str | None = None, **flags) -> Non
     out.print(f"adapter: {last}", highlight=False)
 
 
-train_command.__signature__ = inspect.Signature(
-    [
-        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-        inspect.Parameter(
-            "config",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=str | None,
-            default=typer.Option(None, "--config", help="YAML preset (see configs/); flags given here win."),
-        ),
-        *[_option(f) for f in fields(TrainConfig)],
-    ]
-)
-app.callback(invoke_without_command=True)(train_command)
+def _with_train_options(fn):
+    """Give `fn(ctx, config, **flags)` one typer option per TrainConfig field, plus --config."""
+    config = inspect.Parameter(
+        "config",
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=str | None,
+        default=typer.Option(None, "--config", help="YAML preset (see configs/); flags given here win."),
+    )
+    ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    fn.__signature__ = inspect.Signature([ctx, config, *[_option(f) for f in fields(TrainConfig)]])
+    return fn
+
+
+app.callback(invoke_without_command=True)(_with_train_options(train_command))
+
+
+def prepare_command(ctx: typer.Context, config: str | None = None, **flags) -> None:
+    """Validate every row and encode the audio to codes once, into --output_dir's cache; print the report."""
+    from higgs_train.data.pipeline import run_prepare
+
+    try:
+        run_prepare(build_config(flags, config), say=lambda msg: err.print(msg, highlight=False, markup=False))
+    except HiggsTrainError as e:
+        raise _fail(e) from None
+
+
+app.command("prepare")(_with_train_options(prepare_command))
 
 
 @app.command("init-tiny")

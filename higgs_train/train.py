@@ -27,7 +27,7 @@ from higgs_train.checkpoint.state import Snapshot, TrainingProgress, capture_rng
 from higgs_train.config import TrainConfig
 from higgs_train.data.batches import BatchPlan
 from higgs_train.data.collate import IGNORE, collate
-from higgs_train.data.pipeline import build_training_data
+from higgs_train.data.pipeline import build_training_data, encoding_progress
 from higgs_train.distributed import (
     adapter_digest,
     any_rank,
@@ -113,8 +113,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     quiet_libraries()
     processor = load_processor(cfg.model, cfg.audio_tokenizer)  # small: the data is validated before the LM loads
     processor.audio_tokenizer.to(accelerator.device)
-    with accelerator.main_process_first():  # rank 0 fills the code cache, the others read it
-        data = build_training_data(cfg, processor, processor.audio_tokenizer.config.num_quantizers, say)
+    with accelerator.main_process_first(), encoding_progress(main and progress_bar) as encoding:
+        # rank 0 fills the code cache, the others then read it
+        data = build_training_data(cfg, processor, processor.audio_tokenizer.config.num_quantizers, say, encoding)
     processor.audio_tokenizer.to("cpu")
     lm = load_lm(cfg.model, cfg.mixed_precision)
     check_pair(lm, processor, cfg.model)

@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from higgs_train.checkpoint.faults import ENV
 from higgs_train.checkpoint.verify import verify_checkpoint
 from higgs_train.cli import app
 from higgs_train.distributed import adapter_digest, check_replicas
 from higgs_train.errors import CheckpointError
+from higgs_train.faults import ENV
 from tests.conftest import train_args
 
 pytestmark = pytest.mark.slow

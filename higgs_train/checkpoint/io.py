@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from higgs_train.checkpoint.faults import failpoint
+from higgs_train.faults import failpoint
 
 
 def write_bytes(path: Path, data: bytes) -> None:

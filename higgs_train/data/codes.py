@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from higgs_train import faults
 from higgs_train.data.audio import load_audio, source_identity
 from higgs_train.errors import AudioError
 
 CACHE_SUBDIR = "cache/codes"
-SHARD_CLIPS = 256
+SHARD_CLIPS = int(os.environ.get("HIGGS_TRAIN_SHARD_CLIPS", "256"))  # clips per cache shard: what a kill can lose
 
 
 @dataclass
@@ -148,7 +149,7 @@ def encode_clips(
     )
     pending: dict[str, Clip] = {}
     by_key = {key: src for src, key in keys.items()}
-    seconds = 0.0
+    seconds, shards_written = 0.0, 0
     for done, (key, wave, error) in enumerate(loader, start=1):
         if error is not None:
             errors[by_key[key]] = error
@@ -161,6 +162,9 @@ def encode_clips(
             cache.add(pending)
             found.update(pending)
             pending = {}
+            shards_written += 1
+            faults.set_step(shards_written)
+            faults.failpoint("after_shard")
         if progress:
             progress(done, len(todo), seconds)
     if pending:

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from higgs_train.config import TrainConfig
 from higgs_train.data.collate import Example, TokenLayout, build_example
@@ -74,3 +77,48 @@ def build_training_data(cfg: TrainConfig, processor, num_codebooks: int, say, pr
         eval=[build_example(s, codes, layout) for s in eval_samples],
         layout=layout,
     )
+
+
+@contextlib.contextmanager
+def encoding_progress(enabled: bool):
+    """A rich bar for encoding: clips done, clips/s and hours of audio encoded."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    start = time.perf_counter()
+    columns = [
+        TextColumn("encode"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns) as bar:
+        task = bar.add_task("encode", total=None, info="")
+
+        def update(done: int, total: int, seconds: float) -> None:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            bar.update(task, completed=done, total=total, info=f"{rate:.1f} clips/s, {seconds / 3600:.3f} h of audio")
+
+        yield update
+
+
+def run_prepare(cfg: TrainConfig, say: Callable[[str], None], progress_bar: bool = True) -> list[PreparedData]:
+    """`higgs-train prepare`: validate and encode the train (and eval) manifests into the run's cache."""
+    from higgs_train.checkpoint.preflight import check_output_dir
+    from higgs_train.model import load_processor, quiet_libraries
+
+    check_output_dir(Path(cfg.output_dir))
+    quiet_libraries()
+    processor = load_processor(cfg.model, cfg.audio_tokenizer)
+    out = []
+    for manifest in [m for m in (cfg.train_manifest, cfg.eval_manifest) if m]:
+        with encoding_progress(progress_bar) as progress:
+            data = prepare(cfg, manifest, processor, say, progress)
+        for line in data.report.lines():
+            say(line)
+        say(f"encoded {data.report.hours:.3f} h in {data.report.encode_seconds:.1f}s; cache: {cfg.output_dir}/cache")
+        out.append(data)
+    return out

@@ -9,9 +9,9 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from higgs_train.checkpoint.faults import ENV
 from higgs_train.checkpoint.verify import verify_checkpoint
 from higgs_train.cli import app
+from higgs_train.faults import ENV
 from tests.conftest import train_args
 
 pytestmark = pytest.mark.slow

@@ -1,9 +1,9 @@
-"""Crash points for the fault tests: HIGGS_TRAIN_FAILPOINT=NAME@STEP sends this process a real SIGKILL there;
-NAME@STEP:enospc raises a disk-full OSError there instead.
+"""Crash points for the fault tests: HIGGS_TRAIN_FAILPOINT=NAME@N sends this process a real SIGKILL there;
+NAME@N:enospc raises a disk-full OSError there instead.
 
-Names: before_write (tmp folder made, nothing written), mid_file (half of a file written), before_rename
-(everything written and verified), after_rename (published, `latest` not yet updated). Unset, it costs one
-dictionary lookup per call.
+Checkpoint saves (N = the step being saved): before_write (tmp folder made, nothing written), mid_file (half
+of a file written), before_rename (everything written and verified), after_rename (published, `latest` not yet
+updated). Code cache (N = shards written so far): after_shard. Unset, it costs one dictionary lookup per call.
 """
 
 from __future__ import annotations
