@@ -1,0 +1,33 @@
+import random
+
+from higgs_train.data.batches import BatchPlan
+
+
+def padding_share(plan, lengths):
+    pad = total = 0
+    for m in range(plan.batches_per_epoch):
+        _, idx = plan.micro_batch(m)
+        longest = max(lengths[i] for i in idx)
+        pad += sum(longest - lengths[i] for i in idx)
+        total += longest * len(idx)
+    return pad / total
+
+
+def test_each_example_once_per_epoch_per_rank_and_deterministic():
+    lengths = [random.Random(i).randint(10, 500) for i in range(103)]
+    seen = []
+    for rank in (0, 1):
+        plan = BatchPlan(103, 4, seed=7, rank=rank, world_size=2, lengths=lengths)
+        again = BatchPlan(103, 4, seed=7, rank=rank, world_size=2, lengths=lengths)
+        batches = [plan.micro_batch(m)[1] for m in range(plan.batches_per_epoch)]
+        assert batches == [again.micro_batch(m)[1] for m in range(plan.batches_per_epoch)]
+        seen += [i for b in batches for i in b]
+    assert len(seen) == len(set(seen)) == 102  # 51 per rank; one left over this epoch
+    assert BatchPlan(103, 4, 7, lengths=lengths).micro_batch(26)[0] == 1  # the next epoch
+
+
+def test_length_grouping_cuts_padding():
+    lengths = [random.Random(i).randint(10, 500) for i in range(1000)]
+    grouped = padding_share(BatchPlan(1000, 8, 0, lengths=lengths), lengths)
+    plain = padding_share(BatchPlan(1000, 8, 0), lengths)
+    assert grouped < plain / 4
