@@ -75,6 +75,7 @@ class TrainConfig:
     resume: str = _f("auto", "auto (newest valid checkpoint in --output_dir), never, or a checkpoint path.", CKPT)
     on_save_error: str = _f("stop", "stop, or continue training after a failed save.", CKPT)
     max_save_failures: int = _f(3, "With --on_save_error continue: stop after N failed saves in a row.", CKPT)
+    async_save: bool = _f(True, "Write, verify and publish checkpoints in a background thread.", CKPT)
     fallback_dir: str | None = _f(None, "Where the adapter-only fallback goes when a save fails.", CKPT)
     min_free_disk_gb: float = _f(1.0, "Free disk to keep beyond a checkpoint's estimated size.", CKPT)
     dist_timeout_s: int = _f(1800, "Seconds a process waits for the others at a collective before failing.", RUN)

@@ -18,20 +18,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from higgs_train.checkpoint.memory import memory_report, relieve_if_low
+from higgs_train.checkpoint.hook import CheckpointHook, enforce_save_policy
 from higgs_train.checkpoint.preflight import check_output_dir
 from higgs_train.checkpoint.resume import check_compatible, clean_stale, find_resume_point, load_checkpoint
-from higgs_train.checkpoint.rotate import rotate
-from higgs_train.checkpoint.save import SaveResult, save_checkpoint
-from higgs_train.checkpoint.state import Snapshot, TrainingProgress, capture_rng, restore_rng
+from higgs_train.checkpoint.save import SaveResult
+from higgs_train.checkpoint.state import TrainingProgress, restore_rng
 from higgs_train.config import TrainConfig
 from higgs_train.data.batches import BatchPlan
 from higgs_train.data.collate import IGNORE, collate
 from higgs_train.data.pipeline import build_training_data, encoding_progress
 from higgs_train.distributed import (
-    adapter_digest,
     any_rank,
-    check_replicas,
     global_sum,
     make_accelerator,
     on_main,
@@ -50,7 +47,10 @@ class RunResult:
     resumed_from: Path | None = None
     model: torch.nn.Module | None = None  # the trained PEFT model (unwrapped), for in-process callers
     is_main: bool = True  # False on the other ranks of a multi-process run
-    loop_seconds: float = 0.0  # wall time of the training loop, saves included, set-up excluded
+    loop_seconds: float = 0.0
+    save_stalls: list[float] = field(
+        default_factory=list
+    )  # seconds the loop stood still at each save  # wall time of the training loop, saves included, set-up excluded
 
 
 class StopSignal:
@@ -88,14 +88,19 @@ def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def audio_loss_sum(model, batch: dict[str, torch.Tensor], codebook_size: int) -> torch.Tensor:
-    """Summed cross-entropy over every labelled code; logits at t predict the frame at t + 1."""
+    """Summed cross-entropy over every labelled code; logits at t predict the frame at t + 1.
+
+    The audio head runs only at the positions whose next frame is labelled (`logits_to_keep` as a mask): the native
+    forward would compute num_codebooks x codebook_size logits at every position, text and context audio included.
+    """
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, use_cache=False).logits[:, :-1]
     targets = labels[:, 1:]
-    rows = (targets != IGNORE).any(-1)
-    picked = logits[rows].float().reshape(-1, codebook_size)
-    return F.cross_entropy(picked, targets[rows].reshape(-1), ignore_index=IGNORE, reduction="sum")
+    keep = torch.zeros(labels.shape[:2], dtype=torch.bool, device=labels.device)
+    keep[:, :-1] = (targets != IGNORE).any(-1)
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (kept positions, K * codebook_size)
+    picked = logits.float().reshape(-1, codebook_size)
+    return F.cross_entropy(picked, targets[keep[:, :-1]].reshape(-1), ignore_index=IGNORE, reduction="sum")
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bool = True) -> RunResult:
@@ -149,8 +154,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     say(f"training {len(examples)} samples for {max_steps} steps ({plan.batches_per_epoch} batches per epoch)")
 
     eval_steps = cfg.eval_steps or cfg.save_steps
+    hook = CheckpointHook(cfg, accelerator, say)
     loop_start = time.perf_counter()
-    with StopSignal(log) as stop, _progress_display(main and progress_bar, max_steps, progress.step) as bar:
+    with (
+        contextlib.closing(hook),
+        StopSignal(log) as stop,
+        _progress_display(main and progress_bar, max_steps, progress.step) as bar,
+    ):
         while progress.step < max_steps:
             t0 = time.perf_counter()
             batches = [_next_batch(plan, progress, examples, layout, cfg) for _ in range(cfg.grad_accum)]
@@ -183,8 +193,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
             bar(progress.step, loss, lr, tok_s)
             stopping = any_rank(accelerator, stop.requested)
             if progress.step % cfg.save_steps == 0 or progress.step == max_steps or stopping:
-                result.saves.append(_checkpoint(cfg, out, model, optimizer, scheduler, accelerator, progress, say))
-                _enforce_save_policy(cfg, result.saves)
+                final = progress.step == max_steps or stopping
+                t_save = time.perf_counter()
+                result.saves += hook(model, optimizer, scheduler, progress, final)
+                result.save_stalls.append(time.perf_counter() - t_save)
+                enforce_save_policy(cfg, result.saves)
             if stopping:
                 raise Interrupted(f"stopped by signal at step {progress.step}; rerun the same command to resume")
     if metrics:
@@ -316,72 +329,6 @@ def _restore(path: Path, cfg, accelerator, model, optimizer, scheduler, say) -> 
         restore_rng(loaded.rng)  # last, so nothing after it draws from the restored generators
     say(f"resumed from {path} at step {progress.step}")
     return progress
-
-
-def _checkpoint(cfg, out, model, optimizer, scheduler, accelerator, progress, say) -> SaveResult:
-    """The checkpoint hook, called by every process: memory check, replica check, snapshot, guarded save on the
-    main process, and the outcome shared with every rank."""
-    from accelerate.utils import DistributedType, gather_object
-    from peft import get_peft_model_state_dict
-
-    memory = memory_report()
-    if relieve_if_low(memory):
-        say("memory is low: collected garbage and emptied the CUDA cache before the save")
-    unwrapped = accelerator.unwrap_model(model)
-    # Under FSDP / ZeRO-3 this gathers the full tensors from every rank; under DDP it is the local state.
-    full_state = accelerator.get_state_dict(model)
-    adapter = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(unwrapped, full_state).items()}
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    if accelerator.num_processes > 1 and not sharded:
-        check_replicas(gather_object([adapter_digest(adapter)]), progress.step)
-    rngs = gather_object([(accelerator.process_index, capture_rng())])
-
-    def save() -> SaveResult:
-        adapter_config = unwrapped.peft_config["default"].to_dict()
-        adapter_config["base_model_name_or_path"] = cfg.model
-        snapshot = Snapshot(
-            progress=TrainingProgress(**progress.to_dict()),
-            adapter=adapter,
-            adapter_config=adapter_config,
-            config=cfg.to_dict(),
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-            rng=dict(rngs),
-            memory=memory,
-        )
-        result = save_checkpoint(out, snapshot, fallback_dir=cfg.fallback_dir, min_free_disk_gb=cfg.min_free_disk_gb)
-        _report_save(result, say)
-        if result.ok and cfg.save_total_limit and result.path.parent == out:
-            rotate(out, cfg.save_total_limit, result.path, say)
-        return result
-
-    return on_main(accelerator, save)
-
-
-def _report_save(result: SaveResult, say) -> None:
-    if result.kind == "full":
-        say(f"saved {result.path} in {result.seconds:.2f}s")
-    elif result.ok:
-        say(f"warning: full save failed ({result.error}); wrote adapter-only fallback {result.path}")
-    else:
-        say(f"error: save at step {result.step} failed: {result.error}")
-
-
-def _enforce_save_policy(cfg: TrainConfig, saves: list[SaveResult]) -> None:
-    failures = 0
-    for s in reversed(saves):
-        if s.ok:
-            break
-        failures += 1
-    if failures == 0:
-        return
-    last = saves[-1]
-    if cfg.on_save_error == "stop" or failures >= cfg.max_save_failures:
-        raise CheckpointError(
-            f"save at step {last.step} failed ({last.error}); the last good checkpoint is untouched. "
-            "Free disk space or fix permissions, then rerun the same command to resume"
-        )
 
 
 def _open_metrics(path: Path, resumed_step: int):

@@ -4,8 +4,8 @@ import errno
 
 from typer.testing import CliRunner
 
+import higgs_train.checkpoint.hook as hook_module
 import higgs_train.checkpoint.save as save_module
-import higgs_train.train as train_module
 from higgs_train.checkpoint.save import SaveResult, save_checkpoint
 from higgs_train.cli import app
 from tests.conftest import train_args
@@ -40,7 +40,7 @@ def test_checkpoints_table_marks_invalid_and_resume_pick(tmp_path, snapshot_fact
 
 
 def failing_save(fail_steps):
-    real = train_module.save_checkpoint
+    real = hook_module.save_checkpoint
 
     def save(out, snapshot, **kw):
         if snapshot.progress.step in fail_steps:
@@ -51,8 +51,10 @@ def failing_save(fail_steps):
 
 
 def test_failed_save_stops_the_run_by_default(synth_manifest, tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_module, "save_checkpoint", failing_save({4}))
-    args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--max_steps", "6", "--save_steps", "2")
+    monkeypatch.setattr(hook_module, "save_checkpoint", failing_save({4}))
+    args = train_args(
+        synth_manifest, tmp_path / "run", tiny_model, "--max_steps", "6", "--save_steps", "2", "--no-async_save"
+    )
     result = runner.invoke(app, args)
     assert result.exit_code == 3
     assert (
@@ -63,7 +65,7 @@ def test_failed_save_stops_the_run_by_default(synth_manifest, tiny_model, tmp_pa
 
 
 def test_continue_policy_stops_after_consecutive_failures(synth_manifest, tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_module, "save_checkpoint", failing_save({2, 6, 8}))
+    monkeypatch.setattr(hook_module, "save_checkpoint", failing_save({2, 6, 8}))
     args = train_args(
         synth_manifest,
         tmp_path / "run",
@@ -76,6 +78,7 @@ def test_continue_policy_stops_after_consecutive_failures(synth_manifest, tiny_m
         "continue",
         "--max_save_failures",
         "2",
+        "--no-async_save",
     )
     result = runner.invoke(app, args)
     assert result.exit_code == 3 and "save at step 8 failed" in result.output  # 2 ok at 4, then 6 and 8 fail
@@ -98,3 +101,13 @@ def test_fallback_checkpoint_resumes_with_fresh_optimizer(synth_manifest, tiny_m
     second = runner.invoke(app, [*args[:-1], "4"])
     assert second.exit_code == 0, second.output
     assert "checkpoint-2 is an adapter-only fallback: resuming with a fresh optimizer state" in second.output
+
+
+def test_async_save_failure_is_learnt_at_the_next_save(synth_manifest, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(hook_module, "save_checkpoint", failing_save({2}))
+    args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--max_steps", "8", "--save_steps", "2")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3 and "error: save at step 2 failed" in result.output
+    # the step-2 save ran in the background; its failure was learnt at the step-4 save, which still completes
+    # (the run waits for it) before the run stops: no tmp folder is left behind
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-4"]

@@ -1,0 +1,136 @@
+"""The checkpoint hook that every process calls at a save step: memory check, replica check, a CPU snapshot, the
+guarded save on the main process (in a background thread with --async_save), and the outcome on every rank."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from higgs_train.checkpoint import layout
+from higgs_train.checkpoint.memory import memory_report, relieve_if_low
+from higgs_train.checkpoint.rotate import rotate
+from higgs_train.checkpoint.save import SaveResult, save_checkpoint
+from higgs_train.checkpoint.state import Snapshot, TrainingProgress, capture_rng
+from higgs_train.config import TrainConfig
+from higgs_train.distributed import adapter_digest, check_replicas, on_main
+from higgs_train.errors import CheckpointError
+
+
+def cpu_copy(obj):
+    """A deep copy with every tensor on the CPU: later optimizer steps must not change a snapshot being written."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
+class CheckpointHook:
+    def __init__(self, cfg: TrainConfig, accelerator, say: Callable[[str], None]):
+        self.cfg, self.accelerator, self.say = cfg, accelerator, say
+        self.out = Path(cfg.output_dir)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="save") if cfg.async_save else None
+        self._pending: Future | None = None
+
+    def __call__(self, model, optimizer, scheduler, progress: TrainingProgress, final: bool) -> list[SaveResult]:
+        """Save at this step. Returns the saves that completed during this call (with --async_save, the previous
+        one; the current one too when `final`), the same list on every rank."""
+        from accelerate.utils import DistributedType, gather_object
+        from peft import get_peft_model_state_dict
+
+        acc = self.accelerator
+        memory = memory_report()
+        if relieve_if_low(memory):
+            self.say("memory is low: collected garbage and emptied the CUDA cache before the save")
+        unwrapped = acc.unwrap_model(model)
+        full_state = acc.get_state_dict(model)  # FSDP / ZeRO-3: gathered from every rank; DDP: the local state
+        adapter = {
+            k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(unwrapped, full_state).items()
+        }
+        sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        if acc.num_processes > 1 and not sharded:
+            check_replicas(gather_object([adapter_digest(adapter)]), progress.step)
+        rngs = gather_object([(acc.process_index, capture_rng())])
+
+        def snapshot() -> Snapshot:
+            config = unwrapped.peft_config["default"].to_dict()
+            config["base_model_name_or_path"] = self.cfg.model
+            return Snapshot(
+                progress=TrainingProgress(**progress.to_dict()),
+                adapter=adapter,
+                adapter_config=config,
+                config=self.cfg.to_dict(),
+                optimizer=cpu_copy(optimizer.state_dict()),
+                scheduler=scheduler.state_dict(),
+                scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
+                rng=dict(rngs),
+                memory=memory,
+            )
+
+        def on_writer() -> list[SaveResult]:
+            done = self._wait()
+            snap = snapshot()
+            if self._pool is None or final:
+                done.append(self._save(snap))
+            else:
+                self._pending = self._pool.submit(self._save, snap)
+            return done
+
+        return on_main(acc, on_writer)
+
+    def finish(self) -> list[SaveResult]:
+        """Wait for a save still being written (every rank calls it; the outcome reaches all)."""
+        return on_main(self.accelerator, self._wait)
+
+    def close(self) -> None:
+        """Local, no collective: let a save still being written finish (e.g. when the run stops on an error)."""
+        if self._pending is not None:
+            self._wait()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _wait(self) -> list[SaveResult]:
+        if self._pending is None:
+            return []
+        future, self._pending = self._pending, None
+        return [future.result()]
+
+    def _save(self, snap: Snapshot) -> SaveResult:
+        cfg = self.cfg
+        result = save_checkpoint(self.out, snap, fallback_dir=cfg.fallback_dir, min_free_disk_gb=cfg.min_free_disk_gb)
+        report_save(result, self.say)
+        if result.ok and cfg.save_total_limit and result.path.parent == self.out:
+            rotate(self.out, cfg.save_total_limit, result.path, self.say)
+        return result
+
+
+def report_save(result: SaveResult, say) -> None:
+    if result.kind == layout.KIND_FULL:
+        say(f"saved {result.path} in {result.seconds:.2f}s")
+    elif result.ok:
+        say(f"warning: full save failed ({result.error}); wrote adapter-only fallback {result.path}")
+    else:
+        say(f"error: save at step {result.step} failed: {result.error}")
+
+
+def enforce_save_policy(cfg: TrainConfig, saves: list[SaveResult]) -> None:
+    """Stop on a failed save (--on_save_error stop), or after --max_save_failures failures in a row.
+
+    With --async_save a failure is learnt at the next save, so the whole history is checked, not only its end.
+    """
+    run = longest = 0
+    for s in saves:
+        run = 0 if s.ok else run + 1
+        longest = max(longest, run)
+    failed = [s for s in saves if not s.ok]
+    if failed and (cfg.on_save_error == "stop" or longest >= cfg.max_save_failures):
+        last = failed[-1]
+        raise CheckpointError(
+            f"save at step {last.step} failed ({last.error}); the last good checkpoint is untouched. "
+            "Free disk space or fix permissions, then rerun the same command to resume"
+        )
