@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from higgs_train.config import TrainConfig, build_config
+from higgs_train.config import BASE_MODEL, TrainConfig, build_config
 from higgs_train.errors import HiggsTrainError
 
 app = typer.Typer(
@@ -139,6 +139,71 @@ def verify(checkpoint: Path = typer.Argument(..., help="A checkpoint folder.")) 
     result = verify_checkpoint(checkpoint)
     (out if result.ok else err).print(result.summary(), highlight=False, markup=False)
     raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command("generate")
+def generate(
+    text: str = typer.Option(..., "--text", help="What to say."),
+    out_path: Path = typer.Option(Path("sample.wav"), "--out", help="WAV file to write."),
+    model: str = typer.Option(BASE_MODEL, "--model", help="Base model: hub id or folder."),
+    adapter: str | None = typer.Option(None, "--adapter", help="Checkpoint folder of a LoRA adapter."),
+    ref_audio: str | None = typer.Option(None, "--ref_audio", "--ref-audio", help="Reference clip to clone."),
+    ref_text: str | None = typer.Option(None, "--ref_text", "--ref-text", help="Transcript of the reference clip."),
+    max_frames: int = typer.Option(500, "--max_frames", "--max-frames", help="Longest output (25 frames/s)."),
+    temperature: float = typer.Option(0.8, help="Sampling temperature (0 = greedy)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+) -> None:
+    """Speak TEXT with the base model plus an adapter; writes a 24 kHz WAV."""
+    from higgs_train.generate import generate_speech, load_with_adapter, write_wav
+
+    try:
+        lm, processor = load_with_adapter(model, adapter)
+        speech = generate_speech(lm, processor, text, ref_audio, ref_text, max_frames, temperature, seed)
+    except HiggsTrainError as e:
+        raise _fail(e) from None
+    path = write_wav(speech, out_path)
+    out.print(f"wrote {path}: {speech.frames} frames, {len(speech.wave) / speech.sample_rate:.2f}s", highlight=False)
+
+
+@app.command("merge")
+def merge(
+    model: str = typer.Option(BASE_MODEL, "--model", help="Base model: hub id or folder."),
+    adapter: str = typer.Option(..., "--adapter", help="Checkpoint folder of a LoRA adapter."),
+    output: Path = typer.Option(..., "--output", help="Folder for the merged model."),
+) -> None:
+    """Fold the adapter into the base weights; the folder loads with from_pretrained (checked against the adapter)."""
+    from higgs_train.merge import merge_adapter
+
+    try:
+        diff = merge_adapter(model, adapter, output)
+    except HiggsTrainError as e:
+        raise _fail(e) from None
+    out.print(f"merged model in {output} (max logit difference vs base + adapter: {diff:.2e})", highlight=False)
+
+
+@app.command("plot")
+def plot(run_dir: Path = typer.Argument(..., help="A run's --output_dir.")) -> None:
+    """Draw loss, eval loss, learning rate and gradient norm from metrics.jsonl to RUN_DIR/curves.png."""
+    from higgs_train.plot import plot_run
+
+    try:
+        out.print(f"wrote {plot_run(run_dir)}", highlight=False)
+    except HiggsTrainError as e:
+        raise _fail(e) from None
+
+
+@app.command("doctor")
+def doctor(
+    output_dir: str | None = typer.Option(None, "--output_dir", "--output-dir", help="Check this run folder too."),
+    model: str = typer.Option(BASE_MODEL, "--model", help="Model to look for in the local cache."),
+) -> None:
+    """Versions, GPUs and free memory, disk and a write test, local model cache: each line ok or the fix."""
+    from higgs_train.doctor import run_checks
+
+    checks = run_checks(output_dir, model)
+    for c in checks:
+        out.print(f"{'ok  ' if c.ok else 'FIX '} {c.name}: {c.detail}", highlight=False, markup=False)
+    raise typer.Exit(0 if all(c.ok for c in checks) else 1)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 RESUME_MODES = ("auto", "never")
 ON_SAVE_ERROR = ("stop", "continue")
 ON_BAD_SAMPLE = ("error", "skip")
+ATTENTION = ("sdpa", "flash_attention_2", "flex_attention", "eager")
 
 DATA, MODEL, LORA, OPTIM, RUN, CKPT = "Data", "Model", "LoRA", "Optimisation", "Run", "Checkpoints"
 
@@ -52,6 +53,8 @@ class TrainConfig:
     )
     mixed_precision: str = _f("no", "Mixed precision: no, bf16 or fp16.", MODEL)
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.", MODEL)
+    attn_implementation: str = _f("sdpa", "Attention kernel: sdpa, flash_attention_2, flex_attention or eager.", MODEL)
+    compile: bool = _f(False, "torch.compile the model (inductor); pays off on long runs on a GPU.", MODEL)
     lora_r: int = _f(16, "LoRA rank.", LORA)
     lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).", LORA)
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input.", LORA)
@@ -70,6 +73,12 @@ class TrainConfig:
     num_epochs: float = _f(1.0, "Epochs to train when --max_steps is not given.", RUN)
     seed: int = _f(42, "Seed for weights init, data order and dropout.", RUN)
     log_steps: int = _f(1, "Write metrics.jsonl every N optimizer steps.", RUN)
+    report_to: str = _f("none", "Also log to: tensorboard (OUTPUT_DIR/tensorboard) or none.", RUN)
+    sample_steps: int | None = _f(None, "Write OUTPUT_DIR/samples/step-N.wav every N steps (needs --sample_text).", RUN)
+    sample_text: str | None = _f(None, "The text spoken in the samples.", RUN)
+    sample_ref_audio: str | None = _f(None, "Reference clip for voice-cloning samples.", RUN)
+    sample_ref_text: str | None = _f(None, "Transcript of --sample_ref_audio.", RUN)
+    sample_max_frames: int = _f(250, "Longest sample, in audio frames (25 per second).", RUN)
     save_steps: int = _f(500, "Save a checkpoint every N optimizer steps (and at the last step).", CKPT)
     save_total_limit: int | None = _f(None, "Keep at most N checkpoints (oldest deleted after a good save).", CKPT)
     resume: str = _f("auto", "auto (newest valid checkpoint in --output_dir), never, or a checkpoint path.", CKPT)
@@ -186,13 +195,24 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--eval_fraction must be in [0, 1), got {cfg.eval_fraction}")
     if cfg.eval_manifest and cfg.eval_fraction:
         problems.append("--eval_manifest and --eval_fraction both given; choose one")
+    if cfg.report_to not in ("none", "tensorboard"):
+        problems.append(f"--report_to must be tensorboard or none, got {cfg.report_to!r}")
+    if cfg.sample_steps is not None and (cfg.sample_steps < 1 or not cfg.sample_text):
+        problems.append("--sample_steps needs a positive N and --sample_text with the words to speak")
+    if bool(cfg.sample_ref_audio) != bool(cfg.sample_ref_text):
+        problems.append("--sample_ref_audio and --sample_ref_text go together")
     if cfg.eval_steps is not None and cfg.eval_steps < 1:
         problems.append(f"--eval_steps must be at least 1, got {cfg.eval_steps}")
     if cfg.num_workers < 0:
         problems.append(f"--num_workers must not be negative, got {cfg.num_workers}")
     if cfg.max_duration <= cfg.min_duration:
         problems.append(f"--max_duration {cfg.max_duration} must be above --min_duration {cfg.min_duration}")
-    choices = (("mixed_precision", MIXED_PRECISION), ("on_save_error", ON_SAVE_ERROR), ("on_bad_sample", ON_BAD_SAMPLE))
+    choices = (
+        ("mixed_precision", MIXED_PRECISION),
+        ("on_save_error", ON_SAVE_ERROR),
+        ("on_bad_sample", ON_BAD_SAMPLE),
+        ("attn_implementation", ATTENTION),
+    )
     for name, allowed in choices:
         if getattr(cfg, name) not in allowed:
             problems.append(f"--{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")

@@ -68,6 +68,8 @@ def load_processor(model: str, audio_tokenizer: str | None = None):
         processor = AutoProcessor.from_pretrained(model, **kwargs)
     except (OSError, ValueError, TypeError) as e:
         raise ModelError(f"--model {model}: cannot load the processor ({e})") from e
+    # from_pretrained hands its kwargs to the text tokenizer too; a model object there breaks save_pretrained
+    processor.tokenizer.init_kwargs.pop("audio_tokenizer", None)
     if processor.chat_template is None:
         from higgs_train.tiny import chat_template
 
@@ -75,7 +77,7 @@ def load_processor(model: str, audio_tokenizer: str | None = None):
     return processor
 
 
-def load_lm(model: str, mixed_precision: str = "no"):
+def load_lm(model: str, mixed_precision: str = "no", attn_implementation: str = "sdpa"):
     """`HiggsAudioV2ForConditionalGeneration.from_pretrained`, for a hub id or a local folder alike.
 
     Weights stay in float32 for "no"; with bf16/fp16 the frozen base is loaded in that dtype (LoRA weights are
@@ -85,7 +87,11 @@ def load_lm(model: str, mixed_precision: str = "no"):
 
     _offline_if_local(model)
     try:
-        return HiggsAudioV2ForConditionalGeneration.from_pretrained(model, dtype=DTYPES[mixed_precision])
+        return HiggsAudioV2ForConditionalGeneration.from_pretrained(
+            model, dtype=DTYPES[mixed_precision], attn_implementation=attn_implementation
+        )
+    except ImportError as e:  # flash_attention_2 without the flash-attn package, for example
+        raise ModelError(f"--attn_implementation {attn_implementation}: {e}") from e
     except (OSError, ValueError) as e:
         raise ModelError(f"--model {model}: cannot load the model ({e}); pass a hub id or a model folder") from e
 

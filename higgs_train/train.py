@@ -5,7 +5,6 @@ and the checkpoint hook at every `--save_steps` optimizer steps, at the last ste
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -34,9 +33,8 @@ from higgs_train.distributed import (
     on_main,
 )
 from higgs_train.errors import CheckpointError, Interrupted
+from higgs_train.metrics import MetricsLog
 from higgs_train.model import apply_lora, check_pair, load_lm, load_processor, quiet_libraries, trainable_summary
-
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -122,7 +120,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
         # rank 0 fills the code cache, the others then read it
         data = build_training_data(cfg, processor, processor.audio_tokenizer.config.num_quantizers, say, encoding)
     processor.audio_tokenizer.to("cpu")
-    lm = load_lm(cfg.model, cfg.mixed_precision)
+    lm = load_lm(cfg.model, cfg.mixed_precision, cfg.attn_implementation)
     check_pair(lm, processor, cfg.model)
     examples, layout = data.train, data.layout
 
@@ -140,6 +138,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     plan = BatchPlan(len(examples), cfg.batch_size, cfg.seed, rank, world, lengths)
     max_steps = cfg.max_steps or plan.steps_for_epochs(cfg.num_epochs, cfg.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, max_steps))
+    if cfg.compile:  # in place (nn.Module.compile): parameter and state-dict names stay those of the PEFT model
+        model.compile(dynamic=True)  # sequence lengths vary batch to batch
     model, optimizer = accelerator.prepare(model, optimizer)
 
     progress = TrainingProgress(data_seed=cfg.seed, world_size=accelerator.num_processes)
@@ -147,7 +147,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     if resume_path is not None:
         progress = _restore(resume_path, cfg, accelerator, model, optimizer, scheduler, say)
         result = RunResult(progress, resumed_from=resume_path)
-    metrics = _open_metrics(out / METRICS_FILE, progress.step) if main else None
+    metrics = MetricsLog(out, progress.step, cfg.report_to) if main else None
     if data.eval:
         say(f"eval set: {len(data.eval)} rows")
     codebook_size = accelerator.unwrap_model(model).config.codebook_size
@@ -165,13 +165,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
             t0 = time.perf_counter()
             batches = [_next_batch(plan, progress, examples, layout, cfg) for _ in range(cfg.grad_accum)]
             data_s = time.perf_counter() - t0
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses
             loss, grad_norm, tokens = _optimizer_step(
                 model, optimizer, scheduler, accelerator, batches, cfg, codebook_size
             )
             progress.step += 1
             result.losses.append(loss)
             tok_s = tokens * accelerator.num_processes / (time.perf_counter() - t0)
-            lr = scheduler.get_last_lr()[0]
             if progress.step % cfg.log_steps == 0:
                 padded = sum(b["attention_mask"].numel() for b in batches)
                 row = {
@@ -185,10 +185,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
                     "data_s": round(data_s, 5),
                     "step_s": round(time.perf_counter() - t0, 5),
                 }
-                _log(metrics, row)
+                if metrics:
+                    metrics.log(row)
             if data.eval and (progress.step % eval_steps == 0 or progress.step == max_steps):
                 eval_loss = evaluate(model, accelerator, data.eval, layout, cfg.batch_size, codebook_size)
-                _log(metrics, {"step": progress.step, "eval_loss": eval_loss})
+                if metrics:
+                    metrics.log({"step": progress.step, "eval_loss": eval_loss})
                 say(f"step {progress.step}: eval loss {eval_loss:.4f}")
             bar(progress.step, loss, lr, tok_s)
             stopping = any_rank(accelerator, stop.requested)
@@ -198,10 +200,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
                 result.saves += hook(model, optimizer, scheduler, progress, final)
                 result.save_stalls.append(time.perf_counter() - t_save)
                 enforce_save_policy(cfg, result.saves)
+            if main and cfg.sample_steps and progress.step % cfg.sample_steps == 0:
+                _sample(cfg, accelerator.unwrap_model(model), processor, progress.step, metrics, say)
             if stopping:
                 raise Interrupted(f"stopped by signal at step {progress.step}; rerun the same command to resume")
     if metrics:
-        metrics.close()
+        metrics.close()  # note: on an exception the file is closed by the interpreter; every row is flushed
     result.loop_seconds = time.perf_counter() - loop_start
     accelerator.wait_for_everyone()
     result.model = accelerator.unwrap_model(model)
@@ -209,10 +213,26 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     return result
 
 
-def _log(metrics, row: dict) -> None:
-    if metrics is not None:
-        metrics.write(json.dumps({**row, "time": time.time()}) + "\n")
-        metrics.flush()
+def _sample(cfg: TrainConfig, model, processor, step: int, metrics, say) -> None:
+    """Write OUTPUT_DIR/samples/step-N.wav; a failure is logged and never stops the run or touches a save."""
+    from higgs_train.generate import generate_speech, write_wav
+
+    try:
+        speech = generate_speech(
+            model,
+            processor,
+            cfg.sample_text,
+            cfg.sample_ref_audio,
+            cfg.sample_ref_text,
+            max_new_frames=cfg.sample_max_frames,
+            seed=cfg.seed,
+        )
+        path = write_wav(speech, Path(cfg.output_dir) / "samples" / f"step-{step}.wav")
+        if metrics:
+            metrics.audio("sample", speech.wave, speech.sample_rate, step)
+        say(f"sample: {path} ({len(speech.wave) / speech.sample_rate:.2f}s)")
+    except Exception as e:  # a sample is a convenience: report it, keep training
+        say(f"warning: sample at step {step} failed ({type(e).__name__}: {e}); training goes on")
 
 
 @torch.no_grad()
@@ -271,7 +291,10 @@ def _next_batch(plan: BatchPlan, progress: TrainingProgress, examples, layout, c
     progress.micro_batches += 1
     progress.epoch = epoch
     progress.samples_seen += len(indices) * plan.world_size
-    return collate([examples[i] for i in indices], layout)
+    batch = collate([examples[i] for i in indices], layout)
+    if torch.cuda.is_available():  # pinned host memory lets the copy to the GPU run asynchronously
+        batch = {k: v.pin_memory() for k, v in batch.items()}
+    return batch
 
 
 def _resume_target(cfg: TrainConfig, roots: list[Path], say) -> Path | None:
@@ -329,15 +352,6 @@ def _restore(path: Path, cfg, accelerator, model, optimizer, scheduler, say) -> 
         restore_rng(loaded.rng)  # last, so nothing after it draws from the restored generators
     say(f"resumed from {path} at step {progress.step}")
     return progress
-
-
-def _open_metrics(path: Path, resumed_step: int):
-    """Open metrics.jsonl for appending, first dropping rows past the step we resume from (they will be redone)."""
-    if path.exists():
-        lines = path.read_text().splitlines()
-        keep = [line for line in lines if line and json.loads(line)["step"] <= resumed_step]
-        path.write_text("".join(line + "\n" for line in keep))
-    return open(path, "a")
 
 
 @contextlib.contextmanager
