@@ -100,6 +100,26 @@ def _audio_tokenizer():
     return model
 
 
+def tiny_lm_config(**token_ids):
+    """The tiny LM: 2 layers, hidden 64, 8 codebooks of TINY_CODEBOOK_SIZE codes (+ stream bos/eos)."""
+    from transformers import HiggsAudioV2Config
+
+    return HiggsAudioV2Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        num_codebooks=TINY_NUM_CODEBOOKS,
+        codebook_size=TINY_CODEBOOK_SIZE + 2,
+        audio_stream_bos_id=TINY_CODEBOOK_SIZE,
+        audio_stream_eos_id=TINY_CODEBOOK_SIZE + 1,
+        **token_ids,
+    )
+
+
 def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a random-weight Higgs Audio v2 model folder (LM, tokenizers, processor, chat template).
 
@@ -112,7 +132,6 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     """
     from transformers import (
         DacFeatureExtractor,
-        HiggsAudioV2Config,
         HiggsAudioV2ForConditionalGeneration,
         HiggsAudioV2Processor,
     )
@@ -123,19 +142,8 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     tokenizer = _text_tokenizer()
     audio_tokenizer = _audio_tokenizer()
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
-    config = HiggsAudioV2Config(
+    config = tiny_lm_config(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=4096,
-        num_codebooks=TINY_NUM_CODEBOOKS,
-        codebook_size=TINY_CODEBOOK_SIZE + 2,
-        audio_stream_bos_id=TINY_CODEBOOK_SIZE,
-        audio_stream_eos_id=TINY_CODEBOOK_SIZE + 1,
         audio_token_id=ids["<|AUDIO_OUT|>"],
         audio_bos_token_id=ids["<|audio_out_bos|>"],
         audio_delay_token_id=ids["<|reserved_special_token_6|>"],

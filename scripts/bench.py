@@ -34,6 +34,7 @@ from higgs_train.data.batches import BatchPlan  # noqa: E402
 from higgs_train.data.collate import IGNORE, Example, TokenLayout, collate, delay_pattern, target_labels  # noqa: E402
 from higgs_train.distributed import make_accelerator  # noqa: E402
 from higgs_train.model import apply_lora, quiet_libraries  # noqa: E402
+from higgs_train.tiny import tiny_lm_config  # noqa: E402
 from higgs_train.train import _optimizer_step, lr_lambda  # noqa: E402
 
 
@@ -42,21 +43,8 @@ def model_config(preset: str):
 
     if preset == "full":
         return HiggsAudioV2Config(codebook_size=1026)  # the released 3B-base shape
-    return HiggsAudioV2Config(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        codebook_size=66,
-        audio_stream_bos_id=64,
-        audio_stream_eos_id=65,
-        audio_token_id=300,
-        audio_bos_token_id=301,
-        audio_delay_token_id=302,
-        pad_token_id=303,
+    return tiny_lm_config(
+        vocab_size=512, audio_token_id=300, audio_bos_token_id=301, audio_delay_token_id=302, pad_token_id=303
     )
 
 

@@ -70,3 +70,13 @@ def base(tiny_model):
 
 def train_args(manifest: Path, out: Path, model: Path, *extra: str) -> list[str]:
     return ["--train_manifest", str(manifest), "--output_dir", str(out), "--model", str(model), *extra]
+
+
+def wait_for_steps(run_dir: Path, steps: int, timeout: float = 120) -> None:
+    """Block until a training process has logged `steps` rows to metrics.jsonl (or the timeout passes)."""
+    import time
+
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= steps):
+        time.sleep(0.2)

@@ -20,7 +20,7 @@ from higgs_train.cli import app
 from higgs_train.distributed import adapter_digest, check_replicas
 from higgs_train.errors import CheckpointError
 from higgs_train.faults import ENV
-from tests.conftest import train_args
+from tests.conftest import train_args, wait_for_steps
 
 pytestmark = pytest.mark.slow
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
@@ -63,6 +63,13 @@ def finish(proc, timeout=240):
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"launch did not finish within {timeout}s (a rank hung)")
     return proc.returncode, log
+
+
+def refused(cmd) -> str:
+    """Run a launch that must stop before training; return its output."""
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0
+    return result.stdout + result.stderr
 
 
 def losses(run_dir):
@@ -135,10 +142,7 @@ def test_writer_failure_stops_every_rank(synth_manifest, tiny_model, tmp_path):
 def test_sigterm_to_one_rank_stops_all_at_the_same_step(synth_manifest, tiny_model, tmp_path):
     out = tmp_path / "run"
     proc = launch(train_args(synth_manifest, out, tiny_model, "--max_steps", "100000", "--save_steps", "100000"))
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        time.sleep(0.2)
+    wait_for_steps(out, 2)
     rank1 = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
     assert len(rank1) == 1
     rank1[0].send_signal(signal.SIGTERM)
@@ -164,12 +168,10 @@ def test_fsdp_config_without_gpu_is_refused_not_switched(synth_manifest, tiny_mo
         "higgs_train",
         *train_args(synth_manifest, tmp_path / "fsdp", tiny_model),
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert result.returncode != 0
     assert (
         "error: the accelerate config asks for FSDP, which needs GPUs; on a machine without GPU use "
         "configs/accelerate/cpu2.yaml (data parallel with gloo)"
-    ) in result.stdout + result.stderr
+    ) in refused(cmd)
 
 
 def test_cpu_flag_that_starts_one_process_is_refused(synth_manifest, tiny_model, tmp_path):
@@ -189,12 +191,10 @@ def test_cpu_flag_that_starts_one_process_is_refused(synth_manifest, tiny_model,
         "higgs_train",
         *train_args(synth_manifest, tmp_path / "r", tiny_model),
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert result.returncode != 0
     assert (
         "error: the launcher was asked for 2 processes but 1 joined the run; on a machine without GPU use "
         "`accelerate launch --multi_gpu --num_processes 2` (gloo on the CPU)"
-    ) in result.stderr + result.stdout
+    ) in refused(cmd)
 
 
 def test_resume_with_another_world_size_warns_and_recomputes(synth_manifest, tiny_model, tmp_path):

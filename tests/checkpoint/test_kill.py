@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -12,7 +11,7 @@ from typer.testing import CliRunner
 from higgs_train.checkpoint.verify import verify_checkpoint
 from higgs_train.cli import app
 from higgs_train.faults import ENV
-from tests.conftest import train_args
+from tests.conftest import train_args, wait_for_steps
 
 pytestmark = pytest.mark.slow
 
@@ -55,10 +54,7 @@ def test_sigkill_during_save_then_resume(point, synth_manifest, tiny_model, tmp_
 def test_sigterm_saves_and_exits_130(synth_manifest, tiny_model, tmp_path):
     out = tmp_path / "run"
     proc = launch(train_args(synth_manifest, out, tiny_model, "--max_steps", "100000", "--save_steps", "100000"))
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        time.sleep(0.2)
+    wait_for_steps(out, 2)
     proc.send_signal(signal.SIGTERM)
     log, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, log
