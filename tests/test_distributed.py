@@ -20,7 +20,7 @@ from higgs_train.cli import app
 from higgs_train.distributed import adapter_digest, check_replicas
 from higgs_train.errors import CheckpointError
 from higgs_train.faults import ENV
-from tests.conftest import train_args, wait_for_steps
+from tests.conftest import REPO, train_args, wait_for_steps
 
 pytestmark = pytest.mark.slow
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
@@ -136,7 +136,8 @@ def test_writer_failure_stops_every_rank(synth_manifest, tiny_model, tmp_path):
     assert "error: save at step 2 failed (OSError: [Errno 28] No space left on device (injected)" in log, log
     assert "exitcode  : 3" in log
     assert "No space left on device (injected)" in log
-    assert not list((tmp_path / "run").glob("checkpoint-*"))
+    # with --async_save the step-2 failure is learnt at the step-4 save, which completes before the run stops
+    assert not (tmp_path / "run" / "checkpoint-2").exists()
 
 
 def test_sigterm_to_one_rank_stops_all_at_the_same_step(synth_manifest, tiny_model, tmp_path):
@@ -155,7 +156,7 @@ def test_sigterm_to_one_rank_stops_all_at_the_same_step(synth_manifest, tiny_mod
 
 def test_fsdp_config_without_gpu_is_refused_not_switched(synth_manifest, tiny_model, tmp_path):
     fsdp_cfg = tmp_path / "fsdp.yaml"
-    text = (tests_root() / "configs/accelerate/fsdp.yaml").read_text()
+    text = (REPO / "configs/accelerate/fsdp.yaml").read_text()
     fsdp_cfg.write_text(text.replace("num_processes: 8", "num_processes: 2").replace("bf16", '"no"'))
     cmd = [
         ACCELERATE,
@@ -207,9 +208,3 @@ def test_resume_with_another_world_size_warns_and_recomputes(synth_manifest, tin
     state = json.loads((tmp_path / "run/checkpoint-3/trainer_state.json").read_text())["progress"]
     assert state["world_size"] == 1 and state["samples_seen"] == 2 * 2 + 1
     assert state["micro_batches"] == 4 + 1  # 4 samples seen = 4 micro-batches of 1 at world size 1, then one more
-
-
-def tests_root():
-    from tests.conftest import REPO
-
-    return REPO

@@ -1,0 +1,1 @@
+"""Scoring checkpoints by listening: intelligibility (ASR + WER/CER), speaker similarity, stopping behaviour."""

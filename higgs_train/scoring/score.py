@@ -1,0 +1,105 @@
+"""Score an adapter by listening: generate each eval text, transcribe it, compare voices, check the stop."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from higgs_train.data.audio import load_audio
+from higgs_train.data.manifest import Sample
+from higgs_train.scoring.best import ScoreRow
+
+SCORES_FILE = "scores.jsonl"
+BEST = "best"  # a one-line file naming the best checkpoint folder
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    text: str
+    speaker_audio: str  # the clip whose voice the output should have (the row's target clip)
+    ref_audio: str | None = None
+    ref_text: str | None = None
+
+
+def items_from_samples(samples: list[Sample], limit: int) -> list[ScoreItem]:
+    """The target text of each row, with its context clip as the voice prompt when the row clones a voice."""
+    items = []
+    for sample in samples[:limit]:
+        turns = list(sample.turns)
+        target = max(i for i, t in enumerate(turns) if t.audio)
+        text = next(t.text for t in reversed(turns[:target]) if t.role == "user" and t.text)
+        context = [i for i, t in enumerate(turns[:target]) if t.audio]
+        ref_audio = ref_text = None
+        if context:
+            ref_audio = turns[context[-1]].audio
+            ref_text = next((t.text for t in reversed(turns[: context[-1]]) if t.role == "user" and t.text), "")
+        items.append(ScoreItem(text, sample.target_audio, ref_audio, ref_text))
+    return items
+
+
+class Scorer:
+    """Holds the ASR model and the reference speaker embeddings; scores any number of checkpoints."""
+
+    def __init__(self, processor, asr_model: str, chars_per_second: float, max_new_frames: int = 500):
+        from higgs_train.scoring.asr import Transcriber
+
+        self.processor = processor
+        self.asr = Transcriber(asr_model)
+        self.chars_per_second = chars_per_second
+        self.max_new_frames = max_new_frames
+        self._speaker: dict[str, np.ndarray] = {}
+
+    def _speaker_embedding(self, path: str) -> np.ndarray:
+        from higgs_train.scoring.speaker import embed
+
+        if path not in self._speaker:
+            rate = 16000
+            self._speaker[path] = embed(load_audio(path, rate), rate)
+        return self._speaker[path]
+
+    def score(self, model, items: list[ScoreItem], step: int, eval_loss: float | None = None) -> ScoreRow:
+        from higgs_train.generate import generate_speech
+        from higgs_train.scoring.speaker import embed, similarity
+        from higgs_train.scoring.stopping import duration_ratio, trailing_share
+        from higgs_train.scoring.text import error_rates
+
+        per_item = []
+        for item in items:
+            speech = generate_speech(
+                model, self.processor, item.text, item.ref_audio, item.ref_text, self.max_new_frames, temperature=0.0
+            )
+            wer, cer = error_rates(item.text, self.asr(speech.wave, speech.sample_rate))
+            voice = similarity(embed(speech.wave, speech.sample_rate), self._speaker_embedding(item.speaker_audio))
+            seconds = len(speech.wave) / speech.sample_rate
+            per_item.append(
+                (
+                    wer,
+                    cer,
+                    voice,
+                    duration_ratio(seconds, item.text, self.chars_per_second),
+                    trailing_share(speech.wave, speech.sample_rate),
+                )
+            )
+        wer, cer, voice, ratio, trail = (float(np.mean(col)) for col in zip(*per_item, strict=True))
+        return ScoreRow(step, wer, cer, voice, ratio, trail, eval_loss)
+
+
+def append_score(run_dir: str | Path, row: ScoreRow) -> None:
+    with open(Path(run_dir) / SCORES_FILE, "a") as f:
+        f.write(json.dumps({**row.to_dict(), "time": time.time()}) + "\n")
+
+
+def read_scores(run_dir: str | Path) -> list[ScoreRow]:
+    path = Path(run_dir) / SCORES_FILE
+    if not path.exists():
+        return []
+    rows = {}
+    for line in path.read_text().splitlines():
+        data = json.loads(line)
+        data.pop("time", None)
+        rows[data["step"]] = ScoreRow(**data)  # a later score of the same step replaces an earlier one
+    return [rows[k] for k in sorted(rows)]
