@@ -24,6 +24,7 @@ ON_BAD_SAMPLE = ("error", "skip")
 ATTENTION = ("sdpa", "flash_attention_2", "flex_attention", "eager")
 
 DATA, MODEL, LORA, OPTIM, RUN, CKPT = "Data", "Model", "LoRA", "Optimisation", "Run", "Checkpoints"
+SCORE = "Scoring"
 
 
 def _f(default: Any, help: str, group: str, **extra: Any) -> Any:
@@ -79,6 +80,11 @@ class TrainConfig:
     sample_ref_audio: str | None = _f(None, "Reference clip for voice-cloning samples.", RUN)
     sample_ref_text: str | None = _f(None, "Transcript of --sample_ref_audio.", RUN)
     sample_max_frames: int = _f(250, "Longest sample, in audio frames (25 per second).", RUN)
+    score_steps: int | None = _f(None, "Score the adapter by listening every N steps (after the save).", SCORE)
+    score_manifest: str | None = _f(None, "Rows to score with [default: the first --score_samples eval rows].", SCORE)
+    score_samples: int = _f(4, "How many rows a score uses.", SCORE)
+    asr_model: str = _f("openai/whisper-small", "ASR model (hub id or folder) for WER/CER.", SCORE)
+    select_best_by: str = _f("combined", "Best checkpoint by: wer, similarity, loss or combined.", SCORE)
     save_steps: int = _f(500, "Save a checkpoint every N optimizer steps (and at the last step).", CKPT)
     save_total_limit: int | None = _f(None, "Keep at most N checkpoints (oldest deleted after a good save).", CKPT)
     resume: str = _f("auto", "auto (newest valid checkpoint in --output_dir), never, or a checkpoint path.", CKPT)
@@ -201,6 +207,12 @@ def validate(cfg: TrainConfig) -> None:
         problems.append("--sample_steps needs a positive N and --sample_text with the words to speak")
     if bool(cfg.sample_ref_audio) != bool(cfg.sample_ref_text):
         problems.append("--sample_ref_audio and --sample_ref_text go together")
+    if cfg.select_best_by not in ("wer", "similarity", "loss", "combined"):
+        problems.append(f"--select_best_by must be wer, similarity, loss or combined, got {cfg.select_best_by!r}")
+    if cfg.score_steps is not None and cfg.score_steps < 1:
+        problems.append(f"--score_steps must be at least 1, got {cfg.score_steps}")
+    if cfg.score_steps and not (cfg.score_manifest or cfg.eval_manifest or cfg.eval_fraction):
+        problems.append("--score_steps needs rows to score: --score_manifest, --eval_manifest or --eval_fraction")
     if cfg.eval_steps is not None and cfg.eval_steps < 1:
         problems.append(f"--eval_steps must be at least 1, got {cfg.eval_steps}")
     if cfg.num_workers < 0:

@@ -214,3 +214,64 @@ def make_dataset(folder: str | Path) -> Path:
     manifest = folder / "train.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
+
+
+def build_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
+    """A random-weight Whisper folder for the ASR pipeline (its transcripts are noise; the plumbing is real)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizerFast,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(_BPE_CORPUS * 4, trainer)
+    bpe.save(str(out / "tokenizer.json"))
+    end = "<|endoftext|>"
+    tokenizer = WhisperTokenizerFast(
+        tokenizer_file=str(out / "tokenizer.json"), unk_token=end, bos_token=end, eos_token=end, pad_token=end
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    config = WhisperConfig(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_target_positions=24,
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        eos_token_id=ids[end],
+        pad_token_id=ids[end],
+        bos_token_id=ids[end],
+        begin_suppress_tokens=None,
+        suppress_tokens=None,
+    )
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        eos_token_id=ids[end],
+        pad_token_id=ids[end],
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        is_multilingual=False,
+        max_length=20,
+    )
+    model.save_pretrained(out)
+    WhisperProcessor(WhisperFeatureExtractor(), tokenizer).save_pretrained(out)
+    return out

@@ -120,6 +120,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
         # rank 0 fills the code cache, the others then read it
         data = build_training_data(cfg, processor, processor.audio_tokenizer.config.num_quantizers, say, encoding)
     processor.audio_tokenizer.to("cpu")
+    scorer = _make_scorer(cfg, accelerator, processor, data)  # before the LM: a missing ASR model fails fast
     lm = load_lm(cfg.model, cfg.mixed_precision, cfg.attn_implementation)
     check_pair(lm, processor, cfg.model)
     examples, layout = data.train, data.layout
@@ -154,6 +155,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     say(f"training {len(examples)} samples for {max_steps} steps ({plan.batches_per_epoch} batches per epoch)")
 
     eval_steps = cfg.eval_steps or cfg.save_steps
+    last_eval = None
     hook = CheckpointHook(cfg, accelerator, say)
     loop_start = time.perf_counter()
     with (
@@ -188,7 +190,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
                 if metrics:
                     metrics.log(row)
             if data.eval and (progress.step % eval_steps == 0 or progress.step == max_steps):
-                eval_loss = evaluate(model, accelerator, data.eval, layout, cfg.batch_size, codebook_size)
+                eval_loss = last_eval = evaluate(model, accelerator, data.eval, layout, cfg.batch_size, codebook_size)
                 if metrics:
                     metrics.log({"step": progress.step, "eval_loss": eval_loss})
                 say(f"step {progress.step}: eval loss {eval_loss:.4f}")
@@ -200,6 +202,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
                 result.saves += hook(model, optimizer, scheduler, progress, final)
                 result.save_stalls.append(time.perf_counter() - t_save)
                 enforce_save_policy(cfg, result.saves)
+            if cfg.score_steps and progress.step % cfg.score_steps == 0:
+                result.saves += hook.finish()  # the score may name this step's checkpoint: it must exist
+                if main:
+                    _score(cfg, scorer, accelerator.unwrap_model(model), progress, last_eval, metrics, say)
             if main and cfg.sample_steps and progress.step % cfg.sample_steps == 0:
                 _sample(cfg, accelerator.unwrap_model(model), processor, progress.step, metrics, say)
             if stopping:
@@ -211,6 +217,60 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     result.model = accelerator.unwrap_model(model)
     result.is_main = main
     return result
+
+
+def _make_scorer(cfg: TrainConfig, accelerator, processor, data):
+    """The main process's Scorer and the rows it scores, or None when scoring is off."""
+    if not cfg.score_steps:
+        return None
+    from higgs_train.data.manifest import load_manifest
+    from higgs_train.scoring.score import Scorer, items_from_samples
+
+    box = {}
+
+    def make() -> None:
+        samples = load_manifest(cfg.score_manifest) if cfg.score_manifest else data.eval_samples
+        box["items"] = items_from_samples(samples, cfg.score_samples)
+        box["scorer"] = Scorer(processor, cfg.asr_model, data.chars_per_second, cfg.sample_max_frames)
+
+    on_main(accelerator, make)  # an ASR model that fails to load stops every rank, before training
+    return (box["scorer"], box["items"]) if box else None
+
+
+def _score(cfg: TrainConfig, scorer, model, progress, eval_loss, metrics, say) -> None:
+    """Score the current adapter, log it, move the `best` pointer; a failure is logged and training goes on."""
+    from higgs_train.checkpoint.layout import checkpoint_name
+    from higgs_train.checkpoint.state import capture_rng, restore_rng
+    from higgs_train.scoring.best import badness
+    from higgs_train.scoring.score import append_score, mark_best
+
+    saved = capture_rng()
+    try:
+        row = scorer[0].score(model, scorer[1], progress.step, eval_loss)
+        row.checkpoint = checkpoint_name(progress.step)
+        append_score(cfg.output_dir, row)
+        if metrics:
+            metrics.log(
+                {
+                    "step": row.step,
+                    **{
+                        f"score_{k}": v
+                        for k, v in row.to_dict().items()
+                        if k not in ("step", "checkpoint", "eval_loss") and v is not None
+                    },
+                }
+            )
+        best = mark_best(cfg.output_dir, cfg.select_best_by)
+        if best is not None:
+            progress.best_metric, progress.best_step = badness(best, cfg.select_best_by), best.step
+        say(
+            f"score at step {row.step}: WER {row.wer:.3f}, similarity {row.similarity:.3f}, "
+            f"duration ratio {row.duration_ratio:.2f}; best: {best.checkpoint if best else '-'}"
+        )
+    except Exception as e:  # scoring informs the choice of checkpoint; it never stops training or a save
+        say(f"warning: scoring at step {progress.step} failed ({type(e).__name__}: {e}); training goes on")
+    finally:
+        restore_rng(saved)
 
 
 def _sample(cfg: TrainConfig, model, processor, step: int, metrics, say) -> None:

@@ -8,6 +8,7 @@ PREFIX = "checkpoint-"
 TMP_MARK = ".tmp-"  # checkpoint-N.tmp-XXXX: a save in progress, never read, removed at start-up
 FAILED_DIR = ".failed"  # partial saves moved aside, each with an error.txt
 LATEST = "latest"  # a one-line file naming the newest published checkpoint folder
+BEST = "best"  # a one-line file naming the best-scoring checkpoint folder (never rotated away)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"

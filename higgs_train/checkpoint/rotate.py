@@ -13,13 +13,19 @@ from higgs_train.checkpoint.resume import list_checkpoints
 
 
 def rotate(root: str | Path, keep: int, newest: Path, log: Callable[[str], None] = print) -> list[Path]:
-    """Keep the `keep` newest checkpoints in `root`; `newest` (just published and verified) is always kept.
+    """Keep the `keep` newest checkpoints in `root`; `newest` (just published and verified) and the one the
+    `best` pointer names are always kept.
 
     A folder is first renamed to a tmp name and then removed, so a crash mid-delete never leaves a
     half-deleted folder under a published name.
     """
     root = Path(root)
-    old = [p for p in list_checkpoints(root) if p.resolve() != newest.resolve()][max(keep - 1, 0) :]
+    best = root / layout.BEST
+    protected = {newest.resolve()}
+    if best.is_file():
+        protected.add((root / best.read_text().strip()).resolve())
+    candidates = [p for p in list_checkpoints(root) if p.resolve() != newest.resolve()][max(keep - 1, 0) :]
+    old = [p for p in candidates if p.resolve() not in protected]
     for path in old:
         doomed = root / f"{path.name}{layout.TMP_MARK}delete-{secrets.token_hex(2)}"
         os.rename(path, doomed)

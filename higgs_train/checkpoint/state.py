@@ -18,7 +18,8 @@ class TrainingProgress:
     samples_seen: int = 0  # across all ranks
     data_seed: int = 0
     world_size: int = 1
-    best_metric: float | None = None
+    best_metric: float | None = None  # the best checkpoint's score by --select_best_by (lower is better)
+    best_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

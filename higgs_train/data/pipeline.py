@@ -22,6 +22,8 @@ class TrainingData:
     train: list[Example]
     eval: list[Example]
     layout: TokenLayout
+    eval_samples: list[Sample]
+    chars_per_second: float  # the training set's speaking rate, for the scores' duration ratio
 
 
 def limits(cfg: TrainConfig) -> DataLimits:
@@ -76,6 +78,8 @@ def build_training_data(cfg: TrainConfig, processor, num_codebooks: int, say, pr
         train=[build_example(s, codes, layout) for s in samples],
         eval=[build_example(s, codes, layout) for s in eval_samples],
         layout=layout,
+        eval_samples=eval_samples,
+        chars_per_second=train.report.chars_per_second,
     )
 
 

@@ -25,6 +25,7 @@ class DataReport:
     rows: int = 0
     good: int = 0
     hours: float = 0.0  # audio hours of the good rows' target clips
+    chars_per_second: float = 15.0  # speaking rate of the good rows: target text characters per second of audio
     encode_seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
 
@@ -102,6 +103,7 @@ def prepare_data(
         rows=rows,
         good=len(good),
         hours=sum(clips[s.target_audio].seconds for s in good) / 3600,
+        chars_per_second=_speaking_rate(good, clips),
         encode_seconds=time.perf_counter() - start,
         problems=problems,
     )
@@ -110,6 +112,16 @@ def prepare_data(
     tmp.write_text(json.dumps(report.to_dict(), indent=2))
     os.replace(tmp, path)  # several ranks may write the same report: each replaces it whole
     return PreparedData(good, clips, report)
+
+
+def _target_text(sample: Sample) -> str:
+    target = max(i for i, t in enumerate(sample.turns) if t.audio)
+    return next(t.text for t in reversed(sample.turns[:target]) if t.role == "user" and t.text)
+
+
+def _speaking_rate(samples: list[Sample], clips) -> float:
+    seconds = sum(clips[s.target_audio].seconds for s in samples)
+    return sum(len(_target_text(s)) for s in samples) / seconds if seconds else 15.0
 
 
 def _check(sample: Sample, clips, errors, count_tokens, limits: DataLimits) -> Problem | None:

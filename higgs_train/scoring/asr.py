@@ -27,7 +27,8 @@ class Transcriber:
             self._pipe = pipeline("automatic-speech-recognition", model=model, device=device)
         except (OSError, ValueError) as e:
             raise ModelError(f"--asr_model {model}: cannot load the ASR model ({e})") from e
-        self.max_new_tokens = max_new_tokens
+        limit = getattr(self._pipe.model.config, "max_target_positions", None)
+        self.max_new_tokens = min(max_new_tokens, limit - 4) if limit else max_new_tokens  # room for the prompt
 
     def __call__(self, wave: torch.Tensor, sample_rate: int) -> str:
         if len(wave) == 0:

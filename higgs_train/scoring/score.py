@@ -14,7 +14,6 @@ from higgs_train.data.manifest import Sample
 from higgs_train.scoring.best import ScoreRow
 
 SCORES_FILE = "scores.jsonl"
-BEST = "best"  # a one-line file naming the best checkpoint folder
 
 
 @dataclass(frozen=True)
@@ -103,3 +102,17 @@ def read_scores(run_dir: str | Path) -> list[ScoreRow]:
         data.pop("time", None)
         rows[data["step"]] = ScoreRow(**data)  # a later score of the same step replaces an earlier one
     return [rows[k] for k in sorted(rows)]
+
+
+def mark_best(run_dir: str | Path, by: str) -> ScoreRow | None:
+    """Point OUTPUT_DIR/best at the best scored checkpoint that still exists; returns its row."""
+    from higgs_train.checkpoint import layout
+    from higgs_train.checkpoint.io import atomic_write_text
+    from higgs_train.scoring.best import best_row
+
+    run_dir = Path(run_dir)
+    rows = [r for r in read_scores(run_dir) if (run_dir / layout.checkpoint_name(r.step)).is_dir()]
+    best = best_row(rows, by)
+    if best is not None:
+        atomic_write_text(run_dir / layout.BEST, layout.checkpoint_name(best.step) + "\n")
+    return best
