@@ -118,15 +118,26 @@ def checkpoints(run_dir: Path = typer.Argument(..., help="A run's --output_dir."
     if not rows:
         out.print(f"{run_dir}: no checkpoints", highlight=False)
         return
-    table = Table("checkpoint", "step", "kind", "size", "modified", "status", "resume")
+    table = Table("checkpoint", "step", "kind", "size", "modified", "status", "WER", "sim", "resume")
     for r in rows:
         status = "[green]valid[/]" if r.valid else "[red]invalid[/]"
-        pick = "<- resume" if r.resume_pick else ""
+        wer, sim = (f"{r.score.wer:.3f}", f"{r.score.similarity:.3f}") if r.score else ("-", "-")
+        name, size = r.name + (" *" if r.best else ""), f"{r.size_bytes / 1e6:.1f} MB"
         table.add_row(
-            r.name, str(r.step or "-"), r.kind or "-", f"{r.size_bytes / 1e6:.1f} MB", r.modified, status, pick
+            name,
+            str(r.step or "-"),
+            r.kind or "-",
+            size,
+            r.modified,
+            status,
+            wer,
+            sim,
+            "<- resume" if r.resume_pick else "",
         )
     out.print(table)
     for r in rows:
+        if r.best:
+            out.print(f"best (*): {r.name}", highlight=False)
         if not r.valid:
             out.print(f"{r.name}: {r.reason}", highlight=False, markup=False)
 
@@ -204,6 +215,51 @@ def doctor(
     for c in checks:
         out.print(f"{'ok  ' if c.ok else 'FIX '} {c.name}: {c.detail}", highlight=False, markup=False)
     raise typer.Exit(0 if all(c.ok for c in checks) else 1)
+
+
+@app.command("score")
+def score(
+    run_dir: Path = typer.Argument(..., help="A run's --output_dir."),
+    checkpoint: list[str] | None = typer.Option(None, "--checkpoint", help="Score only these (repeatable)."),
+    score_manifest: str | None = typer.Option(None, "--score_manifest", "--score-manifest", help="Rows to score."),
+    asr_model: str | None = typer.Option(None, "--asr_model", "--asr-model", help="ASR model (hub id or folder)."),
+    select_best_by: str = typer.Option(
+        "combined", "--select_best_by", "--select-best-by", help="wer, similarity, loss, combined."
+    ),
+    score_samples: int = typer.Option(4, "--score_samples", "--score-samples", help="Rows per score."),
+) -> None:
+    """Score every valid checkpoint by listening; print the table with the best marked; write scores.png."""
+    from higgs_train.scoring.run import plot_scores, score_run
+
+    try:
+        rows, best = score_run(
+            run_dir,
+            checkpoint,
+            score_manifest,
+            asr_model,
+            select_best_by,
+            score_samples,
+            say=lambda msg: err.print(msg, highlight=False, markup=False),
+        )
+    except HiggsTrainError as e:
+        raise _fail(e) from None
+    table = Table("checkpoint", "step", "WER", "CER", "sim", "dur", "trail", "eval", "best")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for r in rows:
+        mark = "*" if best and r.step == best.step else ""
+        table.add_row(
+            r.checkpoint,
+            str(r.step),
+            fmt(r.wer),
+            fmt(r.cer),
+            fmt(r.similarity),
+            fmt(r.duration_ratio),
+            fmt(r.trailing_share),
+            fmt(r.eval_loss),
+            mark,
+        )
+    out.print(table)
+    out.print(f"best by {select_best_by}: {best.checkpoint if best else '-'}; curves: {plot_scores(run_dir)}")
 
 
 def main() -> None:

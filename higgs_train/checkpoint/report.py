@@ -21,6 +21,8 @@ class CheckpointRow:
     valid: bool
     reason: str
     resume_pick: bool = False
+    score: object | None = None  # the checkpoint's ScoreRow from scores.jsonl, when it was scored
+    best: bool = False
 
 
 def checkpoint_rows(run_dir: str | Path) -> list[CheckpointRow]:
@@ -41,4 +43,11 @@ def checkpoint_rows(run_dir: str | Path) -> list[CheckpointRow]:
         if row.valid:
             row.resume_pick = True
             break
+    from higgs_train.scoring.score import read_scores
+
+    scores = {s.step: s for s in read_scores(run_dir)} if run_dir.is_dir() else {}
+    best = (run_dir / layout.BEST).read_text().strip() if (run_dir / layout.BEST).is_file() else None
+    for row in rows:
+        row.score = scores.get(row.step)
+        row.best = row.name == best
     return rows

@@ -1,0 +1,171 @@
+"""Scoring checkpoints by listening: each measure on real audio or hand-made tables, then in and after a run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from higgs_train.cli import app
+from higgs_train.data.audio import load_audio
+from higgs_train.scoring.best import ScoreRow, badness, best_row
+from higgs_train.scoring.stopping import duration_ratio, trailing_share
+from higgs_train.scoring.text import error_rates, normalise
+from tests.conftest import train_args
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper(tmp_path_factory):
+    from higgs_train.tiny import build_tiny_whisper
+
+    return build_tiny_whisper(tmp_path_factory.mktemp("whisper") / "model")
+
+
+def test_wer_cer_on_normalised_text():
+    assert normalise("  Hello, WORLD!  ") == "hello world"
+    assert error_rates("Hello, world!", "hello world") == (0.0, 0.0)
+    wer, cer = error_rates("the cat sat on the mat", "the cat sat on a mat")
+    assert wer == pytest.approx(1 / 6) and 0 < cer < wer
+    assert error_rates("some words", "") == (1.0, 1.0)
+
+
+def test_speaker_similarity_same_voice_beats_other_voices(voices):
+    from higgs_train.scoring.speaker import embed, similarity
+
+    def halves(name):
+        wave = load_audio(str(voices / f"{name}.wav"), 16000)
+        mid = len(wave) // 2
+        return embed(wave[:mid], 16000), embed(wave[mid:], 16000)
+
+    man_a, man_b = halves("en_man")
+    woman_a, _ = halves("en_woman")
+    belinda_a, _ = halves("belinda")
+    same = similarity(man_a, man_b)
+    assert same > similarity(man_a, woman_a) and same > similarity(man_a, belinda_a)
+    assert same > 0.75
+
+
+def test_trailing_share_tells_noise_tail_from_cut_tail(voices):
+    wave = load_audio(str(voices / "en_woman.wav"), 16000)
+    noise = torch.from_numpy(np.random.default_rng(0).normal(0, 0.01, 16000 * 3).astype(np.float32))
+    with_noise = torch.cat([wave, noise])
+    cut = wave[: int(len(wave) * 0.6)]  # stops mid-sentence: speech runs to the very end
+    assert trailing_share(with_noise, 16000) > 0.3
+    assert trailing_share(cut, 16000) < 0.1
+    assert trailing_share(torch.zeros(16000), 16000) == 1.0  # no speech at all
+
+
+def test_duration_ratio_and_best_selection():
+    assert duration_ratio(2.0, "x" * 30, 15.0) == pytest.approx(1.0)
+    assert duration_ratio(8.0, "x" * 30, 15.0) == pytest.approx(4.0)  # rambles on
+    rows = [
+        ScoreRow(100, wer=0.30, cer=0.2, similarity=0.80, duration_ratio=1.0, trailing_share=0.05, eval_loss=3.0),
+        ScoreRow(200, wer=0.10, cer=0.1, similarity=0.70, duration_ratio=2.5, trailing_share=0.40, eval_loss=2.9),
+        ScoreRow(300, wer=0.20, cer=0.1, similarity=0.85, duration_ratio=1.1, trailing_share=0.05, eval_loss=2.95),
+        ScoreRow(400, eval_loss=2.8),  # scored for loss only
+    ]
+    assert best_row(rows, "wer").step == 200
+    assert best_row(rows, "similarity").step == 300
+    assert best_row(rows, "loss").step == 400
+    assert best_row(rows, "combined").step == 300  # 200 has the best WER but never stops: combined catches it
+    assert badness(rows[3], "combined") == float("inf")
+    assert best_row([ScoreRow(1)], "wer") is None
+
+
+def test_tiny_whisper_transcribes_through_the_pipeline(tiny_whisper):
+    from higgs_train.scoring.asr import Transcriber
+
+    asr = Transcriber(str(tiny_whisper))
+    assert isinstance(asr(torch.randn(24000) * 0.1, 24000), str)  # random weights: the words are noise
+    assert asr(torch.zeros(0), 24000) == ""
+
+
+def test_scoring_in_the_run_marks_best_and_rotation_keeps_it(
+    synth_manifest, tiny_model, tiny_whisper, tmp_path, monkeypatch
+):
+    import higgs_train.scoring.score as score_module
+
+    steps = iter([0.5, 0.9, 0.8])  # step 2 is best by WER, then worse ones
+
+    def fake_score(self, model, items, step, eval_loss=None):
+        return ScoreRow(
+            step, wer=next(steps), cer=0.1, similarity=0.5, duration_ratio=1.0, trailing_share=0.0, eval_loss=eval_loss
+        )
+
+    monkeypatch.setattr(score_module.Scorer, "score", fake_score)
+    out = tmp_path / "run"
+    args = train_args(
+        synth_manifest,
+        out,
+        tiny_model,
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "2",
+        "--score_steps",
+        "2",
+        "--eval_fraction",
+        "0.34",
+        "--asr_model",
+        str(tiny_whisper),
+        "--select_best_by",
+        "wer",
+        "--save_total_limit",
+        "1",
+    )
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "best").read_text() == "checkpoint-2\n"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-6"]  # 4 rotated away
+    assert [json.loads(line)["step"] for line in (out / "scores.jsonl").read_text().splitlines()] == [2, 4, 6]
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())["progress"]
+    assert state["best_step"] == 2 and state["best_metric"] == 0.5
+    table = runner.invoke(app, ["checkpoints", str(out)])
+    assert "best (*): checkpoint-2" in table.output
+
+
+def test_failed_scoring_never_stops_the_run(synth_manifest, tiny_model, tiny_whisper, tmp_path, monkeypatch):
+    import higgs_train.scoring.score as score_module
+
+    def broken(*a, **kw):
+        raise RuntimeError("asr fell over")
+
+    monkeypatch.setattr(score_module.Scorer, "score", broken)
+    args = train_args(
+        synth_manifest,
+        tmp_path / "run",
+        tiny_model,
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "1",
+        "--score_steps",
+        "1",
+        "--eval_fraction",
+        "0.34",
+        "--asr_model",
+        str(tiny_whisper),
+    )
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "warning: scoring at step 1 failed (RuntimeError: asr fell over); training goes on" in result.output
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()
+
+
+@pytest.mark.slow
+def test_score_command_scores_every_checkpoint(synth_manifest, tiny_model, tiny_whisper, tmp_path):
+    out = tmp_path / "run"
+    assert (
+        runner.invoke(
+            app, train_args(synth_manifest, out, tiny_model, "--max_steps", "4", "--save_steps", "2")
+        ).exit_code
+        == 0
+    )
+    result = runner.invoke(app, ["score", str(out), "--asr_model", str(tiny_whisper), "--score_samples", "1"])
+    assert result.exit_code == 0, result.output
+    assert "best by combined: checkpoint-" in result.output
+    assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(json.loads(line)["step"] for line in (out / "scores.jsonl").read_text().splitlines()) == [2, 4]
