@@ -217,6 +217,32 @@ def doctor(
     raise typer.Exit(0 if all(c.ok for c in checks) else 1)
 
 
+@app.command("prep")
+def prep_command(
+    src: Path = typer.Argument(..., help="A recording, or a folder of them (NAME.txt / NAME.lab transcripts beside)."),
+    output_dir: Path = typer.Option(..., "--output_dir", "--output-dir", help="Where clips/ and train.jsonl go."),
+    min_duration: float = typer.Option(1.0, "--min_duration", "--min-duration", help="Shortest clip kept (s)."),
+    max_duration: float = typer.Option(20.0, "--max_duration", "--max-duration", help="Longest clip; split at pauses."),
+    loudness_lufs: float = typer.Option(-20.0, "--loudness_lufs", "--loudness-lufs", help="Loudness target."),
+    transcribe: bool = typer.Option(False, "--transcribe", help="Transcribe clips without a transcript (ASR)."),
+    asr_model: str = typer.Option("openai/whisper-small", "--asr_model", "--asr-model", help="ASR model for that."),
+) -> None:
+    """Raw recordings to clean clips and a manifest: trim, split at pauses, normalise, report every drop."""
+    from higgs_train.data.prep import PrepSettings, prep
+
+    settings = PrepSettings(
+        min_duration=min_duration,
+        max_duration=max_duration,
+        loudness_lufs=loudness_lufs,
+        transcribe=transcribe,
+        asr_model=asr_model,
+    )
+    try:
+        prep(src, output_dir, settings, say=lambda msg: out.print(msg, highlight=False, markup=False))
+    except HiggsTrainError as e:
+        raise _fail(e) from None
+
+
 @app.command("score")
 def score(
     run_dir: Path = typer.Argument(..., help="A run's --output_dir."),

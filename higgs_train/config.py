@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from higgs_train.data.formats import FORMATS
 from higgs_train.errors import ConfigError
 
 BASE_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
@@ -35,6 +36,7 @@ def _f(default: Any, help: str, group: str, **extra: Any) -> Any:
 class TrainConfig:
     train_manifest: str | None = _f(None, "JSONL or JSON-array manifest of training clips.", DATA)
     output_dir: str | None = _f(None, "Run folder: checkpoints, metrics.jsonl, code cache.", DATA)
+    format: str = _f("auto", "Manifest format: auto, jsonl, json, folder, hf, ljspeech, csv or pairs.", DATA)
     eval_manifest: str | None = _f(None, "Held-out manifest for the eval loss.", DATA)
     eval_fraction: float = _f(0.0, "Hold out this share of the training rows for the eval loss instead.", DATA)
     eval_steps: int | None = _f(
@@ -220,6 +222,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.max_duration <= cfg.min_duration:
         problems.append(f"--max_duration {cfg.max_duration} must be above --min_duration {cfg.min_duration}")
     choices = (
+        ("format", FORMATS),
         ("mixed_precision", MIXED_PRECISION),
         ("on_save_error", ON_SAVE_ERROR),
         ("on_bad_sample", ON_BAD_SAMPLE),

@@ -26,6 +26,7 @@ from higgs_train.config import TrainConfig
 from higgs_train.data.batches import BatchPlan
 from higgs_train.data.collate import IGNORE, collate
 from higgs_train.data.pipeline import build_training_data, encoding_progress
+from higgs_train.data.prepare import stats_warnings
 from higgs_train.distributed import (
     any_rank,
     global_sum,
@@ -139,6 +140,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     plan = BatchPlan(len(examples), cfg.batch_size, cfg.seed, rank, world, lengths)
     max_steps = cfg.max_steps or plan.steps_for_epochs(cfg.num_epochs, cfg.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, max_steps))
+    for warning in stats_warnings(data.stats, cfg.batch_size * cfg.grad_accum * world, max_steps):
+        say(f"warning: {warning}")
     if cfg.compile:  # in place (nn.Module.compile): parameter and state-dict names stay those of the PEFT model
         model.compile(dynamic=True)  # sequence lengths vary batch to batch
     model, optimizer = accelerator.prepare(model, optimizer)

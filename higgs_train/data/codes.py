@@ -30,10 +30,11 @@ SHARD_CLIPS = int(os.environ.get("HIGGS_TRAIN_SHARD_CLIPS", "256"))  # clips per
 
 @dataclass
 class Clip:
-    """A clip's codes (num_codebooks, frames) int16 and its duration in seconds."""
+    """A clip's codes (num_codebooks, frames) int16, its duration in seconds and its RMS level in dBFS."""
 
     codes: np.ndarray
     seconds: float
+    rms_db: float | None = None
 
 
 def tokenizer_fingerprint(audio_tokenizer) -> str:
@@ -65,7 +66,8 @@ class CodeCache:
             table = datasets.load_from_disk(str(shard))
             wanted = [i for i, key in enumerate(table["key"]) if key in keys]
             for row in table.select(wanted).with_format("numpy"):
-                found[str(row["key"])] = Clip(np.stack(row["codes"]).astype(np.int16), float(row["seconds"]))
+                rms = float(row["rms_db"]) if "rms_db" in row else None  # shards from before the column: unknown
+                found[str(row["key"])] = Clip(np.stack(row["codes"]).astype(np.int16), float(row["seconds"]), rms)
         return found
 
     def add(self, entries: dict[str, Clip]) -> None:
@@ -77,6 +79,7 @@ class CodeCache:
                 "key": keys,
                 "codes": [entries[k].codes.tolist() for k in keys],
                 "seconds": [entries[k].seconds for k in keys],
+                "rms_db": [entries[k].rms_db for k in keys],
             }
         )
         self.root.mkdir(parents=True, exist_ok=True)
@@ -156,7 +159,8 @@ def encode_clips(
         else:
             with torch.no_grad():
                 codes = audio_tokenizer.encode(wave.to(device)[None, None]).audio_codes[0]
-            pending[key] = Clip(codes.to(torch.int16).cpu().numpy(), len(wave) / rate)
+            rms_db = float(20 * torch.log10(wave.pow(2).mean().sqrt().clamp_min(1e-9)))
+            pending[key] = Clip(codes.to(torch.int16).cpu().numpy(), len(wave) / rate, rms_db)
             seconds += len(wave) / rate
         if len(pending) >= SHARD_CLIPS:
             cache.add(pending)

@@ -12,41 +12,112 @@ from pathlib import Path
 from higgs_train.errors import ManifestError
 
 EMBEDDED = "hfds:"  # audio held inside a saved dataset: "hfds:DIR::ROW::COLUMN"
+FORMATS = ("auto", "jsonl", "json", "folder", "hf", "ljspeech", "csv", "pairs")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+TRANSCRIPT_SUFFIXES = (".txt", ".lab")
 TEXT_COLUMNS = ("text", "transcript", "transcription", "sentence", "normalized_text")
 
 Row = tuple[str, object, Path]  # (where, row dict or a ManifestError for an unreadable row, base folder)
 
 
-def iter_rows(path: str | Path) -> Iterator[Row]:
-    """Rows of any supported manifest format.
+def detect_format(path: Path) -> str:
+    """The format of a manifest path, from what is in it (see FORMATS)."""
+    if path.is_dir():
+        if (path / "metadata.json").is_file():
+            return "folder"
+        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+            return "hf"
+        if (path / "metadata.csv").is_file():
+            return "ljspeech"
+        if any(p.suffix.lower() in AUDIO_SUFFIXES for p in path.iterdir()):
+            return "pairs"
+        raise ManifestError(
+            f"{path}: not a manifest folder: expected metadata.json, a saved dataset, an LJSpeech metadata.csv or "
+            "audio files with .txt/.lab transcripts beside them",
+            "unreadable manifest",
+        )
+    if path.suffix.lower() in (".csv", ".tsv", ".txt", ".psv"):
+        return "csv"
+    return "json" if path.suffix == ".json" else "jsonl"
+
+
+def iter_rows(path: str | Path, fmt: str = "auto") -> Iterator[Row]:
+    """Rows of any supported manifest format (`fmt` one of FORMATS; auto detects it).
 
     Raises:
         ManifestError: the path is missing, of no known format, or unreadable as a whole.
     """
     path = Path(path)
-    if path.is_dir():
-        if (path / "metadata.json").is_file():
-            yield from _folder_rows(path)
-        elif (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
-            yield from _dataset_rows(path)
-        else:
-            raise ManifestError(
-                f"{path}: a folder manifest needs a metadata.json or a dataset saved with datasets.save_to_disk",
-                "unreadable manifest",
-            )
-        return
-    if not path.is_file():
+    if not path.exists():
         raise ManifestError(
             f"{path}: manifest not found; pass an existing .jsonl or .json file to --train_manifest", "no manifest"
         )
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    readers = {
+        "folder": _folder_rows,
+        "hf": _dataset_rows,
+        "ljspeech": _ljspeech_rows,
+        "pairs": _pair_rows,
+        "csv": _csv_rows,
+    }
+    if fmt in readers:
+        yield from readers[fmt](path)
+        return
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: cannot read the manifest ({e}); it must be UTF-8 text", "no manifest") from e
-    if path.suffix == ".json" and text.lstrip().startswith("["):
+    if fmt == "json" and text.lstrip().startswith("["):
         yield from _json_array_rows(path, text)
     else:
         yield from _jsonl_rows(path, text)
+
+
+def _ljspeech_rows(folder: Path) -> Iterator[Row]:
+    """LJSpeech: metadata.csv lines `id|text` or `id|text|normalized` (no header), audio in wavs/ID.wav."""
+    meta = folder / "metadata.csv"
+    for line_no, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{meta}:{line_no}"
+        fields = line.split("|")
+        if len(fields) < 2:
+            message = f"{where}: expected `id|text` or `id|text|normalized`, got {line[:60]!r}"
+            yield where, ManifestError(message, "invalid row"), folder
+            continue
+        text = fields[2] if len(fields) > 2 and fields[2].strip() else fields[1]
+        yield where, {"audio_filepath": f"wavs/{fields[0].strip()}.wav", "text": text}, folder
+
+
+def _csv_rows(path: Path) -> Iterator[Row]:
+    """`audio_file|text` lines (a header line naming those columns is skipped); paths relative to the file."""
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        audio, sep, text = line.partition("|")
+        if line_no == 1 and audio.strip().lower() in ("audio_file", "audio", "path", "audio_filepath"):
+            continue
+        if not sep:
+            yield (
+                where,
+                ManifestError(f"{where}: expected `audio_file|text`, got {line[:60]!r}", "invalid row"),
+                path.parent,
+            )
+            continue
+        yield where, {"audio_filepath": audio.strip(), "text": text}, path.parent
+
+
+def _pair_rows(folder: Path) -> Iterator[Row]:
+    """NAME.wav (or .flac, .ogg, .mp3) with NAME.txt or NAME.lab beside it; an audio file without one is an error."""
+    for audio in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+        where = str(audio)
+        transcript = next((audio.with_suffix(s) for s in TRANSCRIPT_SUFFIXES if audio.with_suffix(s).is_file()), None)
+        if transcript is None:
+            message = f"{where}: no {audio.stem}.txt or {audio.stem}.lab beside it; add the transcript"
+            yield where, ManifestError(message, "missing transcript"), folder
+            continue
+        yield where, {"audio_filepath": str(audio), "text": transcript.read_text(encoding="utf-8")}, folder
 
 
 def _jsonl_rows(path: Path, text: str) -> Iterator[Row]:

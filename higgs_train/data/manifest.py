@@ -51,7 +51,7 @@ class Problem:
     message: str
 
 
-def load_manifest(path: str | Path, problems: list[Problem] | None = None) -> list[Sample]:
+def load_manifest(path: str | Path, problems: list[Problem] | None = None, fmt: str = "auto") -> list[Sample]:
     """Read a manifest of any supported format (see `formats.py`).
 
     Args:
@@ -67,7 +67,7 @@ def load_manifest(path: str | Path, problems: list[Problem] | None = None) -> li
             the message names file, line and field.
     """
     samples = []
-    for where, row, base in iter_rows(path):
+    for where, row, base in iter_rows(path, fmt):
         try:
             if isinstance(row, ManifestError):
                 raise row

@@ -13,7 +13,7 @@ from pathlib import Path
 from higgs_train.config import TrainConfig
 from higgs_train.data.collate import Example, TokenLayout, build_example
 from higgs_train.data.manifest import Sample
-from higgs_train.data.prepare import DataLimits, PreparedData, bad_data_error, prepare_data
+from higgs_train.data.prepare import DataLimits, PreparedData, bad_data_error, prepare_data, stats_lines
 from higgs_train.errors import ManifestError
 
 
@@ -24,6 +24,7 @@ class TrainingData:
     layout: TokenLayout
     eval_samples: list[Sample]
     chars_per_second: float  # the training set's speaking rate, for the scores' duration ratio
+    stats: dict
 
 
 def limits(cfg: TrainConfig) -> DataLimits:
@@ -41,6 +42,7 @@ def prepare(cfg: TrainConfig, manifest: str, processor, say: Callable[[str], Non
         limits(cfg),
         cfg.num_workers,
         progress,
+        cfg.format,
     )
     report = data.report
     if report.problems and cfg.on_bad_sample == "error":
@@ -52,6 +54,8 @@ def prepare(cfg: TrainConfig, manifest: str, processor, say: Callable[[str], Non
         say(f"warning: skipping {len(report.problems)} of {report.rows} rows of {manifest} ({counts})")
     if not data.samples:
         raise ManifestError(f"{manifest}: no usable rows left; see data_report.json in --output_dir", "no data")
+    for line in stats_lines(report.stats):
+        say(line)
     return data
 
 
@@ -80,6 +84,7 @@ def build_training_data(cfg: TrainConfig, processor, num_codebooks: int, say, pr
         layout=layout,
         eval_samples=eval_samples,
         chars_per_second=train.report.chars_per_second,
+        stats=train.report.stats,
     )
 
 

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from higgs_train.data.codes import Clip, encode_clips
 from higgs_train.data.manifest import Problem, Sample, load_manifest
 from higgs_train.errors import ManifestError
@@ -28,6 +30,7 @@ class DataReport:
     chars_per_second: float = 15.0  # speaking rate of the good rows: target text characters per second of audio
     encode_seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         return dict(collections.Counter(p.reason for p in self.problems).most_common())
@@ -75,6 +78,7 @@ def prepare_data(
     limits: DataLimits,
     num_workers: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
+    fmt: str = "auto",
 ) -> PreparedData:
     """Parse, validate and encode a manifest; write OUTPUT_DIR/data_report.json.
 
@@ -85,7 +89,7 @@ def prepare_data(
         ManifestError: the manifest as a whole cannot be read.
     """
     problems: list[Problem] = []
-    samples = load_manifest(manifest, problems)
+    samples = load_manifest(manifest, problems, fmt)
     rows = len(samples) + len(problems)
     start = time.perf_counter()
     clips, errors = encode_clips(
@@ -104,6 +108,7 @@ def prepare_data(
         good=len(good),
         hours=sum(clips[s.target_audio].seconds for s in good) / 3600,
         chars_per_second=_speaking_rate(good, clips),
+        stats=dataset_stats(good, clips),
         encode_seconds=time.perf_counter() - start,
         problems=problems,
     )
@@ -112,6 +117,87 @@ def prepare_data(
     tmp.write_text(json.dumps(report.to_dict(), indent=2))
     os.replace(tmp, path)  # several ranks may write the same report: each replaces it whole
     return PreparedData(good, clips, report)
+
+
+def dataset_stats(samples: list[Sample], clips) -> dict:
+    """Hours, clips, speakers, duration histogram, text length, speaking rate and loudness spread."""
+    if not samples:
+        return {}
+    seconds = np.array([clips[s.target_audio].seconds for s in samples])
+    chars = np.array([len(_target_text(s)) for s in samples])
+    rate = chars / np.maximum(seconds, 1e-6)
+    levels = np.array([c for s in samples if (c := clips[s.target_audio].rms_db) is not None])
+    speakers = collections.Counter(s.speaker or "(none)" for s in samples)
+    edges = [0, 1, 2, 5, 10, 15, 20, 30, 60, float("inf")]
+    hist = np.histogram(seconds, bins=edges)[0]
+    return {
+        "hours": round(float(seconds.sum()) / 3600, 4),
+        "clips": len(samples),
+        "speakers": dict(speakers.most_common()),
+        "duration_s": {
+            "min": round(float(seconds.min()), 2),
+            "median": round(float(np.median(seconds)), 2),
+            "max": round(float(seconds.max()), 2),
+        },
+        "duration_histogram": {
+            f"{lo:g}-{hi:g}s": int(n) for lo, hi, n in zip(edges[:-1], edges[1:], hist, strict=True) if n
+        },
+        "text_chars": {"min": int(chars.min()), "mean": round(float(chars.mean()), 1), "max": int(chars.max())},
+        "chars_per_second": {
+            "q1": round(float(np.percentile(rate, 25)), 2),
+            "median": round(float(np.median(rate)), 2),
+            "q3": round(float(np.percentile(rate, 75)), 2),
+        },
+        "rms_dbfs": (
+            {
+                "min": round(float(levels.min()), 1),
+                "median": round(float(np.median(levels)), 1),
+                "max": round(float(levels.max()), 1),
+            }
+            if len(levels)
+            else None
+        ),
+    }
+
+
+def stats_lines(stats: dict) -> list[str]:
+    if not stats:
+        return []
+    d, t, r = stats["duration_s"], stats["text_chars"], stats["chars_per_second"]
+    lines = [
+        f"data: {stats['hours']:.3f} h in {stats['clips']} clips, {len(stats['speakers'])} speaker(s)",
+        f"  duration {d['min']}-{d['max']} s (median {d['median']}); "
+        + ", ".join(f"{k}: {n}" for k, n in stats["duration_histogram"].items()),
+        f"  text {t['min']}-{t['max']} chars (mean {t['mean']}); speaking rate {r['q1']}-{r['q3']} chars/s "
+        f"(median {r['median']})",
+    ]
+    if stats.get("rms_dbfs"):
+        lv = stats["rms_dbfs"]
+        lines.append(f"  loudness {lv['min']} to {lv['max']} dBFS RMS (median {lv['median']})")
+    return lines
+
+
+def stats_warnings(stats: dict, samples_per_step: int, steps: int) -> list[str]:
+    """Warnings for data too small or too uneven for the chosen run."""
+    if not stats:
+        return []
+    out = []
+    minutes = stats["hours"] * 60
+    if minutes < 10:
+        out.append(f"only {minutes:.1f} minutes of audio: a voice fine-tune usually wants 30 minutes or more")
+    passes = samples_per_step * steps / stats["clips"]
+    if passes > 50:
+        out.append(
+            f"{steps} steps show each clip about {passes:.0f} times: expect overfitting; lower --max_steps or add data"
+        )
+    speakers = stats["speakers"]
+    if len(speakers) > 1 and max(speakers.values()) > 0.8 * stats["clips"]:
+        top = max(speakers, key=speakers.get)
+        out.append(f"speaker {top} has {speakers[top]} of {stats['clips']} clips: the others may barely be learnt")
+    d = stats["duration_s"]
+    if d["median"] and d["max"] > 10 * d["median"]:
+        out.append(f"clip lengths are very uneven ({d['min']}-{d['max']} s, median {d['median']} s)")
+    return out
 
 
 def _target_text(sample: Sample) -> str:

@@ -71,5 +71,5 @@ def test_unknown_folder_is_a_clear_error(tmp_path):
 
     from higgs_train.errors import ManifestError
 
-    with pytest.raises(ManifestError, match="a folder manifest needs a metadata.json or a dataset saved with"):
+    with pytest.raises(ManifestError, match="not a manifest folder: expected metadata.json, a saved dataset, an LJ"):
         load_manifest(tmp_path)
