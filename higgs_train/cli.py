@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -118,22 +119,14 @@ def checkpoints(run_dir: Path = typer.Argument(..., help="A run's --output_dir."
     if not rows:
         out.print(f"{run_dir}: no checkpoints", highlight=False)
         return
-    table = Table("checkpoint", "step", "kind", "size", "modified", "status", "WER", "sim", "resume")
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("checkpoint", "step", "size", "modified", "status", "WER", "sim", "resume"):
+        table.add_column(name, no_wrap=True)
     for r in rows:
-        status = "[green]valid[/]" if r.valid else "[red]invalid[/]"
-        wer, sim = (f"{r.score.wer:.3f}", f"{r.score.similarity:.3f}") if r.score else ("-", "-")
-        name, size = r.name + (" *" if r.best else ""), f"{r.size_bytes / 1e6:.1f} MB"
-        table.add_row(
-            name,
-            str(r.step or "-"),
-            r.kind or "-",
-            size,
-            r.modified,
-            status,
-            wer,
-            sim,
-            "<- resume" if r.resume_pick else "",
-        )
+        status = ("[green]valid[/]" if r.valid else "[red]invalid[/]") + (" (fallback)" if r.kind == "fallback" else "")
+        wer, sim = (f"{r.score.wer:.2f}", f"{r.score.similarity:.2f}") if r.score else ("-", "-")
+        name, size = r.name + (" *" if r.best else ""), f"{r.size_bytes / 1e6:.1f}M"
+        table.add_row(name, str(r.step or "-"), size, r.modified, status, wer, sim, "<-" if r.resume_pick else "")
     out.print(table)
     for r in rows:
         if r.best:
@@ -269,7 +262,9 @@ def score(
         )
     except HiggsTrainError as e:
         raise _fail(e) from None
-    table = Table("checkpoint", "step", "WER", "CER", "sim", "dur", "trail", "eval", "best")
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("checkpoint", "step", "WER", "CER", "sim", "dur", "trail", "eval", "best"):
+        table.add_column(name, no_wrap=True)
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
         mark = "*" if best and r.step == best.step else ""

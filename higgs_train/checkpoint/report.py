@@ -34,7 +34,7 @@ def checkpoint_rows(run_dir: str | Path) -> list[CheckpointRow]:
     for path in paths:
         result = verify_checkpoint(path)
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        mtime = datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M:%S")
+        mtime = datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%m-%d %H:%M")
         reason = "ok" if result.ok else "; ".join(result.problems)
         if layout.is_tmp(path.name):
             reason = "unfinished save (removed at the next start)"
