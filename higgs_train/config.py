@@ -86,6 +86,9 @@ class TrainConfig:
     score_manifest: str | None = _f(None, "Rows to score with [default: the first --score_samples eval rows].", SCORE)
     score_samples: int = _f(4, "How many rows a score uses.", SCORE)
     asr_model: str = _f("openai/whisper-small", "ASR model (hub id or folder) for WER/CER.", SCORE)
+    speaker_model: str = _f(
+        "resemblyzer", "Speaker embeddings: resemblyzer, or a transformers x-vector model (hub id or folder).", SCORE
+    )
     select_best_by: str = _f("combined", "Best checkpoint by: wer, similarity, loss or combined.", SCORE)
     save_steps: int = _f(500, "Save a checkpoint every N optimizer steps (and at the last step).", CKPT)
     save_total_limit: int | None = _f(None, "Keep at most N checkpoints (oldest deleted after a good save).", CKPT)

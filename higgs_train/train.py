@@ -234,7 +234,9 @@ def _make_scorer(cfg: TrainConfig, accelerator, processor, data):
     def make() -> None:
         samples = load_manifest(cfg.score_manifest) if cfg.score_manifest else data.eval_samples
         box["items"] = items_from_samples(samples, cfg.score_samples)
-        box["scorer"] = Scorer(processor, cfg.asr_model, data.chars_per_second, cfg.sample_max_frames)
+        box["scorer"] = Scorer(
+            processor, cfg.asr_model, data.chars_per_second, cfg.sample_max_frames, cfg.speaker_model
+        )
 
     on_main(accelerator, make)  # an ASR model that fails to load stops every rank, before training
     return (box["scorer"], box["items"]) if box else None

@@ -58,7 +58,8 @@ def score_run(
         model = model.cuda()
     report = run_dir / "data_report.json"
     rate = json.loads(report.read_text()).get("chars_per_second", 15.0) if report.exists() else 15.0
-    scorer = Scorer(processor, asr_model or config.get("asr_model", "openai/whisper-small"), rate, max_frames)
+    asr = asr_model or config.get("asr_model", "openai/whisper-small")
+    scorer = Scorer(processor, asr, rate, max_frames, config.get("speaker_model", "resemblyzer"))
     items = items_from_samples(_rows_to_score(config, score_manifest), samples)
     eval_losses = _eval_losses(run_dir)
     rows = []

@@ -43,13 +43,21 @@ def items_from_samples(samples: list[Sample], limit: int) -> list[ScoreItem]:
 class Scorer:
     """Holds the ASR model and the reference speaker embeddings; scores any number of checkpoints."""
 
-    def __init__(self, processor, asr_model: str, chars_per_second: float, max_new_frames: int = 500):
+    def __init__(
+        self,
+        processor,
+        asr_model: str,
+        chars_per_second: float,
+        max_new_frames: int = 500,
+        speaker_model: str = "resemblyzer",
+    ):
         from higgs_train.scoring.asr import Transcriber
 
         self.processor = processor
         self.asr = Transcriber(asr_model)
         self.chars_per_second = chars_per_second
         self.max_new_frames = max_new_frames
+        self.speaker_model = speaker_model
         self._speaker: dict[str, np.ndarray] = {}
 
     def _speaker_embedding(self, path: str) -> np.ndarray:
@@ -57,7 +65,7 @@ class Scorer:
 
         if path not in self._speaker:
             rate = 16000
-            self._speaker[path] = embed(load_audio(path, rate), rate)
+            self._speaker[path] = embed(load_audio(path, rate), rate, self.speaker_model)
         return self._speaker[path]
 
     def score(self, model, items: list[ScoreItem], step: int, eval_loss: float | None = None) -> ScoreRow:
@@ -72,7 +80,8 @@ class Scorer:
                 model, self.processor, item.text, item.ref_audio, item.ref_text, self.max_new_frames, temperature=0.0
             )
             wer, cer = error_rates(item.text, self.asr(speech.wave, speech.sample_rate))
-            voice = similarity(embed(speech.wave, speech.sample_rate), self._speaker_embedding(item.speaker_audio))
+            mine = embed(speech.wave, speech.sample_rate, self.speaker_model)
+            voice = similarity(mine, self._speaker_embedding(item.speaker_audio))
             seconds = len(speech.wave) / speech.sample_rate
             per_item.append(
                 (

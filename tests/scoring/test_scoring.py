@@ -169,3 +169,27 @@ def test_score_command_scores_every_checkpoint(synth_manifest, tiny_model, tiny_
     assert "best by combined: checkpoint-" in result.output
     assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(json.loads(line)["step"] for line in (out / "scores.jsonl").read_text().splitlines()) == [2, 4]
+
+
+def test_transformers_xvector_model_as_the_speaker_encoder(voices, tmp_path):
+    """The option path: a tiny random-weight WavLM x-vector model built from a config (numbers meaningless)."""
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
+
+    from higgs_train.scoring.speaker import embed, similarity
+
+    config = WavLMConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=[8] * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        tdnn_dim=[8, 8, 8, 8, 16],
+        xvector_output_dim=12,
+    )
+    WavLMForXVector(config).save_pretrained(tmp_path / "sv")
+    Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(tmp_path / "sv")
+    wave = load_audio(str(voices / "en_man.wav"), 16000)
+    a, b = embed(wave, 16000, str(tmp_path / "sv")), embed(wave, 16000, str(tmp_path / "sv"))
+    assert a.shape == (12,) and similarity(a, b) == pytest.approx(1.0)
