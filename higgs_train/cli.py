@@ -8,9 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import typer
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from higgs_train.config import BASE_MODEL, TrainConfig, build_config
 from higgs_train.errors import HiggsTrainError
@@ -113,20 +111,13 @@ def init_tiny(
 @app.command("checkpoints")
 def checkpoints(run_dir: Path = typer.Argument(..., help="A run's --output_dir.")) -> None:
     """List a run's checkpoints: step, size, time, valid or why not, and which one a resume would take."""
-    from higgs_train.checkpoint.report import checkpoint_rows
+    from higgs_train.checkpoint.report import checkpoint_rows, checkpoint_table
 
     rows = checkpoint_rows(run_dir)
     if not rows:
         out.print(f"{run_dir}: no checkpoints", highlight=False)
         return
-    table = Table(box=box.SIMPLE_HEAD)
-    for name in ("checkpoint", "step", "size", "modified", "status", "WER", "sim", "resume"):
-        table.add_column(name, no_wrap=True)
-    for r in rows:
-        status = ("[green]valid[/]" if r.valid else "[red]invalid[/]") + (" (fallback)" if r.kind == "fallback" else "")
-        wer, sim = (f"{r.score.wer:.2f}", f"{r.score.similarity:.2f}") if r.score else ("-", "-")
-        name, size = r.name + (" *" if r.best else ""), f"{r.size_bytes / 1e6:.1f}M"
-        table.add_row(name, str(r.step or "-"), size, r.modified, status, wer, sim, "<-" if r.resume_pick else "")
+    table = checkpoint_table(rows)
     out.print(table)
     for r in rows:
         if r.best:
@@ -248,7 +239,7 @@ def score(
     score_samples: int = typer.Option(4, "--score_samples", "--score-samples", help="Rows per score."),
 ) -> None:
     """Score every valid checkpoint by listening; print the table with the best marked; write scores.png."""
-    from higgs_train.scoring.run import plot_scores, score_run
+    from higgs_train.scoring.run import plot_scores, score_run, score_table
 
     try:
         rows, best = score_run(
@@ -262,23 +253,7 @@ def score(
         )
     except HiggsTrainError as e:
         raise _fail(e) from None
-    table = Table(box=box.SIMPLE_HEAD)
-    for name in ("checkpoint", "step", "WER", "CER", "sim", "dur", "trail", "eval", "best"):
-        table.add_column(name, no_wrap=True)
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    for r in rows:
-        mark = "*" if best and r.step == best.step else ""
-        table.add_row(
-            r.checkpoint,
-            str(r.step),
-            fmt(r.wer),
-            fmt(r.cer),
-            fmt(r.similarity),
-            fmt(r.duration_ratio),
-            fmt(r.trailing_share),
-            fmt(r.eval_loss),
-            mark,
-        )
+    table = score_table(rows, best)
     out.print(table)
     out.print(f"best by {select_best_by}: {best.checkpoint if best else '-'}; curves: {plot_scores(run_dir)}")
 

@@ -51,3 +51,19 @@ def checkpoint_rows(run_dir: str | Path) -> list[CheckpointRow]:
         row.score = scores.get(row.step)
         row.best = row.name == best
     return rows
+
+
+def checkpoint_table(rows: list[CheckpointRow]):
+    """The rich table `higgs-train checkpoints` prints (readable at 80 columns)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("checkpoint", "step", "size", "modified", "status", "WER", "sim", "resume"):
+        table.add_column(name, no_wrap=True)
+    for r in rows:
+        status = ("[green]valid[/]" if r.valid else "[red]invalid[/]") + (" (fallback)" if r.kind == "fallback" else "")
+        wer, sim = (f"{r.score.wer:.2f}", f"{r.score.similarity:.2f}") if r.score else ("-", "-")
+        name, size = r.name + (" *" if r.best else ""), f"{r.size_bytes / 1e6:.1f}M"
+        table.add_row(name, str(r.step or "-"), size, r.modified, status, wer, sim, "<-" if r.resume_pick else "")
+    return table

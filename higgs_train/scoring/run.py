@@ -110,3 +110,31 @@ def plot_scores(run_dir: str | Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def score_table(rows: list[ScoreRow], best: ScoreRow | None):
+    """The rich table `higgs-train score` prints, the best row marked."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("checkpoint", "step", "WER", "CER", "sim", "dur", "trail", "eval", "best"):
+        table.add_column(name, no_wrap=True)
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    for r in rows:
+        mark = "*" if best and r.step == best.step else ""
+        table.add_row(
+            r.checkpoint,
+            str(r.step),
+            fmt(r.wer),
+            fmt(r.cer),
+            fmt(r.similarity),
+            fmt(r.duration_ratio),
+            fmt(r.trailing_share),
+            fmt(r.eval_loss),
+            mark,
+        )
+    return table
