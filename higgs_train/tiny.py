@@ -47,19 +47,25 @@ def chat_template() -> str:
     return resources.files("higgs_train").joinpath("templates/chat_template.jinja").read_text()
 
 
-def _text_tokenizer():
+def _byte_level_bpe(special_tokens: list[str], vocab_size: int):
+    """A byte-level BPE trained on a few sentences, holding `special_tokens` (a `tokenizers.Tokenizer`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=384, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     bpe.train_from_iterator(_BPE_CORPUS * 4, trainer)
+    return bpe
+
+
+def _text_tokenizer():
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
+        tokenizer_object=_byte_level_bpe(SPECIAL_TOKENS, 384),
         bos_token="<|begin_of_text|>",
         eos_token="<|eot_id|>",
         pad_token="<|end_of_text|>",
@@ -218,7 +224,6 @@ def make_dataset(folder: str | Path) -> Path:
 
 def build_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
     """A random-weight Whisper folder for the ASR pipeline (its transcripts are noise; the plumbing is real)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         GenerationConfig,
         WhisperConfig,
@@ -232,13 +237,7 @@ def build_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(_BPE_CORPUS * 4, trainer)
+    bpe = _byte_level_bpe(specials, 320)
     bpe.save(str(out / "tokenizer.json"))
     end = "<|endoftext|>"
     tokenizer = WhisperTokenizerFast(
