@@ -59,9 +59,20 @@ def prepare(cfg: TrainConfig, manifest: str, processor, say: Callable[[str], Non
     return data
 
 
-def _held_out(sample: Sample, seed: int, fraction: float) -> bool:
-    digest = hashlib.sha256(f"{seed}|{sample.source}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+def split_eval(samples: list[Sample], seed: int, fraction: float) -> tuple[list[Sample], list[Sample]]:
+    """A seeded (train, eval) split holding out round(fraction * rows) rows, at least one and never all.
+
+    Rows are ranked by a hash of the seed and their content (texts and audio file names, not paths), so the same
+    data splits the same way wherever it lives.
+    """
+
+    def rank(sample: Sample) -> bytes:
+        parts = [t.text or Path(t.audio).name for t in sample.turns]
+        return hashlib.sha256("|".join([str(seed), *parts]).encode()).digest()
+
+    n_eval = min(len(samples) - 1, max(1, round(fraction * len(samples))))
+    held = {id(s) for s in sorted(samples, key=rank)[:n_eval]}
+    return [s for s in samples if id(s) not in held], [s for s in samples if id(s) in held]
 
 
 def build_training_data(cfg: TrainConfig, processor, num_codebooks: int, say, progress=None) -> TrainingData:
@@ -73,10 +84,9 @@ def build_training_data(cfg: TrainConfig, processor, num_codebooks: int, say, pr
         eval_samples = held.samples
         clips.update(held.clips)
     elif cfg.eval_fraction:
-        eval_samples = [s for s in samples if _held_out(s, cfg.seed, cfg.eval_fraction)]
-        samples = [s for s in samples if not _held_out(s, cfg.seed, cfg.eval_fraction)]
-        if not samples or not eval_samples:
-            raise ManifestError(f"--eval_fraction {cfg.eval_fraction} leaves an empty train or eval set", "no data")
+        if len(samples) < 2:
+            raise ManifestError(f"--eval_fraction {cfg.eval_fraction} needs at least 2 usable rows", "no data")
+        samples, eval_samples = split_eval(samples, cfg.seed, cfg.eval_fraction)
     codes = {source: clip.codes for source, clip in clips.items()}
     return TrainingData(
         train=[build_example(s, codes, layout) for s in samples],

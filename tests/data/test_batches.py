@@ -31,3 +31,21 @@ def test_length_grouping_cuts_padding():
     grouped = padding_share(BatchPlan(1000, 8, 0, lengths=lengths), lengths)
     plain = padding_share(BatchPlan(1000, 8, 0), lengths)
     assert grouped < plain / 4
+
+
+def test_eval_split_is_seeded_sized_and_independent_of_paths(tmp_path):
+    from higgs_train.data.manifest import Sample, Turn
+    from higgs_train.data.pipeline import split_eval
+
+    def rows(root):
+        return [
+            Sample(f"{root}/m.jsonl:{i}", (Turn("user", text=f"t{i}"), Turn("assistant", audio=f"{root}/c{i}.wav")))
+            for i in range(6)
+        ]
+
+    train_a, eval_a = split_eval(rows("/a"), seed=1, fraction=0.34)
+    train_b, eval_b = split_eval(rows("/elsewhere/b"), seed=1, fraction=0.34)
+    assert len(eval_a) == 2 and len(train_a) == 4
+    assert [s.turns[0].text for s in eval_a] == [s.turns[0].text for s in eval_b]  # the folder does not matter
+    assert len(split_eval(rows("/a"), seed=1, fraction=0.01)[1]) == 1  # at least one row held out
+    assert len(split_eval(rows("/a"), seed=1, fraction=0.99)[0]) == 1  # never all of them
