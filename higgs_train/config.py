@@ -69,6 +69,9 @@ class TrainConfig:
     lr: float = _f(1e-4, "Peak learning rate (AdamW).", OPTIM)
     warmup_steps: int = _f(0, "Linear warm-up steps before cosine decay.", OPTIM)
     weight_decay: float = _f(0.0, "AdamW weight decay.", OPTIM)
+    text_loss_weight: float = _f(
+        0.0, "Add a text loss on the prompt's text tokens with this weight (0 = audio only).", OPTIM
+    )
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this (0 disables clipping).", OPTIM)
     batch_size: int = _f(1, "Samples per micro-batch per process.", OPTIM)
     grad_accum: int = _f(1, "Micro-batches per optimizer step.", OPTIM)
@@ -197,7 +200,7 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--num_epochs must be above 0, got {cfg.num_epochs}")
     if cfg.lr <= 0:
         problems.append(f"--lr must be above 0, got {cfg.lr}")
-    for name in ("warmup_steps", "weight_decay", "max_grad_norm", "min_free_disk_gb"):
+    for name in ("warmup_steps", "weight_decay", "max_grad_norm", "min_free_disk_gb", "text_loss_weight"):
         if getattr(cfg, name) < 0:
             problems.append(f"--{name} must not be negative, got {getattr(cfg, name)}")
     if not 0 <= cfg.lora_dropout < 1:

@@ -77,7 +77,7 @@ def load_processor(model: str, audio_tokenizer: str | None = None):
     return processor
 
 
-def load_lm(model: str, mixed_precision: str = "no", attn_implementation: str = "sdpa"):
+def load_lm(model: str, mixed_precision: str = "no", attn_implementation: str = "sdpa", use_text_head: bool = False):
     """`HiggsAudioV2ForConditionalGeneration.from_pretrained`, for a hub id or a local folder alike.
 
     Weights stay in float32 for "no"; with bf16/fp16 the frozen base is loaded in that dtype (LoRA weights are
@@ -88,7 +88,7 @@ def load_lm(model: str, mixed_precision: str = "no", attn_implementation: str = 
     _offline_if_local(model)
     try:
         return HiggsAudioV2ForConditionalGeneration.from_pretrained(
-            model, dtype=DTYPES[mixed_precision], attn_implementation=attn_implementation
+            model, dtype=DTYPES[mixed_precision], attn_implementation=attn_implementation, use_text_head=use_text_head
         )
     except ImportError as e:  # flash_attention_2 without the flash-attn package, for example
         raise ModelError(f"--attn_implementation {attn_implementation}: {e}") from e
@@ -154,3 +154,27 @@ def trainable_summary(model: torch.nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+class TextLoss:
+    """Cross-entropy of the text head on labelled text tokens (--text_loss_weight), from the final hidden states
+    that the training forward computes anyway (a hook on the final norm keeps them)."""
+
+    def __init__(self, peft_model):
+        base = peft_model.get_base_model()
+        self.head = base.text_lm_head
+        self._hidden: torch.Tensor | None = None
+        base.model.norm.register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output) -> None:
+        self._hidden = output
+
+    def __call__(self, text_labels: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy over the labelled text tokens of the last forward; logits at t predict t + 1."""
+        import torch.nn.functional as F
+
+        hidden, self._hidden = self._hidden, None
+        targets = text_labels[:, 1:]
+        keep = targets != -100
+        logits = self.head(hidden[:, :-1][keep]).float()
+        return F.cross_entropy(logits, targets[keep], reduction="sum")

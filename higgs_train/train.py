@@ -35,7 +35,15 @@ from higgs_train.distributed import (
 )
 from higgs_train.errors import CheckpointError, Interrupted
 from higgs_train.metrics import MetricsLog
-from higgs_train.model import apply_lora, check_pair, load_lm, load_processor, quiet_libraries, trainable_summary
+from higgs_train.model import (
+    TextLoss,
+    apply_lora,
+    check_pair,
+    load_lm,
+    load_processor,
+    quiet_libraries,
+    trainable_summary,
+)
 
 
 @dataclass
@@ -93,7 +101,7 @@ def audio_loss_sum(model, batch: dict[str, torch.Tensor], codebook_size: int) ->
     forward would compute num_codebooks x codebook_size logits at every position, text and context audio included.
     """
     labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "text_labels")}
     targets = labels[:, 1:]
     keep = torch.zeros(labels.shape[:2], dtype=torch.bool, device=labels.device)
     keep[:, :-1] = (targets != IGNORE).any(-1)
@@ -122,12 +130,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
         data = build_training_data(cfg, processor, processor.audio_tokenizer.config.num_quantizers, say, encoding)
     processor.audio_tokenizer.to("cpu")
     scorer = _make_scorer(cfg, accelerator, processor, data)  # before the LM: a missing ASR model fails fast
-    lm = load_lm(cfg.model, cfg.mixed_precision, cfg.attn_implementation)
+    lm = load_lm(cfg.model, cfg.mixed_precision, cfg.attn_implementation, use_text_head=cfg.text_loss_weight > 0)
     check_pair(lm, processor, cfg.model)
     examples, layout = data.train, data.layout
 
     torch.manual_seed(cfg.seed)
     model = apply_lora(lm, cfg)
+    text_loss = TextLoss(model) if cfg.text_loss_weight > 0 else None
     trainable, total = trainable_summary(model)
     say(
         f"LoRA r={cfg.lora_r} on {cfg.lora_targets}: "
@@ -171,8 +180,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
             batches = [_next_batch(plan, progress, examples, layout, cfg) for _ in range(cfg.grad_accum)]
             data_s = time.perf_counter() - t0
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            loss, grad_norm, tokens = _optimizer_step(
-                model, optimizer, scheduler, accelerator, batches, cfg, codebook_size
+            loss, grad_norm, tokens, text = _optimizer_step(
+                model, optimizer, scheduler, accelerator, batches, cfg, codebook_size, text_loss
             )
             progress.step += 1
             result.losses.append(loss)
@@ -190,6 +199,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
                     "data_s": round(data_s, 5),
                     "step_s": round(time.perf_counter() - t0, 5),
                 }
+                if text is not None:
+                    row["text_loss"] = text
                 if metrics:
                     metrics.log(row)
             if data.eval and (progress.step % eval_steps == 0 or progress.step == max_steps):
@@ -322,25 +333,35 @@ def evaluate(model, accelerator, examples, layout, batch_size: int, codebook_siz
     return global_sum(accelerator, ce) / max(1.0, global_sum(accelerator, codes))
 
 
-def _optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codebook_size):
+def _optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codebook_size, text_loss=None):
     """One optimizer step over `grad_accum` micro-batches; gradients sync across ranks on the last one only.
 
     Returns:
-        (mean loss per labelled code over all ranks, gradient norm, tokens on this rank).
+        (mean audio loss per labelled code over all ranks, gradient norm, tokens on this rank, mean text loss per
+        labelled text token or None without --text_loss_weight).
     """
     # Normalise by the labelled codes of the whole window on all ranks, so every code weighs the same whatever its
     # micro-batch or rank; DDP averages gradients, hence the factor num_processes.
-    local_codes = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
-    window_codes = max(1.0, global_sum(accelerator, local_codes))
+    window_codes = max(1.0, global_sum(accelerator, sum(int((b["labels"] != IGNORE).sum()) for b in batches)))
     scale = accelerator.num_processes / window_codes
+    if text_loss is not None:
+        window_text = max(
+            1.0, global_sum(accelerator, sum(int((b["text_labels"][:, 1:] != IGNORE).sum()) for b in batches))
+        )
+        text_scale = accelerator.num_processes * cfg.text_loss_weight / window_text
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    loss_sum = 0.0
+    loss_sum = text_sum = 0.0
     for i, batch in enumerate(batches):
         batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
         last = i == len(batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             ce_sum = audio_loss_sum(model, batch, codebook_size)
-            accelerator.backward(ce_sum * scale)
+            total = ce_sum * scale
+            if text_loss is not None:
+                text_ce = text_loss(batch["text_labels"])
+                total = total + text_ce * text_scale
+                text_sum += text_ce.item()
+            accelerator.backward(total)
         loss_sum += ce_sum.item()  # note: a device sync; one per micro-batch
     grad_norm = None
     if cfg.max_grad_norm > 0:
@@ -348,7 +369,8 @@ def _optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, code
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return global_sum(accelerator, loss_sum) / window_codes, grad_norm, tokens
+    text = global_sum(accelerator, text_sum) / window_text if text_loss is not None else None
+    return global_sum(accelerator, loss_sum) / window_codes, grad_norm, tokens, text
 
 
 def _next_batch(plan: BatchPlan, progress: TrainingProgress, examples, layout, cfg):

@@ -47,3 +47,53 @@ def test_missing_model_folder_is_a_model_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match=r"--model .*empty: cannot load the model"):
         load_base(str(tmp_path / "empty"))
+
+
+def test_text_loss_equals_native_text_loss_and_skips_special_tokens(tiny_model):
+    from higgs_train.data.collate import IGNORE
+    from higgs_train.model import TextLoss, load_lm, load_processor
+
+    processor = load_processor(str(tiny_model))
+    lm = load_lm(str(tiny_model), use_text_head=True)
+    layout = TokenLayout.from_processor(processor, lm.config.num_codebooks)
+    sample = Sample(
+        "x:1", (Turn("system", text="Speak."), Turn("user", text="hello there"), Turn("assistant", audio="a.wav"))
+    )
+    batch = collate([build_example(sample, {"a.wav": torch.randint(0, 64, (8, 5)).numpy()}, layout)], layout)
+    labelled = batch["input_ids"][batch["text_labels"] != IGNORE]
+    words = processor.tokenizer.decode(labelled)
+    assert "hello there" in words and "Speak." in words and "<|" not in words  # no headers, markers or audio
+    model = apply_lora(lm, cfg()).eval()
+    text_loss = TextLoss(model)
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "text_labels")}
+    with torch.no_grad():
+        native = model(**inputs, labels=batch["text_labels"]).loss  # the text head's own (mean) loss
+        ours = text_loss(batch["text_labels"]) / (batch["text_labels"][:, 1:] != IGNORE).sum()
+    torch.testing.assert_close(ours, native)
+
+
+def test_text_loss_weight_trains_and_logs(synth_manifest, tiny_model, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from higgs_train.cli import app
+    from tests.conftest import train_args
+
+    args = train_args(
+        synth_manifest,
+        tmp_path / "run",
+        tiny_model,
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "6",
+        "--text_loss_weight",
+        "0.5",
+        "--lr",
+        "1e-2",
+    )
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["text_loss"] < rows[0]["text_loss"]

@@ -34,6 +34,7 @@ class TokenLayout:
     stream_bos: int
     stream_eos: int
     num_codebooks: int
+    special_ids: frozenset[int] = frozenset()  # special tokens (headers, markers): never text labels
 
     @classmethod
     def from_processor(cls, processor, num_codebooks: int) -> TokenLayout:
@@ -47,7 +48,13 @@ class TokenLayout:
             stream_bos=processor.audio_stream_bos_id,
             stream_eos=processor.audio_stream_eos_id,
             num_codebooks=num_codebooks,
+            special_ids=frozenset(i for i, t in processor.tokenizer.added_tokens_decoder.items() if t.special),
         )
+
+    def text_labels(self, input_ids: np.ndarray) -> np.ndarray:
+        """The plain text tokens (system prompt, transcripts) labelled; audio, padding and special tokens not."""
+        skip = np.isin(input_ids, [*self.special_ids, self.audio_token_id, self.delay_token_id, self.pad_token_id])
+        return np.where(skip, IGNORE, input_ids)
 
 
 @dataclass
@@ -139,6 +146,7 @@ def collate(examples: list[Example], layout: TokenLayout) -> dict[str, torch.Ten
     audio_input_ids = torch.full((b, n_frames, k), layout.stream_eos, dtype=torch.long)
     audio_mask = torch.zeros((b, n_frames), dtype=torch.bool)
     labels = torch.full((b, seq, k), IGNORE, dtype=torch.long)
+    text_labels = torch.full((b, seq), IGNORE, dtype=torch.long)
     for i, e in enumerate(examples):
         n, f = len(e.input_ids), len(e.audio_frames)
         input_ids[i, :n] = torch.from_numpy(e.input_ids)
@@ -146,10 +154,12 @@ def collate(examples: list[Example], layout: TokenLayout) -> dict[str, torch.Ten
         audio_input_ids[i, :f] = torch.from_numpy(e.audio_frames)
         audio_mask[i, :f] = True
         labels[i, :n] = torch.from_numpy(e.labels)
+        text_labels[i, :n] = torch.from_numpy(layout.text_labels(e.input_ids))
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "audio_input_ids": audio_input_ids,
         "audio_input_ids_mask": audio_mask,
         "labels": labels,
+        "text_labels": text_labels,  # used only with --text_loss_weight
     }
