@@ -91,7 +91,7 @@ def write_wav(speech: Speech, path: str | Path) -> Path:
     return path
 
 
-def load_with_adapter(model: str, adapter: str | None, mixed_precision: str = "no"):
+def load_with_adapter(model: str, adapter: str | None, mixed_precision: str = "no", audio_tokenizer: str | None = None):
     """Base model + processor, with the adapter applied when given (a checkpoint folder or its adapter files)."""
     from peft import PeftModel
 
@@ -99,7 +99,7 @@ def load_with_adapter(model: str, adapter: str | None, mixed_precision: str = "n
     from higgs_train.model import check_pair, load_lm, load_processor, quiet_libraries
 
     quiet_libraries()
-    processor = load_processor(model)
+    processor = load_processor(model, audio_tokenizer)
     lm = load_lm(model, mixed_precision)
     check_pair(lm, processor, model)
     if adapter:

@@ -350,7 +350,7 @@ def _optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, code
         )
         text_scale = accelerator.num_processes * cfg.text_loss_weight / window_text
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    loss_sum = text_sum = 0.0
+    loss_sum = text_sum = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(batches):
         batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
         last = i == len(batches) - 1
@@ -360,17 +360,17 @@ def _optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, code
             if text_loss is not None:
                 text_ce = text_loss(batch["text_labels"])
                 total = total + text_ce * text_scale
-                text_sum += text_ce.item()
+                text_sum = text_sum + text_ce.detach()
             accelerator.backward(total)
-        loss_sum += ce_sum.item()  # note: a device sync; one per micro-batch
+        loss_sum = loss_sum + ce_sum.detach()  # summed on the device: no sync per micro-batch
     grad_norm = None
     if cfg.max_grad_norm > 0:
         grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    text = global_sum(accelerator, text_sum) / window_text if text_loss is not None else None
-    return global_sum(accelerator, loss_sum) / window_codes, grad_norm, tokens, text
+    text = global_sum(accelerator, text_sum.item()) / window_text if text_loss is not None else None
+    return global_sum(accelerator, loss_sum.item()) / window_codes, grad_norm, tokens, text  # note: the step's sync
 
 
 def _next_batch(plan: BatchPlan, progress: TrainingProgress, examples, layout, cfg):

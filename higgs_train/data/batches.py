@@ -1,10 +1,11 @@
 """Which examples go into micro-batch m: a pure function of (seed, epoch, rank), so any position can be resumed.
 
 The data stream is a flat sequence of micro-batches across epochs; optimizer step s consumes micro-batches
-[s * grad_accum, (s + 1) * grad_accum). Each epoch is a fresh seeded permutation; rank r of w takes every w-th
-example of it, and every rank gets the same number of batches (the few left over are dropped for the epoch).
-With lengths given, each window of GROUP_BATCHES batches is sorted by length before it is cut into batches
-(so padding stays small), and the batches are then shuffled.
+[s * grad_accum, (s + 1) * grad_accum). Each epoch is a fresh seeded permutation (the few rows that do not
+divide by the world size are left out for that epoch), cut into global batches of batch_size x world_size; rank r
+takes every w-th row of each, so 2 processes x batch 1 train on exactly the rows 1 process x batch 2 does. With
+lengths given, each window of GROUP_BATCHES global batches is sorted by length before it is cut (so padding
+stays small), and the global batches are then shuffled.
 """
 
 from __future__ import annotations
@@ -43,19 +44,20 @@ class BatchPlan:
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         if epoch != self._epoch:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            perm = torch.randperm(self.num_examples, generator=gen).tolist()
-            order = perm[self.rank :: self.world_size][: self.per_rank]
-            bs = self.batch_size
+            order = torch.randperm(self.num_examples, generator=gen).tolist()[: self.per_rank * self.world_size]
+            step = self.batch_size * self.world_size  # one global batch: a micro-batch on every rank
             if self.lengths is not None:
-                window = bs * GROUP_BATCHES
-                grouped = []
-                for start in range(0, len(order), window):
-                    grouped += sorted(order[start : start + window], key=lambda i: -self.lengths[i])
-                order = grouped
-            batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+                window = step * GROUP_BATCHES
+                order = [
+                    i
+                    for w in range(0, len(order), window)
+                    for i in sorted(order[w : w + window], key=lambda i: -self.lengths[i])
+                ]
+            batches = [order[i : i + step] for i in range(0, len(order), step)]
             if self.lengths is not None:
                 batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
-            self._batches, self._epoch = batches, epoch
+            # every rank deals from the same global batches, so the world size never changes what trains together
+            self._batches, self._epoch = [b[self.rank :: self.world_size] for b in batches], epoch
         return self._batches
 
     def micro_batch(self, index: int) -> tuple[int, list[int]]:

@@ -41,6 +41,12 @@ class Sample:
     def target_audio(self) -> str:
         return self.audio_paths[-1]
 
+    @property
+    def target_text(self) -> str:
+        """The words of the target clip: the last user text before the last audio turn."""
+        target = max(i for i, t in enumerate(self.turns) if t.audio)
+        return next(t.text for t in reversed(self.turns[:target]) if t.role == "user" and t.text)
+
 
 @dataclass(frozen=True)
 class Problem:

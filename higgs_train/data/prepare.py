@@ -124,7 +124,7 @@ def dataset_stats(samples: list[Sample], clips) -> dict:
     if not samples:
         return {}
     seconds = np.array([clips[s.target_audio].seconds for s in samples])
-    chars = np.array([len(_target_text(s)) for s in samples])
+    chars = np.array([len(s.target_text) for s in samples])
     rate = chars / np.maximum(seconds, 1e-6)
     levels = np.array([c for s in samples if (c := clips[s.target_audio].rms_db) is not None])
     speakers = collections.Counter(s.speaker or "(none)" for s in samples)
@@ -200,14 +200,9 @@ def stats_warnings(stats: dict, samples_per_step: int, steps: int) -> list[str]:
     return out
 
 
-def _target_text(sample: Sample) -> str:
-    target = max(i for i, t in enumerate(sample.turns) if t.audio)
-    return next(t.text for t in reversed(sample.turns[:target]) if t.role == "user" and t.text)
-
-
 def _speaking_rate(samples: list[Sample], clips) -> float:
     seconds = sum(clips[s.target_audio].seconds for s in samples)
-    return sum(len(_target_text(s)) for s in samples) / seconds if seconds else 15.0
+    return sum(len(s.target_text) for s in samples) / seconds if seconds else 15.0
 
 
 def _check(sample: Sample, clips, errors, count_tokens, limits: DataLimits) -> Problem | None:

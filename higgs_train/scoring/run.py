@@ -32,11 +32,10 @@ def score_run(
     say: Callable[[str], None] = print,
 ) -> tuple[list[ScoreRow], ScoreRow | None]:
     """Score the checkpoints (newest first listing, scored in step order); append to scores.jsonl; move `best`."""
-    import torch
-    from peft import PeftModel, set_peft_model_state_dict
+    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from higgs_train.model import load_lm, load_processor, quiet_libraries
+    from higgs_train.generate import load_with_adapter
 
     run_dir = Path(run_dir)
     paths = [Path(c) for c in checkpoints] if checkpoints else list_checkpoints(run_dir)
@@ -51,11 +50,7 @@ def score_run(
         raise CheckpointError(f"{run_dir}: no valid checkpoint to score; see `higgs-train checkpoints {run_dir}`")
     valid.sort(key=lambda p: layout.parse_step(p.name) or 0)
     config = json.loads((valid[-1] / layout.TRAINER_STATE).read_text())["config"]
-    quiet_libraries()
-    processor = load_processor(config["model"], config.get("audio_tokenizer"))
-    model = PeftModel.from_pretrained(load_lm(config["model"]), str(valid[-1])).eval()
-    if torch.cuda.is_available():
-        model = model.cuda()
+    model, processor = load_with_adapter(config["model"], str(valid[-1]), audio_tokenizer=config.get("audio_tokenizer"))
     report = run_dir / "data_report.json"
     rate = json.loads(report.read_text()).get("chars_per_second", 15.0) if report.exists() else 15.0
     asr = asr_model or config.get("asr_model", "openai/whisper-small")

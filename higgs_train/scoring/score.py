@@ -29,14 +29,13 @@ def items_from_samples(samples: list[Sample], limit: int) -> list[ScoreItem]:
     items = []
     for sample in samples[:limit]:
         turns = list(sample.turns)
-        target = max(i for i, t in enumerate(turns) if t.audio)
-        text = next(t.text for t in reversed(turns[:target]) if t.role == "user" and t.text)
-        context = [i for i, t in enumerate(turns[:target]) if t.audio]
+        audio_turns = [i for i, t in enumerate(turns) if t.audio]  # the last one is the target
         ref_audio = ref_text = None
-        if context:
-            ref_audio = turns[context[-1]].audio
-            ref_text = next((t.text for t in reversed(turns[: context[-1]]) if t.role == "user" and t.text), "")
-        items.append(ScoreItem(text, sample.target_audio, ref_audio, ref_text))
+        if len(audio_turns) > 1:
+            ref = audio_turns[-2]
+            ref_audio = turns[ref].audio
+            ref_text = next((t.text for t in reversed(turns[:ref]) if t.role == "user" and t.text), "")
+        items.append(ScoreItem(sample.target_text, sample.target_audio, ref_audio, ref_text))
     return items
 
 

@@ -49,3 +49,13 @@ def test_eval_split_is_seeded_sized_and_independent_of_paths(tmp_path):
     assert [s.turns[0].text for s in eval_a] == [s.turns[0].text for s in eval_b]  # the folder does not matter
     assert len(split_eval(rows("/a"), seed=1, fraction=0.01)[1]) == 1  # at least one row held out
     assert len(split_eval(rows("/a"), seed=1, fraction=0.99)[0]) == 1  # never all of them
+
+
+def test_world_size_does_not_change_what_trains_together():
+    lengths = [random.Random(i).randint(10, 500) for i in range(40)]
+    one = BatchPlan(40, 4, seed=3, lengths=lengths)
+    ranks = [BatchPlan(40, 2, seed=3, rank=r, world_size=2, lengths=lengths) for r in (0, 1)]
+    assert one.batches_per_epoch == ranks[0].batches_per_epoch == 10
+    for m in range(one.batches_per_epoch):
+        together = sorted(ranks[0].micro_batch(m)[1] + ranks[1].micro_batch(m)[1])
+        assert together == sorted(one.micro_batch(m)[1])
