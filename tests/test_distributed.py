@@ -97,9 +97,10 @@ def test_two_processes_match_one_with_same_global_batch(synth_manifest, tiny_mod
         load_file(ckpt / "adapter_model.safetensors"),
         load_file(tmp_path / "one/checkpoint-4/adapter_model.safetensors"),
     )
-    # same rows, different padded shapes per process: float32 kernels round differently; after 4 Adam steps at
-    # lr 1e-2 the weights (|w| up to ~0.14) agree to ~4e-5
-    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    # Same rows, different padded shapes and thread splits per process: float32 kernels round differently, and
+    # Adam turns tiny gradient differences into update differences (seen: 4e-5 alone, up to ~1e-4 inside the
+    # suite). Gradients that were not averaged would differ by about one update (lr = 1e-2), 20x the tolerance.
+    assert all(torch.allclose(a[k], b[k], atol=5e-4) for k in a)
 
 
 def test_rank_killed_mid_save_then_resume_is_bitwise(synth_manifest, tiny_model, tmp_path):
