@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 from higgs_train.config import BASE_MODEL
-from higgs_train.tiny import AUDIO_TOKENIZER_SUBDIR
+from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR
 
 AUDIO_TOKENIZER_ID = "bosonai/higgs-audio-v2-tokenizer"
 NEEDED = {"torch": "2.11", "torchaudio": "2.11", "transformers": "5.18", "peft": "0.21", "accelerate": "1.15"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from higgs_train.errors import CheckpointError
-from higgs_train.tiny import AUDIO_TOKENIZER_SUBDIR
+from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR
 
 
 def merge_adapter(model: str, adapter: str, output: str | Path, max_shard_size: str = "2GB") -> float:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
+from higgs_train import layouts
 from higgs_train.config import TrainConfig
 from higgs_train.errors import ConfigError, ModelError
-from higgs_train.tiny import AUDIO_TOKENIZER_SUBDIR
+from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, HIGGS_MODEL_TYPE
 
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,6 +42,33 @@ def _offline_if_local(path: str) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+def load_lm_config(model: str):
+    """The model's `HiggsAudioV2Config`, read before anything heavy loads.
+
+    Raises:
+        ModelError: the folder or hub id is missing, holds Boson's original layout (with the `higgs-train convert`
+            command that fixes it), or is not a Higgs Audio v2 model at all.
+    """
+    from transformers import AutoConfig, HiggsAudioV2Config
+
+    _offline_if_local(model)
+    if layouts.original_lm_config(model) is not None:
+        raise ModelError(layouts.convert_hint("--model", model))
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(
+            f"--model {model}: cannot read its config.json ({_first_line(e)}); pass a Higgs Audio v2 hub id or "
+            "model folder"
+        ) from e
+    if not isinstance(config, HiggsAudioV2Config):
+        raise ModelError(
+            f"--model {model} is a {config.model_type!r} model, not Higgs Audio v2 ({HIGGS_MODEL_TYPE!r}); pass a "
+            "Higgs Audio v2 checkpoint"
+        )
+    return config
+
+
 def load_audio_tokenizer(model: str, audio_tokenizer: str | None = None):
     """The audio tokenizer: the given folder / hub id, else MODEL/audio_tokenizer, else None (processor's own)."""
     from transformers import HiggsAudioV2TokenizerModel
@@ -51,10 +79,14 @@ def load_audio_tokenizer(model: str, audio_tokenizer: str | None = None):
     if source is None:
         return None
     _offline_if_local(source)
+    if layouts.is_original_tokenizer(source):
+        raise ModelError(layouts.convert_hint("--audio_tokenizer", source))
     try:
-        return HiggsAudioV2TokenizerModel.from_pretrained(source).eval()
-    except (OSError, ValueError) as e:
-        raise ModelError(f"--audio_tokenizer {source}: cannot load the audio tokenizer ({e})") from e
+        tok, info = HiggsAudioV2TokenizerModel.from_pretrained(source, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
+        raise ModelError(f"--audio_tokenizer {source}: cannot load the audio tokenizer ({_first_line(e)})") from e
+    check_loading_info(info, "--audio_tokenizer", source)
+    return tok.eval()
 
 
 def load_processor(model: str, audio_tokenizer: str | None = None):
@@ -71,29 +103,70 @@ def load_processor(model: str, audio_tokenizer: str | None = None):
     # from_pretrained hands its kwargs to the text tokenizer too; a model object there breaks save_pretrained
     processor.tokenizer.init_kwargs.pop("audio_tokenizer", None)
     if processor.chat_template is None:
-        from higgs_train.tiny import chat_template
-
-        processor.chat_template = chat_template()
+        processor.chat_template = layouts.chat_template()
     return processor
 
 
 def load_lm(model: str, mixed_precision: str = "no", attn_implementation: str = "sdpa", use_text_head: bool = False):
-    """`HiggsAudioV2ForConditionalGeneration.from_pretrained`, for a hub id or a local folder alike.
+    """`HiggsAudioV2ForConditionalGeneration.from_pretrained`, for a hub id or a local folder alike, refusing to
+    hand back a model with any weight left at random (see `check_loading_info`).
 
     Weights stay in float32 for "no"; with bf16/fp16 the frozen base is loaded in that dtype (LoRA weights are
     kept in float32) to halve its memory.
     """
     from transformers import HiggsAudioV2ForConditionalGeneration
 
-    _offline_if_local(model)
+    load_lm_config(model)  # the original layout or a foreign model: one line, before the weights load
     try:
-        return HiggsAudioV2ForConditionalGeneration.from_pretrained(
-            model, dtype=DTYPES[mixed_precision], attn_implementation=attn_implementation, use_text_head=use_text_head
+        lm, info = HiggsAudioV2ForConditionalGeneration.from_pretrained(
+            model,
+            dtype=DTYPES[mixed_precision],
+            attn_implementation=attn_implementation,
+            use_text_head=use_text_head,
+            output_loading_info=True,
         )
     except ImportError as e:  # flash_attention_2 without the flash-attn package, for example
         raise ModelError(f"--attn_implementation {attn_implementation}: {e}") from e
-    except (OSError, ValueError) as e:
-        raise ModelError(f"--model {model}: cannot load the model ({e}); pass a hub id or a model folder") from e
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelError(
+            f"--model {model}: cannot load the model ({_first_line(e)}); pass a Higgs Audio v2 hub id or model folder"
+        ) from e
+    if not use_text_head:  # a checkpoint may carry a text head that this run does not build: that is fine
+        info["unexpected_keys"] = {k for k in info["unexpected_keys"] if not k.startswith("text_lm_head")}
+    check_loading_info(info, "--model", model, text_head=use_text_head)
+    return lm
+
+
+def check_loading_info(info: dict, flag: str, source: str, text_head: bool = False) -> None:
+    """Stop when `from_pretrained` left any weight at random init or found tensors it could not place.
+
+    Raises:
+        ModelError: naming the first few keys and the likely cause.
+    """
+    missing = sorted(info.get("missing_keys") or [])
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    mismatched = sorted(str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys") or [])
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weights missing (they would be random), e.g. {', '.join(missing[:3])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensors the model does not use, e.g. {', '.join(unexpected[:3])}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} tensors of the wrong shape, e.g. {', '.join(mismatched[:3])}")
+    if text_head and missing == ["text_lm_head.weight"] and not unexpected:
+        cause = "this checkpoint has no text head, which --text_loss_weight needs; leave it at 0"
+    elif any(k.startswith(layouts.ORIGINAL_KEY_PREFIXES) for k in unexpected):
+        cause = f"Boson's original tensor names. {layouts.convert_hint(flag, source)}"
+    else:
+        cause = "the files are incomplete, renamed or from another model; download or convert them again"
+    raise ModelError(f"{flag} {source}: {'; '.join(parts)}. Likely cause: {cause}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
 
 
 def check_pair(lm, processor, model: str) -> None:

@@ -8,12 +8,13 @@ released checkpoint.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
+
+from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, chat_template
 
 # Text-side special tokens of Higgs Audio v2 (Llama-3 headers plus the audio markers).
 SPECIAL_TOKENS = [
@@ -31,7 +32,6 @@ SPECIAL_TOKENS = [
     "<|scene_desc_start|>",
     "<|scene_desc_end|>",
 ]
-AUDIO_TOKENIZER_SUBDIR = "audio_tokenizer"
 TINY_CODEBOOK_SIZE = 64  # codec codes per codebook; the LM adds stream-bos and stream-eos on top
 TINY_NUM_CODEBOOKS = 8
 _BPE_CORPUS = [
@@ -40,11 +40,6 @@ _BPE_CORPUS = [
     "She sells sea shells by the sea shore; a speaker reads the text aloud in a quiet room.",
     "0123456789 , . ! ? ' \" - ( ) : ;",
 ]
-
-
-def chat_template() -> str:
-    """The Higgs Audio v2 chat template that higgs-train ships (the transformers package does not carry one)."""
-    return resources.files("higgs_train").joinpath("templates/chat_template.jinja").read_text()
 
 
 def _byte_level_bpe(special_tokens: list[str], vocab_size: int):
@@ -157,7 +152,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         bos_token_id=ids["<|begin_of_text|>"],
         eos_token_id=ids["<|eot_id|>"],
     )
-    HiggsAudioV2ForConditionalGeneration(config).save_pretrained(out)
+    HiggsAudioV2ForConditionalGeneration(config, use_text_head=True).save_pretrained(out)
     audio_tokenizer.save_pretrained(out / AUDIO_TOKENIZER_SUBDIR)
     processor = HiggsAudioV2Processor(
         DacFeatureExtractor(sampling_rate=audio_tokenizer.config.sample_rate, hop_length=960),

@@ -9,7 +9,6 @@ import math
 import os
 import signal
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +17,17 @@ import torch
 import torch.nn.functional as F
 
 from higgs_train.checkpoint.hook import CheckpointHook, enforce_save_policy
+from higgs_train.checkpoint.lock import RunLock
 from higgs_train.checkpoint.preflight import check_output_dir
-from higgs_train.checkpoint.resume import check_compatible, clean_stale, find_resume_point, load_checkpoint
+from higgs_train.checkpoint.resume import (
+    check_compatible,
+    check_same_base,
+    clean_stale,
+    find_resume_point,
+    load_checkpoint,
+)
 from higgs_train.checkpoint.save import SaveResult
-from higgs_train.checkpoint.state import TrainingProgress, restore_rng
+from higgs_train.checkpoint.state import TrainingProgress, capture_rng, restore_rng
 from higgs_train.config import TrainConfig
 from higgs_train.data.batches import BatchPlan
 from higgs_train.data.collate import IGNORE, collate
@@ -34,12 +40,14 @@ from higgs_train.distributed import (
     on_main,
 )
 from higgs_train.errors import CheckpointError, Interrupted
+from higgs_train.identity import weights_fingerprint
 from higgs_train.metrics import MetricsLog
 from higgs_train.model import (
     TextLoss,
     apply_lora,
     check_pair,
     load_lm,
+    load_lm_config,
     load_processor,
     quiet_libraries,
     trainable_summary,
@@ -60,8 +68,12 @@ class RunResult:
     )  # seconds the loop stood still at each save  # wall time of the training loop, saves included, set-up excluded
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: the SSH session or terminal went away
+
+
 class StopSignal:
-    """First SIGTERM/SIGINT: finish the step, save, stop. Second: exit at once (published checkpoints are safe)."""
+    """First SIGTERM/SIGINT/SIGHUP: finish the micro-batch, save, stop. Second: exit at once (published checkpoints
+    are safe)."""
 
     def __init__(self, log: Callable[[str], None]):
         self.requested = False
@@ -69,7 +81,7 @@ class StopSignal:
         self._previous = {}
 
     def __enter__(self) -> StopSignal:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -81,7 +93,9 @@ class StopSignal:
         if self.requested:
             os._exit(128 + signum)
         self.requested = True
-        self.log(f"{signal.Signals(signum).name}: finishing this step, saving, then stopping (again to quit now)")
+        self.log(
+            f"{signal.Signals(signum).name}: finishing this micro-batch, saving, then stopping (again to quit now)"
+        )
 
 
 def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -111,10 +125,22 @@ def audio_loss_sum(model, batch: dict[str, torch.Tensor], codebook_size: int) ->
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bool = True) -> RunResult:
-    """Run (or resume) a LoRA fine-tune as configured; returns the final progress, losses and saves."""
+    """Run (or resume) a LoRA fine-tune as configured; returns the final progress, losses and saves.
+
+    The main process holds the run folder's lock throughout; a stop signal is honoured from the start (during
+    encoding: the finished clips are kept) to the end.
+    """
     out = Path(cfg.output_dir)
     check_output_dir(out)  # fail fast: before the manifest is parsed or the model loads
     accelerator = make_accelerator(cfg)
+    with contextlib.ExitStack() as held:
+        on_main(accelerator, lambda: held.enter_context(RunLock(out, "training", say=log)))
+        stop = held.enter_context(StopSignal(log))
+        return _train(cfg, accelerator, stop, log, progress_bar)
+
+
+def _train(cfg: TrainConfig, accelerator, stop: StopSignal, log, progress_bar: bool) -> RunResult:
+    out = Path(cfg.output_dir)
     main = accelerator.is_main_process
     say = log if main else (lambda _msg: None)
     say(f"config: {cfg.to_json()}")
@@ -123,15 +149,25 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     resume_path = on_main(accelerator, _resume_target, cfg, roots, say)
 
     quiet_libraries()
+    lm_config = load_lm_config(cfg.model)  # a folder that is not Higgs Audio v2 stops here, before anything loads
     processor = load_processor(cfg.model, cfg.audio_tokenizer)  # small: the data is validated before the LM loads
     processor.audio_tokenizer.to(accelerator.device)
     with accelerator.main_process_first(), encoding_progress(main and progress_bar) as encoding:
         # rank 0 fills the code cache, the others then read it
-        data = build_training_data(cfg, processor, processor.audio_tokenizer.config.num_quantizers, say, encoding)
+        data = build_training_data(
+            cfg,
+            processor,
+            processor.audio_tokenizer.config.num_quantizers,
+            say,
+            encoding,
+            lambda: stop.requested,
+            lm_config.max_position_embeddings,
+        )
     processor.audio_tokenizer.to("cpu")
     scorer = _make_scorer(cfg, accelerator, processor, data)  # before the LM: a missing ASR model fails fast
     lm = load_lm(cfg.model, cfg.mixed_precision, cfg.attn_implementation, use_text_head=cfg.text_loss_weight > 0)
     check_pair(lm, processor, cfg.model)
+    fingerprint = weights_fingerprint(lm)  # what the adapter is trained on, whatever path or hub id named it
     examples, layout = data.train, data.layout
 
     torch.manual_seed(cfg.seed)
@@ -148,7 +184,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     rank, world = accelerator.process_index, accelerator.num_processes
     plan = BatchPlan(len(examples), cfg.batch_size, cfg.seed, rank, world, lengths)
     max_steps = cfg.max_steps or plan.steps_for_epochs(cfg.num_epochs, cfg.grad_accum)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, max_steps))
+    scheduler = make_scheduler(optimizer, cfg.warmup_steps, max_steps)
     for warning in stats_warnings(data.stats, cfg.batch_size * cfg.grad_accum * world, max_steps):
         say(f"warning: {warning}")
     if cfg.compile:  # in place (nn.Module.compile): parameter and state-dict names stay those of the PEFT model
@@ -158,9 +194,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     progress = TrainingProgress(data_seed=cfg.seed, world_size=accelerator.num_processes)
     result = RunResult(progress)
     if resume_path is not None:
-        progress = _restore(resume_path, cfg, accelerator, model, optimizer, scheduler, say)
+        progress = _restore(resume_path, cfg, accelerator, model, optimizer, scheduler, say, fingerprint)
         result = RunResult(progress, resumed_from=resume_path)
-    metrics = MetricsLog(out, progress.step, cfg.report_to) if main else None
+    metrics = MetricsLog(out, progress.step, cfg.report_to, say) if main else None
     if data.eval:
         say(f"eval set: {len(data.eval)} rows")
     codebook_size = accelerator.unwrap_model(model).config.codebook_size
@@ -168,21 +204,26 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
 
     eval_steps = cfg.eval_steps or cfg.save_steps
     last_eval = None
-    hook = CheckpointHook(cfg, accelerator, say)
+    hook = CheckpointHook(cfg, accelerator, say, fingerprint)
     loop_start = time.perf_counter()
+    model.train()  # from_pretrained returns eval mode: dropout and gradient checkpointing need train mode
     with (
         contextlib.closing(hook),
-        StopSignal(log) as stop,
         _progress_display(main and progress_bar, max_steps, progress.step) as bar,
     ):
         while progress.step < max_steps:
             t0 = time.perf_counter()
+            window = TrainingProgress(**progress.to_dict()), capture_rng()  # to rewind a window cut by a signal
             batches = [_next_batch(plan, progress, examples, layout, cfg) for _ in range(cfg.grad_accum)]
             data_s = time.perf_counter() - t0
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            loss, grad_norm, tokens, text = _optimizer_step(
-                model, optimizer, scheduler, accelerator, batches, cfg, codebook_size, text_loss
+            stepped = _optimizer_step(
+                model, optimizer, scheduler, accelerator, batches, cfg, codebook_size, text_loss, stop
             )
+            if stepped is None:  # a stop signal between micro-batches: the window is dropped, redone on resume
+                result.saves += _stop_mid_window(hook, model, optimizer, scheduler, progress, window, result)
+                raise Interrupted(f"stopped by signal at step {progress.step}; rerun the same command to resume")
+            loss, grad_norm, tokens, text = stepped
             progress.step += 1
             result.losses.append(loss)
             tok_s = tokens * accelerator.num_processes / (time.perf_counter() - t0)
@@ -256,7 +297,6 @@ def _make_scorer(cfg: TrainConfig, accelerator, processor, data):
 def _score(cfg: TrainConfig, scorer, model, progress, eval_loss, metrics, say) -> None:
     """Score the current adapter, log it, move the `best` pointer; a failure is logged and training goes on."""
     from higgs_train.checkpoint.layout import checkpoint_name
-    from higgs_train.checkpoint.state import capture_rng, restore_rng
     from higgs_train.scoring.best import badness
     from higgs_train.scoring.score import append_score, mark_best
 
@@ -333,12 +373,13 @@ def evaluate(model, accelerator, examples, layout, batch_size: int, codebook_siz
     return global_sum(accelerator, ce) / max(1.0, global_sum(accelerator, codes))
 
 
-def _optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codebook_size, text_loss=None):
+def _optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codebook_size, text_loss=None, stop=None):
     """One optimizer step over `grad_accum` micro-batches; gradients sync across ranks on the last one only.
 
     Returns:
         (mean audio loss per labelled code over all ranks, gradient norm, tokens on this rank, mean text loss per
-        labelled text token or None without --text_loss_weight).
+        labelled text token or None without --text_loss_weight); None when `stop` was requested on any rank
+        between two micro-batches (the gradients so far are dropped, no step is taken).
     """
     # Normalise by the labelled codes of the whole window on all ranks, so every code weighs the same whatever its
     # micro-batch or rank; DDP averages gradients, hence the factor num_processes.
@@ -352,6 +393,9 @@ def _optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, code
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     loss_sum = text_sum = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(batches):
+        if i and stop is not None and any_rank(accelerator, stop.requested):
+            optimizer.zero_grad(set_to_none=True)
+            return None
         batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
         last = i == len(batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
@@ -371,6 +415,18 @@ def _optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, code
     optimizer.zero_grad(set_to_none=True)
     text = global_sum(accelerator, text_sum.item()) / window_text if text_loss is not None else None
     return global_sum(accelerator, loss_sum.item()) / window_codes, grad_norm, tokens, text  # note: the step's sync
+
+
+def _stop_mid_window(hook, model, optimizer, scheduler, progress, window, result) -> list[SaveResult]:
+    """Rewind the data position and RNG to the start of the dropped window, then save (unless that step is saved)."""
+    start, rng = window
+    for name in ("micro_batches", "epoch", "samples_seen"):
+        setattr(progress, name, getattr(start, name))
+    restore_rng(rng)
+    resumed = result.resumed_from is not None and not result.losses  # the resumed checkpoint is this step
+    if hook.last_step == progress.step or resumed or progress.step == 0:
+        return hook.finish()  # this step is saved (or being saved) already
+    return hook(model, optimizer, scheduler, progress, final=True)
 
 
 def _next_batch(plan: BatchPlan, progress: TrainingProgress, examples, layout, cfg):
@@ -408,10 +464,11 @@ def _resume_target(cfg: TrainConfig, roots: list[Path], say) -> Path | None:
     return result.path
 
 
-def _restore(path: Path, cfg, accelerator, model, optimizer, scheduler, say) -> TrainingProgress:
+def _restore(path: Path, cfg, accelerator, model, optimizer, scheduler, say, fingerprint: str) -> TrainingProgress:
     from peft import set_peft_model_state_dict
 
     loaded = load_checkpoint(path, accelerator.process_index)
+    check_same_base(loaded, cfg.model, fingerprint)
     for warning in check_compatible(loaded.config, cfg.to_dict(), path):
         say(f"warning: resuming with a changed setting: {warning}")
     unwrapped = accelerator.unwrap_model(model)
@@ -422,15 +479,15 @@ def _restore(path: Path, cfg, accelerator, model, optimizer, scheduler, say) -> 
     progress = loaded.progress
     if loaded.optimizer is not None:
         optimizer.load_state_dict(loaded.optimizer)
-        scheduler.load_state_dict(loaded.scheduler)
         if loaded.scaler is not None and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(loaded.scaler)
     else:
         say(f"warning: {path.name} is an adapter-only fallback: resuming with a fresh optimizer state")
-        with warnings.catch_warnings():  # stepping a schedule forward without optimizer steps is the point here
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-            for _ in range(progress.step):
-                scheduler.step()
+    lr = set_schedule(optimizer, scheduler, cfg.lr, progress.step)
+    say(
+        f"schedule: peak --lr {cfg.lr:g}, --warmup_steps {cfg.warmup_steps}, cosine to step {scheduler.total_steps} "
+        f"(this run's settings); step {progress.step + 1} runs at lr {lr:.3e}"
+    )
     if progress.world_size != accelerator.num_processes:
         say(f"warning: saved with {progress.world_size} processes, resuming with {accelerator.num_processes}")
         progress.micro_batches = progress.samples_seen // (cfg.batch_size * accelerator.num_processes)
@@ -439,6 +496,30 @@ def _restore(path: Path, cfg, accelerator, model, optimizer, scheduler, say) -> 
         restore_rng(loaded.rng)  # last, so nothing after it draws from the restored generators
     say(f"resumed from {path} at step {progress.step}")
     return progress
+
+
+def make_scheduler(optimizer, warmup: int, total: int):
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total))
+    scheduler.total_steps = total
+    return scheduler
+
+
+def set_schedule(optimizer, scheduler, peak_lr: float, step: int) -> float:
+    """Put the schedule (built from this run's --lr, --warmup_steps and step count) at `step`, whatever a checkpoint
+    held: a resume with another --lr or a longer --max_steps runs the new schedule, never the saved one.
+
+    Returns:
+        The learning rate of the next optimizer step.
+    """
+    for group in optimizer.param_groups:
+        group["initial_lr"] = peak_lr
+    scheduler.base_lrs = [peak_lr] * len(optimizer.param_groups)
+    scheduler.last_epoch = step
+    lrs = [peak_lr * factor(step) for factor in scheduler.lr_lambdas]
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports until the next scheduler.step()
+    return lrs[0]
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from higgs_train.checkpoint.state import read_rng
 from higgs_train.checkpoint.verify import verify_checkpoint
 from higgs_train.cli import app
 from higgs_train.config import build_config
@@ -87,18 +88,18 @@ def test_resume_after_signal_is_bitwise_equal(synth_manifest, tiny_model, tmp_pa
 
     def next_then_signal(plan, progress, *args):
         batch = real_next(plan, progress, *args)
-        if progress.micro_batches == 5:  # inside step 3: finish it, save at 3, stop
+        if progress.micro_batches == 5:  # inside step 3's window: it is dropped at the next micro-batch, saved at 2
             os.kill(os.getpid(), signal.SIGTERM)
         return batch
 
     monkeypatch.setattr(train_module, "_next_batch", next_then_signal)
     cfg_b = run_cfg(synth_manifest, tmp_path / "b", tiny_model, **kw)
-    with pytest.raises(Interrupted, match="stopped by signal at step 3; rerun the same command to resume"):
+    with pytest.raises(Interrupted, match="stopped by signal at step 2; rerun the same command to resume"):
         train(cfg_b, log=quiet, progress_bar=False)
-    assert verify_checkpoint(tmp_path / "b" / "checkpoint-3").ok
+    assert verify_checkpoint(tmp_path / "b" / "checkpoint-2").ok
     monkeypatch.undo()
     resumed = train(cfg_b, log=quiet, progress_bar=False)
-    assert resumed.resumed_from.name == "checkpoint-3"
+    assert resumed.resumed_from.name == "checkpoint-2"
     assert resumed.progress.step == straight.progress.step == 8
 
     for name in ("adapter_model.safetensors",):
@@ -108,11 +109,31 @@ def test_resume_after_signal_is_bitwise_equal(synth_manifest, tiny_model, tmp_pa
     opt_b = torch.load(tmp_path / "b" / "checkpoint-8" / "optimizer.pt", weights_only=True)
     for i, state in opt_a["state"].items():
         assert all(torch.equal(state[k], opt_b["state"][i][k]) for k in state)
-    rng_a = torch.load(tmp_path / "a" / "checkpoint-8" / "rng_state_0.pt", weights_only=False)
-    rng_b = torch.load(tmp_path / "b" / "checkpoint-8" / "rng_state_0.pt", weights_only=False)
-    assert torch.equal(rng_a["torch"], rng_b["torch"])
+    rng_a = read_rng(tmp_path / "a" / "checkpoint-8" / "rng_state_0.safetensors")
+    rng_b = read_rng(tmp_path / "b" / "checkpoint-8" / "rng_state_0.safetensors")
+    assert torch.equal(rng_a["torch"], rng_b["torch"]) and rng_a["python"] == rng_b["python"]
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))  # no duplicated rows after the resume
+
+
+def test_stop_between_micro_batches_of_a_long_window(synth_manifest, tiny_model, tmp_path, monkeypatch):
+    """A scheduler's grace period is short: SIGTERM inside a 40-micro-batch window stops at the next micro-batch."""
+    import higgs_train.train as train_module
+
+    forwards = []
+    real_loss = train_module.audio_loss_sum
+
+    def loss_then_signal(*args):
+        forwards.append(1)
+        if len(forwards) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(*args)
+
+    monkeypatch.setattr(train_module, "audio_loss_sum", loss_then_signal)
+    cfg = run_cfg(synth_manifest, tmp_path / "run", tiny_model, max_steps=2, grad_accum=40)
+    with pytest.raises(Interrupted, match="stopped by signal at step 0"):
+        train(cfg, log=quiet, progress_bar=False)
+    assert len(forwards) == 3  # not 40
 
 
 def test_rerun_of_finished_run_resumes_and_stops(synth_manifest, tiny_model, tmp_path):

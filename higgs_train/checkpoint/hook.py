@@ -31,11 +31,13 @@ def cpu_copy(obj):
 
 
 class CheckpointHook:
-    def __init__(self, cfg: TrainConfig, accelerator, say: Callable[[str], None]):
+    def __init__(self, cfg: TrainConfig, accelerator, say: Callable[[str], None], model_fingerprint: str | None = None):
         self.cfg, self.accelerator, self.say = cfg, accelerator, say
+        self.model_fingerprint = model_fingerprint
         self.out = Path(cfg.output_dir)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="save") if cfg.async_save else None
         self._pending: Future | None = None
+        self.last_step: int | None = None  # the step of the last save asked for
 
     def __call__(self, model, optimizer, scheduler, progress: TrainingProgress, final: bool) -> list[SaveResult]:
         """Save at this step. Returns the saves that completed during this call (with --async_save, the previous
@@ -44,6 +46,7 @@ class CheckpointHook:
         from peft import get_peft_model_state_dict
 
         acc = self.accelerator
+        self.last_step = progress.step
         memory = memory_report()
         if relieve_if_low(memory):
             self.say("memory is low: collected garbage and emptied the CUDA cache before the save")
@@ -70,6 +73,7 @@ class CheckpointHook:
                 scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
                 rng=dict(rngs),
                 memory=memory,
+                model_fingerprint=self.model_fingerprint,
             )
 
         def on_writer() -> list[SaveResult]:

@@ -24,7 +24,20 @@ KIND_FALLBACK = "fallback"  # adapter weights only: resumes with a fresh optimiz
 
 
 def rng_file(rank: int) -> str:
+    """Tensors and JSON (safetensors): RNG states are read back without unpickling anything."""
+    return f"rng_state_{rank}.safetensors"
+
+
+def legacy_rng_file(rank: int) -> str:
+    """Checkpoints written before 0.2 pickled RNG states; they are read only through an allow-list."""
     return f"rng_state_{rank}.pt"
+
+
+_RNG = re.compile(r"^rng_state_(\d+)\.(safetensors|pt)$")
+
+
+def is_rng_file(name: str) -> bool:
+    return bool(_RNG.match(name))
 
 
 def checkpoint_name(step: int) -> str:

@@ -12,12 +12,13 @@ import torch
 
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.io import remove_tree
-from higgs_train.checkpoint.state import TrainingProgress
+from higgs_train.checkpoint.state import TrainingProgress, load_weights_only, read_rng
 from higgs_train.checkpoint.verify import VerifyResult, verify_checkpoint
 from higgs_train.errors import CheckpointError
 
-# Settings that shape the adapter: resuming with another value would load weights into the wrong model.
-SHAPING_FIELDS = ("model", "lora_r", "lora_targets")
+# Settings that shape the adapter: resuming with another value would load weights into the wrong model. The base
+# model is compared by its weights (check_same_base), not by the path or hub id that named it.
+SHAPING_FIELDS = ("lora_r", "lora_targets")
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
@@ -76,10 +77,11 @@ class LoadedCheckpoint:
     scheduler: dict[str, Any] | None
     scaler: dict[str, Any] | None
     rng: dict[str, Any] | None  # this rank's RNG, None when the checkpoint has no file for it
+    model_fingerprint: str | None = None  # the base weights it was trained on (absent before 0.2)
 
 
 def load_checkpoint(path: str | Path, rank: int = 0) -> LoadedCheckpoint:
-    """Read everything back from a verified checkpoint folder."""
+    """Read everything back from a verified checkpoint folder; nothing in it can run code (see `state.read_rng`)."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -88,11 +90,9 @@ def load_checkpoint(path: str | Path, rank: int = 0) -> LoadedCheckpoint:
         adapter = load_file(str(path / layout.ADAPTER_WEIGHTS))
         full = state["kind"] == layout.KIND_FULL
 
-        def opt(name: str, weights_only: bool = True):
+        def opt(name: str):
             file = path / name
-            if not (full and file.exists()):
-                return None
-            return torch.load(file, map_location="cpu", weights_only=weights_only)
+            return load_weights_only(file) if full and file.exists() else None
 
         return LoadedCheckpoint(
             path=path,
@@ -103,11 +103,43 @@ def load_checkpoint(path: str | Path, rank: int = 0) -> LoadedCheckpoint:
             optimizer=opt(layout.OPTIMIZER),
             scheduler=opt(layout.SCHEDULER),
             scaler=opt(layout.SCALER),
-            # RNG states hold numpy and python objects that weights_only refuses; the file passed verification.
-            rng=opt(layout.rng_file(rank), weights_only=False),
+            rng=rng_for_rank(path, rank) if full else None,
+            model_fingerprint=state.get("model_fingerprint"),
         )
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot load the checkpoint ({type(e).__name__}: {e})") from e
+
+
+def rng_for_rank(path: Path, rank: int) -> dict[str, Any] | None:
+    """This rank's RNG states, or None when the checkpoint holds none for it (saved with fewer processes)."""
+    for name in (layout.rng_file(rank), layout.legacy_rng_file(rank)):
+        if (path / name).exists():
+            return read_rng(path / name)
+    return None
+
+
+def same_source(a: str | None, b: str | None) -> bool:
+    """Whether two --model values name the same thing: local paths compare resolved (./tiny == /abs/tiny)."""
+    if a is None or b is None:
+        return a == b
+    return (Path(a).resolve() == Path(b).resolve()) if Path(a).exists() or Path(b).exists() else a == b
+
+
+def check_same_base(loaded: LoadedCheckpoint, model: str, fingerprint: str) -> None:
+    """Refuse a checkpoint trained on other base weights: by the weights' fingerprint when the checkpoint has one,
+    else (checkpoints from before 0.2) by the normalised --model path.
+
+    Raises:
+        CheckpointError: naming both, and the fixes.
+    """
+    saved = loaded.model_fingerprint
+    same = saved == fingerprint if saved else same_source(loaded.config.get("model"), model)
+    if not same:
+        raise CheckpointError(
+            f"{loaded.path} was trained on other base weights (--model {loaded.config.get('model')!r}, "
+            f"weights {saved or 'unknown'}) than this run's --model {model!r} (weights {fingerprint}); pass the "
+            "base model it was trained on, another --output_dir, or --resume never"
+        )
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> list[str]:
@@ -119,6 +151,11 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path)
                 f"pass the same --{name}, another --output_dir, or --resume never"
             )
     ignore = {
+        "model",
+        "audio_tokenizer",
+        "train_manifest",
+        "eval_manifest",
+        "score_manifest",
         "resume",
         "max_steps",
         "num_epochs",

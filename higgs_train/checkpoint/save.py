@@ -19,7 +19,7 @@ import torch
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.io import atomic_write_text, fsync_dir, fsync_file, remove_tree, torch_bytes, write_bytes
 from higgs_train.checkpoint.preflight import check_free_space
-from higgs_train.checkpoint.state import Snapshot
+from higgs_train.checkpoint.state import Snapshot, rng_to_tensors
 from higgs_train.checkpoint.verify import verify_checkpoint
 from higgs_train.errors import CheckpointError
 from higgs_train.faults import failpoint, set_step
@@ -152,6 +152,7 @@ def _trainer_state(snapshot: Snapshot, kind: str) -> bytes:
         "progress": snapshot.progress.to_dict(),
         "config": snapshot.config,
         "memory": snapshot.memory,
+        "model_fingerprint": snapshot.model_fingerprint,
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return json.dumps(state, indent=2, default=str).encode()
@@ -190,7 +191,8 @@ def _full_files(tmp: Path, snapshot: Snapshot, kind: str) -> None:
     if snapshot.scaler is not None:
         files[layout.SCALER] = torch_bytes(snapshot.scaler)
     for rank, rng in snapshot.rng.items():
-        files[layout.rng_file(rank)] = torch_bytes(rng)
+        tensors, metadata = rng_to_tensors(rng)
+        files[layout.rng_file(rank)] = safetensors_bytes(tensors, metadata=metadata)
     for name, data in files.items():
         write_bytes(tmp / name, data)
     manifest = _manifest(tmp, kind, snapshot.progress.step, files)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +43,7 @@ class Snapshot:
     scaler: dict[str, Any] | None = None
     rng: dict[int, dict[str, Any]] = field(default_factory=dict)  # rank -> RNG states
     memory: dict[str, Any] = field(default_factory=dict)
+    model_fingerprint: str | None = None  # of the base weights (model.weights_fingerprint)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -65,3 +67,102 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_to_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """RNG states as plain tensors plus JSON text (safetensors' tensors and metadata): nothing to unpickle."""
+    import json
+
+    version, words, gauss = state["python"]
+    algorithm, keys, pos, has_gauss, cached = state["numpy"]
+    tensors = {
+        "python": torch.tensor(words, dtype=torch.int64),
+        "numpy": torch.from_numpy(keys.astype("int64")),
+        "torch": state["torch"].clone(),
+    }
+    for i, s in enumerate(state.get("cuda", [])):
+        tensors[f"cuda_{i}"] = s.clone()
+    meta = {
+        "python_version": version,
+        "python_gauss": None if gauss is None else float(gauss).hex(),
+        "numpy_algorithm": algorithm,
+        "numpy_pos": int(pos),
+        "numpy_has_gauss": int(has_gauss),
+        "numpy_cached_gaussian": float(cached).hex(),
+        "cuda_devices": len(state.get("cuda", [])),
+    }
+    return tensors, {"rng": json.dumps(meta)}
+
+
+def rng_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, Any]:
+    """The inverse of `rng_to_tensors`.
+
+    Raises:
+        ValueError: a field is missing or of the wrong kind (a damaged or foreign file).
+    """
+    import json
+
+    import numpy as np
+
+    try:
+        meta = json.loads(metadata["rng"])
+        gauss = meta["python_gauss"]
+        state = {
+            "python": (
+                int(meta["python_version"]),
+                tuple(int(w) for w in tensors["python"].tolist()),
+                None if gauss is None else float.fromhex(gauss),
+            ),
+            "numpy": (
+                str(meta["numpy_algorithm"]),
+                tensors["numpy"].numpy().astype(np.uint32),
+                int(meta["numpy_pos"]),
+                int(meta["numpy_has_gauss"]),
+                float.fromhex(meta["numpy_cached_gaussian"]),
+            ),
+            "torch": tensors["torch"].to(torch.uint8),
+        }
+        if meta["cuda_devices"]:
+            state["cuda"] = [tensors[f"cuda_{i}"].to(torch.uint8) for i in range(meta["cuda_devices"])]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"not an RNG state ({type(e).__name__}: {e})") from e
+    return state
+
+
+def read_rng(file: str | Path) -> dict[str, Any]:
+    """One rank's RNG states from a checkpoint file, never running code from it.
+
+    `.safetensors` (this version) holds tensors and JSON; a `.pt` from before is read with
+    `torch.load(weights_only=True)` and an allow-list of the numpy types an RNG state holds.
+
+    Raises:
+        ValueError / RuntimeError / OSError: the file is damaged, foreign, or holds anything else.
+    """
+    file = Path(file)
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata() or {}
+        return rng_from_tensors(tensors, metadata)
+    state = load_weights_only(file, allow=_numpy_rng_globals())
+    if not isinstance(state, dict) or not {"python", "numpy", "torch"} <= set(state):
+        raise ValueError("not an RNG state")
+    return state
+
+
+def load_weights_only(file: str | Path, allow: list | None = None) -> Any:
+    """`torch.load` that unpickles tensors and plain containers only (plus the `allow` list); never code."""
+    with torch.serialization.safe_globals(allow or []):
+        return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def _numpy_rng_globals() -> list:
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]

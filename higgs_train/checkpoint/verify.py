@@ -34,8 +34,8 @@ class VerifyResult:
 
 def verify_checkpoint(path: str | Path, expected_adapter: dict[str, torch.Tensor] | None = None) -> VerifyResult:
     """Check the integrity manifest (every file present, sizes and sha256 equal, nothing extra), the adapter
-    (more than 0 tensors, all finite, equal to `expected_adapter` when given), the optimizer state (loads) and
-    the trainer state (its step matches the folder name).
+    (more than 0 tensors, all finite, equal to `expected_adapter` when given), every state file (loads the way
+    resume loads it, without running code) and the trainer state (its step matches the folder name).
     """
     path = Path(path)
     result = VerifyResult(path, step=layout.parse_step(path.name))
@@ -54,8 +54,7 @@ def verify_checkpoint(path: str | Path, expected_adapter: dict[str, torch.Tensor
         return result
     _check_adapter(path, expected_adapter, result)
     _check_trainer_state(path, result)
-    if result.kind == layout.KIND_FULL:
-        _check_optimizer(path, result)
+    _check_loadable(path, result)
     return result
 
 
@@ -126,10 +125,20 @@ def _check_trainer_state(path: Path, result: VerifyResult) -> None:
     result.step = step
 
 
-def _check_optimizer(path: Path, result: VerifyResult) -> None:
-    try:
-        state = torch.load(path / layout.OPTIMIZER, map_location="cpu", weights_only=True)
-        if not {"state", "param_groups"} <= set(state):
-            raise ValueError("no state/param_groups")
-    except Exception as e:  # torch.load raises many types for a corrupt pickle
-        result.problems.append(f"{layout.OPTIMIZER} does not load ({type(e).__name__}: {e})")
+def _check_loadable(path: Path, result: VerifyResult) -> None:
+    """Load every state file exactly as resume will (no unpickling beyond tensors): what passes here resumes."""
+    from higgs_train.checkpoint.state import load_weights_only, read_rng
+
+    for file in sorted(path.iterdir()):
+        name = file.name
+        try:
+            if name == layout.OPTIMIZER:
+                state = load_weights_only(file)
+                if not isinstance(state, dict) or not {"state", "param_groups"} <= set(state):
+                    raise ValueError("no state/param_groups")
+            elif name in (layout.SCHEDULER, layout.SCALER):
+                load_weights_only(file)
+            elif layout.is_rng_file(name):
+                read_rng(file)
+        except Exception as e:  # torch.load and safetensors raise many types for a damaged or foreign file
+            result.problems.append(f"{name} does not load safely ({type(e).__name__}: {str(e)[:200]})")

@@ -15,6 +15,7 @@ import torchaudio.functional as AF
 
 from higgs_train.data.formats import EMBEDDED
 from higgs_train.errors import AudioError
+from higgs_train.identity import file_digest
 
 
 @functools.lru_cache(maxsize=4)
@@ -30,16 +31,52 @@ def _embedded_bytes(source: str) -> bytes:
 
 
 def source_identity(source: str) -> str:
-    """What makes a clip's content: path, size and mtime of a file; dataset fingerprint and row when embedded."""
+    """What a clip holds: the sha256 of a file's bytes (not its path, size or mtime, which a rewrite in place can
+    keep); the dataset's fingerprint, row and column when embedded.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
     if source.startswith(EMBEDDED):
         folder, row, column = source[len(EMBEDDED) :].split("::")
-        return f"{folder}|{_saved_dataset(folder, column)._fingerprint}|{row}|{column}"
-    st = os.stat(source)
-    return f"{source}|{st.st_size}|{st.st_mtime_ns}"
+        return f"{_saved_dataset(folder, column)._fingerprint}|{row}|{column}"
+    return file_digest(source)
 
 
 def source_exists(source: str) -> bool:
     return source.startswith(EMBEDDED) or Path(source).is_file()
+
+
+def _missing(path: str, prefix: str) -> AudioError:
+    if os.path.islink(path):
+        return AudioError(
+            f"{prefix}audio file {path} is a broken or looping symbolic link; point it at a real file",
+            "missing audio",
+        )
+    return AudioError(f"{prefix}audio file {path} not found; fix the path in the manifest", "missing audio")
+
+
+def probe_seconds(path: str, where: str = "") -> float:
+    """A clip's duration from its header alone (nothing is decoded), so that an hour-long file is refused by
+    --max_duration without ever holding its samples in memory.
+
+    Raises:
+        AudioError: missing, unreadable or empty, as in `load_audio`.
+    """
+    prefix = f"{where}: " if where else ""
+    if not source_exists(path):
+        raise _missing(path, prefix)
+    try:
+        info = sf.info(io.BytesIO(_embedded_bytes(path)) if path.startswith(EMBEDDED) else path)
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError, ValueError) as e:
+        raise AudioError(
+            f"{prefix}cannot decode audio file {path} ({e}); convert it to WAV or FLAC", "undecodable audio"
+        ) from e
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise AudioError(
+            f"{prefix}audio file {path} is empty (0 samples); remove the row or replace the file", "empty audio"
+        )
+    return info.frames / info.samplerate
 
 
 def load_audio(path: str, sample_rate: int, where: str = "") -> torch.Tensor:
@@ -54,11 +91,12 @@ def load_audio(path: str, sample_rate: int, where: str = "") -> torch.Tensor:
         A 1-D float32 tensor.
 
     Raises:
-        AudioError: the file is missing, cannot be decoded, or holds no samples (`reason` says which).
+        AudioError: the file is missing, cannot be decoded, holds no samples or non-finite ones (`reason` says
+            which).
     """
     prefix = f"{where}: " if where else ""
     if not source_exists(path):
-        raise AudioError(f"{prefix}audio file {path} not found; fix the path in the manifest", "missing audio")
+        raise _missing(path, prefix)
     try:
         target = io.BytesIO(_embedded_bytes(path)) if path.startswith(EMBEDDED) else path
         data, file_rate = sf.read(target, dtype="float32", always_2d=True)
@@ -69,6 +107,12 @@ def load_audio(path: str, sample_rate: int, where: str = "") -> torch.Tensor:
     if data.shape[0] == 0:
         raise AudioError(
             f"{prefix}audio file {path} is empty (0 samples); remove the row or replace the file", "empty audio"
+        )
+    if not np.isfinite(data).all():  # float WAVs can hold NaN/Inf, which the codec turns into all-zero codes
+        bad = int((~np.isfinite(data)).any(axis=1).sum())
+        raise AudioError(
+            f"{prefix}audio file {path} holds {bad} NaN or infinite samples; re-export it or remove the row",
+            "non-finite audio",
         )
     mono = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
     if file_rate != sample_rate:

@@ -1,15 +1,18 @@
-"""Audio -> codes, once per clip: a sharded Arrow cache (`datasets`) keyed by the clip's identity and the audio
-tokenizer.
+"""Audio -> codes, once per clip: a sharded Arrow cache (`datasets`) keyed by the clip's content and the audio
+tokenizer's weights.
 
-A changed file (size or mtime), another dataset fingerprint or another audio tokenizer gets a new key, so only
-what changed is re-encoded. New codes are written in shards of SHARD_CLIPS clips, each saved beside its final
-name and renamed into place, so a run killed mid-encoding keeps every finished shard and resumes after them.
-Decoding and resampling run in `num_workers` DataLoader workers; encoding runs in the main process.
+A changed file (its bytes), another dataset fingerprint or another audio tokenizer (its weights, wherever it was
+loaded from) gets a new key, so only what changed is re-encoded. New codes are written in shards of SHARD_CLIPS
+clips, each saved beside its final name with a checksum of every file and renamed into place, so a run killed
+mid-encoding keeps every finished shard and resumes after them, and a shard damaged later is found, dropped with
+a warning and re-encoded. Decoding and resampling run in `num_workers` DataLoader workers; encoding runs in the
+main process.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -22,9 +25,11 @@ import torch
 
 from higgs_train import faults
 from higgs_train.data.audio import load_audio, source_identity
-from higgs_train.errors import AudioError
+from higgs_train.errors import AudioError, Interrupted, OutputDirError
+from higgs_train.identity import file_digest, weights_fingerprint
 
 CACHE_SUBDIR = "cache/codes"
+CHECKSUMS = "checksums.json"
 SHARD_CLIPS = int(os.environ.get("HIGGS_TRAIN_SHARD_CLIPS", "256"))  # clips per cache shard: what a kill can lose
 
 
@@ -38,8 +43,10 @@ class Clip:
 
 
 def tokenizer_fingerprint(audio_tokenizer) -> str:
-    """Identify an audio tokenizer by its config and where it was loaded from."""
-    ident = audio_tokenizer.config.to_json_string(use_diff=False) + str(audio_tokenizer.name_or_path)
+    """Identify an audio tokenizer by its config and its weights, not by where it was loaded from."""
+    config = audio_tokenizer.config.to_dict()
+    config.pop("_name_or_path", None)
+    ident = json.dumps(config, sort_keys=True, default=str) + weights_fingerprint(audio_tokenizer)
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -48,10 +55,12 @@ def clip_key(source: str, fingerprint: str) -> str:
 
 
 class CodeCache:
-    """OUTPUT_DIR/cache/codes/shard-*/: each shard a `datasets` folder with columns key, codes, seconds."""
+    """OUTPUT_DIR/cache/codes/shard-*/: each shard a `datasets` folder with columns key, codes, seconds, rms_db,
+    and CHECKSUMS listing the sha256 of every file in it."""
 
-    def __init__(self, output_dir: str | Path):
+    def __init__(self, output_dir: str | Path, say: Callable[[str], None] = print):
         self.root = Path(output_dir) / CACHE_SUBDIR
+        self.say = say
 
     def shards(self) -> list[Path]:
         if not self.root.is_dir():
@@ -59,18 +68,36 @@ class CodeCache:
         return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("shard-"))
 
     def load(self, keys: set[str]) -> dict[str, Clip]:
+        """The cached clips among `keys`. A shard that fails its checksums or does not load is removed with a
+        warning, so its clips are encoded again."""
         import datasets
 
         found: dict[str, Clip] = {}
         for shard in self.shards():
-            table = datasets.load_from_disk(str(shard))
-            wanted = [i for i, key in enumerate(table["key"]) if key in keys]
-            for row in table.select(wanted).with_format("numpy"):
-                rms = float(row["rms_db"]) if "rms_db" in row else None  # shards from before the column: unknown
-                found[str(row["key"])] = Clip(np.stack(row["codes"]).astype(np.int16), float(row["seconds"]), rms)
+            problem = _shard_problem(shard)
+            if problem is None:
+                try:
+                    table = datasets.load_from_disk(str(shard))
+                    wanted = [i for i, key in enumerate(table["key"]) if key in keys]
+                    rows = list(table.select(wanted).with_format("numpy"))
+                except Exception as e:  # Arrow and datasets raise many types for a damaged shard
+                    problem = f"does not load ({type(e).__name__})"
+            if problem is not None:
+                self.say(f"warning: code cache shard {shard} {problem}; removing it, its clips are encoded again")
+                shutil.rmtree(shard, ignore_errors=True)
+                continue
+            for row in rows:
+                found[str(row["key"])] = Clip(
+                    np.stack(row["codes"]).astype(np.int16), float(row["seconds"]), row_rms(row)
+                )
         return found
 
     def add(self, entries: dict[str, Clip]) -> None:
+        """Write one shard: into a hidden folder, checksums last, then renamed into place.
+
+        Raises:
+            OutputDirError: the shard cannot be written (a full or read-only disk); nothing partial is left.
+        """
         import datasets
 
         keys = sorted(entries)
@@ -82,11 +109,20 @@ class CodeCache:
                 "rms_db": [entries[k].rms_db for k in keys],
             }
         )
-        self.root.mkdir(parents=True, exist_ok=True)
         name = f"shard-{time.time_ns()}-{os.getpid()}"
         tmp = self.root / f".{name}.writing"
-        table.save_to_disk(str(tmp))
-        tmp.rename(self.root / name)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            table.save_to_disk(str(tmp))
+            sums = {p.name: file_digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+            tmp.rename(self.root / name)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OutputDirError(
+                f"--output_dir {self.root.parent.parent}: cannot write the code cache ({e.strerror or e}); free "
+                "disk space or fix permissions, then rerun: the clips encoded before are kept"
+            ) from e
 
     def clean(self) -> None:
         """Remove shards that a killed run left half-written."""
@@ -94,6 +130,25 @@ class CodeCache:
             for p in self.root.iterdir():
                 if p.name.endswith(".writing"):
                     shutil.rmtree(p, ignore_errors=True)
+
+
+def row_rms(row) -> float | None:
+    return float(row["rms_db"]) if "rms_db" in row and row["rms_db"] is not None else None
+
+
+def _shard_problem(shard: Path) -> str | None:
+    """Why a shard cannot be trusted, or None: every file listed in CHECKSUMS present and equal, nothing else."""
+    try:
+        sums = json.loads((shard / CHECKSUMS).read_text())
+    except (OSError, ValueError):
+        return f"has no readable {CHECKSUMS} (written by an older version, or damaged)"
+    present = {p.name for p in shard.iterdir() if p.is_file()} - {CHECKSUMS}
+    if present != set(sums):
+        return "has missing or extra files"
+    for name, digest in sums.items():
+        if file_digest(shard / name) != digest:
+            return f"fails its checksum ({name} truncated or changed)"
+    return None
 
 
 class _Decode(torch.utils.data.Dataset):
@@ -117,6 +172,8 @@ def encode_clips(
     output_dir: str | Path,
     num_workers: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
+    say: Callable[[str], None] = print,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[dict[str, Clip], dict[str, AudioError]]:
     """Codes for every clip, from the cache where present, decoded and encoded (and cached) where not.
 
@@ -126,9 +183,16 @@ def encode_clips(
         output_dir: the run folder; the cache lives in OUTPUT_DIR/cache/codes.
         num_workers: processes decoding and resampling audio.
         progress: optional callable(done, total, seconds of audio so far).
+        say: where warnings go (a damaged cache shard).
+        should_stop: polled between clips; when true, the clips encoded so far are written to the cache first.
 
     Returns:
-        (source -> Clip for the good clips, source -> AudioError for clips that are missing or undecodable).
+        (source -> Clip for the good clips, source -> AudioError for clips that are missing, undecodable, hold
+        non-finite samples or cannot be encoded).
+
+    Raises:
+        Interrupted: `should_stop` turned true (the finished clips are in the cache).
+        OutputDirError: the cache cannot be written.
     """
     fingerprint = tokenizer_fingerprint(audio_tokenizer)
     errors: dict[str, AudioError] = {}
@@ -139,9 +203,10 @@ def encode_clips(
         except OSError:
             try:
                 load_audio(source, 0)
+                raise AudioError(f"cannot read audio file {source}; check its permissions", "unreadable audio")
             except AudioError as e:
                 errors[source] = e
-    cache = CodeCache(output_dir)
+    cache = CodeCache(output_dir, say)
     cache.clean()
     found = cache.load(set(keys.values()))
     todo = [(src, key) for src, key in keys.items() if key not in found]
@@ -154,14 +219,15 @@ def encode_clips(
     by_key = {key: src for src, key in keys.items()}
     seconds, shards_written = 0.0, 0
     for done, (key, wave, error) in enumerate(loader, start=1):
+        if error is None:
+            try:
+                clip = _encode(audio_tokenizer, wave, rate, device)
+                pending[key] = clip
+                seconds += clip.seconds
+            except AudioError as e:
+                error = AudioError(f"{by_key[key]}: {e}", e.reason)
         if error is not None:
             errors[by_key[key]] = error
-        else:
-            with torch.no_grad():
-                codes = audio_tokenizer.encode(wave.to(device)[None, None]).audio_codes[0]
-            rms_db = float(20 * torch.log10(wave.pow(2).mean().sqrt().clamp_min(1e-9)))
-            pending[key] = Clip(codes.to(torch.int16).cpu().numpy(), len(wave) / rate, rms_db)
-            seconds += len(wave) / rate
         if len(pending) >= SHARD_CLIPS:
             cache.add(pending)
             found.update(pending)
@@ -171,7 +237,33 @@ def encode_clips(
             faults.failpoint("after_shard")
         if progress:
             progress(done, len(todo), seconds)
+        if should_stop() and done < len(todo):
+            if pending:
+                cache.add(pending)
+            raise Interrupted(
+                f"stopped by signal while encoding: {len(found) + len(pending)} of {len(keys)} clips are in the "
+                f"code cache of {output_dir}; rerun the same command to encode the rest and train"
+            )
     if pending:
         cache.add(pending)
         found.update(pending)
     return {src: found[key] for src, key in keys.items() if key in found}, errors
+
+
+def _encode(audio_tokenizer, wave: torch.Tensor, rate: int, device) -> Clip:
+    """One clip's codes; a clip the codec cannot take (shorter than its kernels, say) is an AudioError."""
+    try:
+        with torch.no_grad():
+            codes = audio_tokenizer.encode(wave.to(device)[None, None]).audio_codes[0]
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise AudioError(
+            f"the audio tokenizer cannot encode this {len(wave) / rate:.3f}s clip ({type(e).__name__}: "
+            f"{str(e)[:120]}); remove the row or use a longer clip",
+            "unencodable audio",
+        ) from e
+    if codes.numel() == 0:
+        raise AudioError(
+            f"the {len(wave) / rate:.3f}s clip encodes to 0 frames; use a longer clip", "unencodable audio"
+        )
+    rms_db = float(20 * torch.log10(wave.pow(2).mean().sqrt().clamp_min(1e-9)))
+    return Clip(codes.to(torch.int16).cpu().numpy(), len(wave) / rate, rms_db)

@@ -64,7 +64,7 @@ def iter_rows(path: str | Path, fmt: str = "auto") -> Iterator[Row]:
         yield from readers[fmt](path)
         return
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: cannot read the manifest ({e}); it must be UTF-8 text", "no manifest") from e
     if fmt == "json" and text.lstrip().startswith("["):
@@ -76,7 +76,7 @@ def iter_rows(path: str | Path, fmt: str = "auto") -> Iterator[Row]:
 def _ljspeech_rows(folder: Path) -> Iterator[Row]:
     """LJSpeech: metadata.csv lines `id|text` or `id|text|normalized` (no header), audio in wavs/ID.wav."""
     meta = folder / "metadata.csv"
-    for line_no, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(meta.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{meta}:{line_no}"
@@ -91,7 +91,7 @@ def _ljspeech_rows(folder: Path) -> Iterator[Row]:
 
 def _csv_rows(path: Path) -> Iterator[Row]:
     """`audio_file|text` lines (a header line naming those columns is skipped); paths relative to the file."""
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{line_no}"
@@ -117,7 +117,7 @@ def _pair_rows(folder: Path) -> Iterator[Row]:
             message = f"{where}: no {audio.stem}.txt or {audio.stem}.lab beside it; add the transcript"
             yield where, ManifestError(message, "missing transcript"), folder
             continue
-        yield where, {"audio_filepath": str(audio), "text": transcript.read_text(encoding="utf-8")}, folder
+        yield where, {"audio_filepath": str(audio), "text": transcript.read_text(encoding="utf-8-sig")}, folder
 
 
 def _jsonl_rows(path: Path, text: str) -> Iterator[Row]:
@@ -148,7 +148,7 @@ def _folder_rows(folder: Path) -> Iterator[Row]:
     """The community trainers' folder: metadata.json {"samples": [{"audio_file", "transcript_file", ...}]}."""
     meta_path = folder / "metadata.json"
     try:
-        samples = json.loads(meta_path.read_text(encoding="utf-8"))["samples"]
+        samples = json.loads(meta_path.read_text(encoding="utf-8-sig"))["samples"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ManifestError(f'{meta_path}: cannot read {{"samples": [...]}} ({e})', "unreadable manifest") from e
     for i, item in enumerate(samples):
@@ -161,7 +161,7 @@ def _folder_rows(folder: Path) -> Iterator[Row]:
             row["text"] = item["transcript"]
         elif "transcript_file" in item:
             try:
-                row["text"] = (folder / item["transcript_file"]).read_text(encoding="utf-8")
+                row["text"] = (folder / item["transcript_file"]).read_text(encoding="utf-8-sig")
             except (OSError, TypeError, UnicodeDecodeError) as e:
                 message = f'{where}: cannot read "transcript_file" {item["transcript_file"]!r} ({e})'
                 yield where, ManifestError(message, "missing transcript"), folder

@@ -6,6 +6,7 @@ that mixes row forms and whose errors carry no line numbers), so every error nam
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,5 +185,5 @@ def _audio_path(row: dict, keys: tuple[str, ...], where: str, base_dir: Path, pr
         raise ManifestError(f'{where}: field "{prefix}{key}" must be a non-empty path to an audio file')
     if value.startswith(EMBEDDED):
         return value
-    path = Path(value)
-    return str(path if path.is_absolute() else (base_dir / path).resolve())
+    # normalised, not resolved: a symlink loop is a bad row found when the clip is read, not a crash here
+    return os.path.abspath(base_dir / value)

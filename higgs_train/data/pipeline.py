@@ -27,22 +27,42 @@ class TrainingData:
     stats: dict
 
 
-def limits(cfg: TrainConfig) -> DataLimits:
-    return DataLimits(cfg.min_duration, cfg.max_duration, cfg.max_text_tokens)
+def limits(cfg: TrainConfig, processor, max_positions: int | None = None) -> DataLimits:
+    reserved = tuple(sorted(processor.tokenizer.get_added_vocab()))  # the special and audio markup tokens
+    return DataLimits(cfg.min_duration, cfg.max_duration, cfg.max_text_tokens, max_positions, reserved)
 
 
-def prepare(cfg: TrainConfig, manifest: str, processor, say: Callable[[str], None], progress=None) -> PreparedData:
-    """Validate and encode one manifest; apply --on_bad_sample to what the report found."""
+def prepare(
+    cfg: TrainConfig,
+    manifest: str,
+    processor,
+    say: Callable[[str], None],
+    progress=None,
+    should_stop: Callable[[], bool] = lambda: False,
+    max_positions: int | None = None,
+) -> PreparedData:
+    """Validate and encode one manifest; apply --on_bad_sample to what the report found.
+
+    `max_positions` (the model's max_position_embeddings) bounds each row's whole token length.
+    """
     tokenizer = processor.tokenizer
+    layout = TokenLayout.from_processor(processor, processor.audio_tokenizer.config.num_quantizers)
+
+    def measure(sample: Sample, clips) -> int:
+        return len(build_example(sample, {p: clips[p].codes for p in sample.audio_paths}, layout).input_ids)
+
     data = prepare_data(
         manifest,
         cfg.output_dir,
         processor.audio_tokenizer,
         lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
-        limits(cfg),
+        limits(cfg, processor, max_positions),
         cfg.num_workers,
         progress,
         cfg.format,
+        measure,
+        say,
+        should_stop,
     )
     report = data.report
     if report.problems and cfg.on_bad_sample == "error":
@@ -75,12 +95,20 @@ def split_eval(samples: list[Sample], seed: int, fraction: float) -> tuple[list[
     return [s for s in samples if id(s) not in held], [s for s in samples if id(s) in held]
 
 
-def build_training_data(cfg: TrainConfig, processor, num_codebooks: int, say, progress=None) -> TrainingData:
+def build_training_data(
+    cfg: TrainConfig,
+    processor,
+    num_codebooks: int,
+    say,
+    progress=None,
+    should_stop: Callable[[], bool] = lambda: False,
+    max_positions: int | None = None,
+) -> TrainingData:
     layout = TokenLayout.from_processor(processor, num_codebooks)
-    train = prepare(cfg, cfg.train_manifest, processor, say, progress)
+    train = prepare(cfg, cfg.train_manifest, processor, say, progress, should_stop, max_positions)
     samples, eval_samples, clips = train.samples, [], dict(train.clips)
     if cfg.eval_manifest:
-        held = prepare(cfg, cfg.eval_manifest, processor, say, progress)
+        held = prepare(cfg, cfg.eval_manifest, processor, say, progress, should_stop, max_positions)
         eval_samples = held.samples
         clips.update(held.clips)
     elif cfg.eval_fraction:
@@ -125,19 +153,26 @@ def encoding_progress(enabled: bool):
 
 
 def run_prepare(cfg: TrainConfig, say: Callable[[str], None], progress_bar: bool = True) -> list[PreparedData]:
-    """`higgs-train prepare`: validate and encode the train (and eval) manifests into the run's cache."""
+    """`higgs-train prepare`: validate and encode the train (and eval) manifests into the run's cache, holding the
+    run folder's lock; SIGTERM/SIGINT/SIGHUP keep the finished clips and stop (exit 130)."""
+    from higgs_train.checkpoint.lock import RunLock
     from higgs_train.checkpoint.preflight import check_output_dir
-    from higgs_train.model import load_processor, quiet_libraries
+    from higgs_train.model import load_lm_config, load_processor, quiet_libraries
+    from higgs_train.train import StopSignal
 
     check_output_dir(Path(cfg.output_dir))
     quiet_libraries()
+    max_positions = load_lm_config(cfg.model).max_position_embeddings
     processor = load_processor(cfg.model, cfg.audio_tokenizer)
     out = []
-    for manifest in [m for m in (cfg.train_manifest, cfg.eval_manifest) if m]:
-        with encoding_progress(progress_bar) as progress:
-            data = prepare(cfg, manifest, processor, say, progress)
-        for line in data.report.lines():
-            say(line)
-        say(f"encoded {data.report.hours:.3f} h in {data.report.encode_seconds:.1f}s; cache: {cfg.output_dir}/cache")
-        out.append(data)
+    with RunLock(cfg.output_dir, "prepare", say=say), StopSignal(say) as stop:
+        for manifest in [m for m in (cfg.train_manifest, cfg.eval_manifest) if m]:
+            with encoding_progress(progress_bar) as progress:
+                data = prepare(cfg, manifest, processor, say, progress, lambda: stop.requested, max_positions)
+            for line in data.report.lines():
+                say(line)
+            say(
+                f"encoded {data.report.hours:.3f} h in {data.report.encode_seconds:.1f}s; cache: {cfg.output_dir}/cache"
+            )
+            out.append(data)
     return out

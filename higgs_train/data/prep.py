@@ -82,7 +82,7 @@ def _normalise_loudness(wave: np.ndarray, rate: int, target: float) -> np.ndarra
 def _transcript(audio: Path) -> str | None:
     for suffix in TRANSCRIPT_SUFFIXES:
         if audio.with_suffix(suffix).is_file():
-            return audio.with_suffix(suffix).read_text(encoding="utf-8").strip() or None
+            return audio.with_suffix(suffix).read_text(encoding="utf-8-sig").strip() or None
     return None
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from higgs_train.data.audio import probe_seconds
 from higgs_train.data.codes import Clip, encode_clips
 from higgs_train.data.manifest import Problem, Sample, load_manifest
-from higgs_train.errors import ManifestError
+from higgs_train.errors import AudioError, ManifestError
 
 REPORT_FILE = "data_report.json"
 EXAMPLES_PER_REASON = 3
@@ -68,6 +69,8 @@ class DataLimits:
     min_duration: float = 0.0
     max_duration: float = float("inf")
     max_text_tokens: int = 10**9
+    max_tokens: int | None = None  # the model's max_position_embeddings: text, every clip's frames and the delay
+    reserved_tokens: tuple[str, ...] = ()  # the tokenizer's special tokens, which a row's text must not hold
 
 
 def prepare_data(
@@ -79,29 +82,41 @@ def prepare_data(
     num_workers: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
     fmt: str = "auto",
+    measure: Callable[[Sample, dict[str, Clip]], int] | None = None,
+    say: Callable[[str], None] = print,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> PreparedData:
     """Parse, validate and encode a manifest; write OUTPUT_DIR/data_report.json.
+
+    Every check that can fail for one row fails for that row alone (a bad row in the report, never a crash):
+    text first, then each clip's header (so an hour-long file is refused without being decoded), then decoding
+    and encoding, then the total length once the codes are known (`measure`: tokens of the whole example).
 
     Returns:
         The usable samples, the codes of their clips, and the report of the rows dropped and why.
 
     Raises:
         ManifestError: the manifest as a whole cannot be read.
+        Interrupted: `should_stop` turned true while encoding (the finished clips are cached).
     """
     problems: list[Problem] = []
     samples = load_manifest(manifest, problems, fmt)
     rows = len(samples) + len(problems)
     start = time.perf_counter()
-    clips, errors = encode_clips(
-        [p for s in samples for p in s.audio_paths], audio_tokenizer, output_dir, num_workers, progress
+    samples = _keep(samples, problems, lambda s: _check_text(s, count_tokens, limits))
+    durations, errors = _probe(samples)
+    samples = _keep(samples, problems, lambda s: _check_header(s, durations, errors, limits))
+    clips, encode_errors = encode_clips(
+        [p for s in samples for p in s.audio_paths],
+        audio_tokenizer,
+        output_dir,
+        num_workers,
+        progress,
+        say,
+        should_stop,
     )
-    good = []
-    for sample in samples:
-        problem = _check(sample, clips, errors, count_tokens, limits)
-        if problem:
-            problems.append(problem)
-        else:
-            good.append(sample)
+    errors.update(encode_errors)
+    good = _keep(samples, problems, lambda s: _check_codes(s, clips, errors, limits, measure))
     report = DataReport(
         manifest=str(manifest),
         rows=rows,
@@ -114,9 +129,34 @@ def prepare_data(
     )
     path = Path(output_dir) / REPORT_FILE
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(report.to_dict(), indent=2))
-    os.replace(tmp, path)  # several ranks may write the same report: each replaces it whole
+    try:
+        tmp.write_text(json.dumps(report.to_dict(), indent=2))
+        os.replace(tmp, path)  # several ranks may write the same report: each replaces it whole
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        say(f"warning: cannot write {path} ({e.strerror}); the report is printed only")
     return PreparedData(good, clips, report)
+
+
+def _keep(samples: list[Sample], problems: list[Problem], check) -> list[Sample]:
+    kept = []
+    for sample in samples:
+        problem = check(sample)
+        if problem:
+            problems.append(problem)
+        else:
+            kept.append(sample)
+    return kept
+
+
+def _probe(samples: list[Sample]) -> tuple[dict[str, float], dict[str, AudioError]]:
+    durations, errors = {}, {}
+    for source in dict.fromkeys(p for s in samples for p in s.audio_paths):
+        try:
+            durations[source] = probe_seconds(source)
+        except AudioError as e:
+            errors[source] = e
+    return durations, errors
 
 
 def dataset_stats(samples: list[Sample], clips) -> dict:
@@ -205,22 +245,59 @@ def _speaking_rate(samples: list[Sample], clips) -> float:
     return sum(len(s.target_text) for s in samples) / seconds if seconds else 15.0
 
 
-def _check(sample: Sample, clips, errors, count_tokens, limits: DataLimits) -> Problem | None:
+def _check_text(sample: Sample, count_tokens, limits: DataLimits) -> Problem | None:
+    for turn in sample.turns:
+        if not turn.text:
+            continue
+        reserved = next((tok for tok in limits.reserved_tokens if tok in turn.text), None)
+        if reserved:
+            message = (
+                f"{sample.source}: the {turn.role} text holds the reserved token {reserved}, which the model reads "
+                "as markup; remove it from the text"
+            )
+            return Problem(sample.source, "reserved token in text", message)
+        if turn.role == "user" and count_tokens(turn.text) > limits.max_text_tokens:
+            message = f"{sample.source}: text has over --max_text_tokens {limits.max_text_tokens} tokens; split the row"
+            return Problem(sample.source, "text too long", message)
+    return None
+
+
+def _audio_problem(sample: Sample, errors) -> Problem | None:
     for source in sample.audio_paths:
         if source in errors:
             e = errors[source]
-            return Problem(sample.source, e.reason, f"{sample.source}: {e}")
-    seconds = clips[sample.target_audio].seconds
+            message = str(e) if str(e).startswith(sample.source) else f"{sample.source}: {e}"
+            return Problem(sample.source, e.reason, message)
+    return None
+
+
+def _check_header(sample: Sample, durations, errors, limits: DataLimits) -> Problem | None:
+    problem = _audio_problem(sample, errors)
+    if problem:
+        return problem
+    seconds = durations[sample.target_audio]
     if seconds < limits.min_duration:
         message = f"{sample.source}: clip is {seconds:.2f}s, under --min_duration {limits.min_duration}s"
         return Problem(sample.source, "too short", message)
     if seconds > limits.max_duration:
         message = f"{sample.source}: clip is {seconds:.2f}s, over --max_duration {limits.max_duration}s; split it"
         return Problem(sample.source, "too long", message)
-    for turn in sample.turns:
-        if turn.text and turn.role == "user" and count_tokens(turn.text) > limits.max_text_tokens:
-            message = f"{sample.source}: text has over --max_text_tokens {limits.max_text_tokens} tokens; split the row"
-            return Problem(sample.source, "text too long", message)
+    return None
+
+
+def _check_codes(sample: Sample, clips, errors, limits: DataLimits, measure) -> Problem | None:
+    problem = _audio_problem(sample, errors)
+    if problem or measure is None or limits.max_tokens is None:
+        return problem
+    tokens = measure(sample, clips)
+    if tokens > limits.max_tokens:
+        seconds = sum(clips[p].seconds for p in sample.audio_paths)
+        message = (
+            f"{sample.source}: {tokens} tokens (text, {seconds:.1f}s of audio in {len(sample.audio_paths)} clip(s) "
+            f"and the delay pattern) exceed the model's {limits.max_tokens} positions; use a shorter reference or "
+            "target clip"
+        )
+        return Problem(sample.source, "sequence too long", message)
     return None
 
 

@@ -1,0 +1,73 @@
+"""Which checkpoint layouts exist and how to tell them apart: transformers' native `higgs_audio_v2` (what
+`from_pretrained` loads) and Boson's original release layout (what `higgs-train convert` turns into the former).
+
+Boson's original LM folder has a config.json with `model_type: "higgs_audio"` (a `text_config` holding the Llama
+settings, `audio_num_codebooks`, `audio_codebook_size` without the two stream ids) and tensors named
+`audio_codebook_embeddings.*`, bare `embed_tokens|layers|norm`, `audio_decoder_proj.{audio,text}_lm_head`, some of
+them split in PartiallyFrozen halves. Its audio tokenizer folder holds `model.pth` and no complete config.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+HIGGS_MODEL_TYPE = "higgs_audio_v2"
+HIGGS_TOKENIZER_TYPE = "higgs_audio_v2_tokenizer"
+ORIGINAL_MODEL_TYPE = "higgs_audio"
+ORIGINAL_TOKENIZER_WEIGHTS = "model.pth"
+ORIGINAL_KEY_PREFIXES = ("audio_codebook_embeddings.", "audio_decoder_proj.", "embed_tokens.", "layers.", "norm.")
+AUDIO_TOKENIZER_SUBDIR = "audio_tokenizer"  # a model folder's own audio tokenizer (written by init-tiny, convert)
+
+
+def chat_template() -> str:
+    """The Higgs Audio v2 chat template that higgs-train ships (the transformers package does not carry one)."""
+    return resources.files("higgs_train").joinpath("templates/chat_template.jinja").read_text()
+
+
+def _config_json(source: str) -> dict | None:
+    """config.json of a local folder or (from the hub cache or the hub) of a hub id; None when there is none."""
+    folder = Path(source)
+    if folder.is_dir():
+        file = folder / "config.json"
+    else:
+        try:
+            from transformers.utils import cached_file
+
+            found = cached_file(source, "config.json", _raise_exceptions_for_missing_entries=False)
+        except (OSError, ValueError):
+            return None
+        if found is None:
+            return None
+        file = Path(found)
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def original_lm_config(source: str) -> dict | None:
+    """Boson's original config.json when `source` is an LM in the original layout, else None."""
+    config = _config_json(source)
+    return config if config and config.get("model_type") == ORIGINAL_MODEL_TYPE else None
+
+
+def is_original_tokenizer(source: str) -> bool:
+    """A local folder holding Boson's original audio tokenizer: `model.pth` without a transformers config."""
+    folder = Path(source)
+    if not (folder / ORIGINAL_TOKENIZER_WEIGHTS).is_file():
+        return False
+    config = _config_json(source) or {}
+    return config.get("model_type") != HIGGS_TOKENIZER_TYPE
+
+
+def convert_hint(flag: str, source: str) -> str:
+    """The one line that tells a user their checkpoint is in the original layout and the command that fixes it."""
+    name = Path(source.rstrip("/")).name or "model"
+    out = f"{name}-hf"
+    return (
+        f"{flag} {source} is in Boson's original layout, which transformers' Higgs Audio v2 cannot load; convert it "
+        f"once with `higgs-train convert {source} {out}` and pass {flag} {out}"
+    )
