@@ -104,6 +104,9 @@ def init_tiny(
     """Write a tiny random-weight Higgs Audio v2 model folder (LM, tokenizers, processor) for offline runs."""
     from higgs_train.tiny import build_tiny_model
 
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        err.print(f"error: {directory} exists and is not an empty folder; choose a new one", style="red", markup=False)
+        raise typer.Exit(2)
     build_tiny_model(directory, seed=seed)
     out.print(f"tiny model written to {directory}; train with --model {directory}", highlight=False)
 
@@ -113,6 +116,9 @@ def checkpoints(run_dir: Path = typer.Argument(..., help="A run's --output_dir."
     """List a run's checkpoints: step, size, time, valid or why not, and which one a resume would take."""
     from higgs_train.checkpoint.report import checkpoint_rows, checkpoint_table
 
+    if not run_dir.is_dir():
+        err.print(f"error: {run_dir}: no such run folder; pass a run's --output_dir", style="red", markup=False)
+        raise typer.Exit(2)
     rows = checkpoint_rows(run_dir)
     if not rows:
         out.print(f"{run_dir}: no checkpoints", highlight=False)
@@ -149,14 +155,15 @@ def generate(
     seed: int = typer.Option(0, help="Sampling seed."),
 ) -> None:
     """Speak TEXT with the base model plus an adapter; writes a 24 kHz WAV."""
-    from higgs_train.generate import generate_speech, load_with_adapter, write_wav
+    from higgs_train.generate import check_request, generate_speech, load_with_adapter, write_wav
 
     try:
+        check_request(text, out_path)
         lm, processor = load_with_adapter(model, adapter)
         speech = generate_speech(lm, processor, text, ref_audio, ref_text, max_frames, temperature, seed)
+        path = write_wav(speech, out_path)
     except HiggsTrainError as e:
         raise _fail(e) from None
-    path = write_wav(speech, out_path)
     out.print(f"wrote {path}: {speech.frames} frames, {len(speech.wave) / speech.sample_rate:.2f}s", highlight=False)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,12 @@ def _coerce(name: str, value: Any) -> Any:
 def validate(cfg: TrainConfig) -> None:
     """Check every value and combination; report all problems in one ConfigError."""
     problems = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value) and f.name not in ("max_duration",):
+            problems.append(f"--{f.name} must be a finite number, got {value}")
+    if math.isnan(cfg.max_duration):
+        problems.append("--max_duration must be a number, got nan")
     if not cfg.train_manifest:
         problems.append("--train_manifest is required: the JSONL manifest of clips to train on")
     if not cfg.output_dir:

@@ -84,10 +84,45 @@ def _generated_frames(ids: torch.Tensor, processor) -> int:
     return end - 1 - (ids.shape[-1] - 1)
 
 
+def check_request(text: str, out: str | Path) -> None:
+    """Refuse what would write nothing useful: no words, or an --out that is a folder or not a .wav file.
+
+    Raises:
+        ConfigError: naming the flag and the fix.
+    """
+    from higgs_train.errors import ConfigError
+
+    if not text.strip():
+        raise ConfigError("--text is empty; give the words to speak")
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'sample.wav'}")
+    if out.suffix.lower() != ".wav":
+        raise ConfigError(f"--out {out}: generate writes WAV; give a name ending in .wav")
+
+
 def write_wav(speech: Speech, path: str | Path) -> Path:
+    """Write the speech as 16-bit WAV (beside the name, then renamed: a full disk leaves no truncated file).
+
+    Raises:
+        OutputDirError: the file cannot be written.
+    """
+    import io
+    import os
+
+    from higgs_train.errors import OutputDirError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, speech.wave.numpy(), speech.sample_rate, subtype="PCM_16")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        sf.write(buf, speech.wave.numpy(), speech.sample_rate, format="WAV", subtype="PCM_16")
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputDirError(f"--out {path}: cannot write the WAV file ({e.strerror or e}); choose another path") from e
     return path
 
 
@@ -99,6 +134,8 @@ def load_with_adapter(model: str, adapter: str | None, mixed_precision: str = "n
     from higgs_train.model import check_pair, load_lm, load_processor, quiet_libraries
 
     quiet_libraries()
+    if adapter:
+        check_adapter_folder(adapter)  # before the model loads: a wrong folder fails in a second
     processor = load_processor(model, audio_tokenizer)
     lm = load_lm(model, mixed_precision)
     check_pair(lm, processor, model)
@@ -110,3 +147,31 @@ def load_with_adapter(model: str, adapter: str | None, mixed_precision: str = "n
     if torch.cuda.is_available():
         lm = lm.cuda()
     return lm.eval(), processor
+
+
+def check_adapter_folder(adapter: str) -> None:
+    """A local adapter must hold its files (never tried on the hub), and a checkpoint folder must pass `verify`.
+
+    Raises:
+        CheckpointError: what is missing or damaged, and the fix.
+    """
+    from higgs_train.checkpoint import layout
+    from higgs_train.checkpoint.verify import verify_checkpoint
+    from higgs_train.errors import CheckpointError
+
+    folder = Path(adapter)
+    looks_local = folder.exists() or adapter.startswith((".", "/", "~")) or adapter.count("/") != 1
+    if not looks_local:
+        return  # a hub id: PeftModel downloads it
+    if not folder.is_dir():
+        raise CheckpointError(f"--adapter {adapter}: no such folder; pass a checkpoint folder of a run")
+    missing = [n for n in (layout.ADAPTER_CONFIG, layout.ADAPTER_WEIGHTS) if not (folder / n).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"--adapter {adapter}: {' and '.join(missing)} not found; pass a checkpoint folder of a run "
+            "(e.g. RUN/checkpoint-500)"
+        )
+    if (folder / layout.INTEGRITY).is_file():
+        result = verify_checkpoint(folder)
+        if not result.ok:
+            raise CheckpointError(f"--adapter {adapter}: {'; '.join(result.problems)}")

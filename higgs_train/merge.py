@@ -3,44 +3,76 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
 from pathlib import Path
 
 import torch
 
-from higgs_train.errors import CheckpointError
+from higgs_train.checkpoint.lock import RunLock
+from higgs_train.errors import CheckpointError, ConfigError, HiggsTrainError
 from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR
 
 
 def merge_adapter(model: str, adapter: str, output: str | Path, max_shard_size: str = "2GB") -> float:
-    """Merge, save (sharded safetensors + processor + audio tokenizer), reload the merged folder and compare its
-    logits with base + adapter on a fixed input.
+    """Merge, save (sharded safetensors + processor + audio tokenizer) into a hidden folder beside OUTPUT, reload
+    it and compare its logits with base + adapter on a fixed input, then rename it to OUTPUT. A failure at any
+    point (a full or read-only disk, a mismatch) leaves no OUTPUT folder that looks usable.
 
     Returns:
         The largest absolute logit difference found.
 
     Raises:
-        CheckpointError: the merged model does not reproduce the adapter's outputs.
+        ConfigError: OUTPUT is inside (or is) the base model or the adapter folder, or already exists.
+        CheckpointError: the merged model cannot be written or does not reproduce the adapter's outputs.
     """
     from higgs_train.generate import load_with_adapter
     from higgs_train.model import load_lm
 
-    output = Path(output)
-    with_adapter, processor = load_with_adapter(model, adapter)
-    with_adapter = with_adapter.float().cpu()
-    probe = _probe(with_adapter.config)
-    with torch.no_grad():
-        expected = with_adapter(**probe).logits
-    merged = with_adapter.merge_and_unload()
-    merged.save_pretrained(output, max_shard_size=max_shard_size)
-    _save_processor(processor, output)
-    reloaded = load_lm(str(output)).float().eval()
-    with torch.no_grad():
-        diff = (reloaded(**probe).logits - expected).abs().max().item()
-    tolerance = 1e-4 * max(1.0, expected.abs().max().item())
-    if diff > tolerance:
-        raise CheckpointError(f"merged model differs from base + adapter by {diff:.2e} (> {tolerance:.1e}); not used")
+    output = Path(output).absolute()
+    _check_output(output, {"--model": model, "--adapter": adapter})
+    with RunLock(output.parent, "merge", flag="--output", name=f".{output.name}.lock"):
+        with_adapter, processor = load_with_adapter(model, adapter)
+        with_adapter = with_adapter.float().cpu()
+        probe = _probe(with_adapter.config)
+        with torch.no_grad():
+            expected = with_adapter(**probe).logits
+        merged = with_adapter.merge_and_unload()
+        tmp = output.parent / f".{output.name}.tmp-{secrets.token_hex(4)}"
+        try:
+            merged.save_pretrained(tmp, max_shard_size=max_shard_size)
+            _save_processor(processor, tmp)
+            reloaded = load_lm(str(tmp)).float().eval()
+            with torch.no_grad():
+                diff = (reloaded(**probe).logits - expected).abs().max().item()
+            tolerance = 1e-4 * max(1.0, expected.abs().max().item())
+            if diff > tolerance:
+                raise CheckpointError(f"merged model differs from base + adapter by {diff:.2e} (> {tolerance:.1e})")
+            os.rename(tmp, output)
+        except HiggsTrainError:
+            raise
+        except Exception as e:  # OSError, or safetensors' own error type for the same full or read-only disk
+            reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
+            raise CheckpointError(
+                f"--output {output}: cannot write the merged model ({reason}); free disk space or fix permissions "
+                "and run merge again (nothing was left behind)"
+            ) from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return diff
+
+
+def _check_output(output: Path, inputs: dict[str, str]) -> None:
+    for flag, source in inputs.items():
+        folder = Path(source).absolute()
+        if folder.exists() and (output == folder or folder in output.parents or output in folder.parents):
+            raise ConfigError(
+                f"--output {output} overlaps {flag} {source}; merging there would overwrite what it reads from. "
+                "Choose a folder outside both"
+            )
+    if output.exists():
+        raise ConfigError(f"--output {output} already exists; choose a new folder (a merge never overwrites one)")
 
 
 def _probe(config) -> dict[str, torch.Tensor]:

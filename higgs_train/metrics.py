@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -52,9 +53,7 @@ class MetricsLog:
         size = os.fstat(self._fd).st_size
         try:
             if os.write(self._fd, line) != len(line):
-                raise OSError(28, "short write")
-            if self._failing:
-                self.say(f"{self.path}: writing again")
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write)")
             self._failing = False
         except OSError as e:
             try:

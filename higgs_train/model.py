@@ -124,6 +124,7 @@ def load_lm(model: str, mixed_precision: str = "no", attn_implementation: str = 
             attn_implementation=attn_implementation,
             use_text_head=use_text_head,
             output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported in the loading info, then refused below with the names
         )
     except ImportError as e:  # flash_attention_2 without the flash-attn package, for example
         raise ModelError(f"--attn_implementation {attn_implementation}: {e}") from e

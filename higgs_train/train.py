@@ -134,7 +134,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     check_output_dir(out)  # fail fast: before the manifest is parsed or the model loads
     accelerator = make_accelerator(cfg)
     with contextlib.ExitStack() as held:
-        on_main(accelerator, lambda: held.enter_context(RunLock(out, "training", say=log)))
+        on_main(accelerator, lambda: held.enter_context(RunLock(out, "training", say=log)) and None)
         stop = held.enter_context(StopSignal(log))
         return _train(cfg, accelerator, stop, log, progress_bar)
 

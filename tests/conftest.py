@@ -80,3 +80,43 @@ def wait_for_steps(run_dir: Path, steps: int, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= steps):
         time.sleep(0.2)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system that fills up: a tmpfs of a given size mounted under tmp_path (root only).
+
+    Use as `folder = small_disk(size_kb)`; unmounted at the end of the test.
+    """
+    import subprocess
+
+    mounts = []
+
+    def mount(size_kb: int) -> Path:
+        folder = tmp_path / f"disk{len(mounts)}"
+        folder.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)], capture_output=True
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.decode().strip()}")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write a file until the file system under `folder` is full; returns it (delete it to free the space)."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"x" * 1024)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler

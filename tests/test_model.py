@@ -45,7 +45,7 @@ def test_unknown_lora_target_is_a_config_error(tiny_model):
 
 def test_missing_model_folder_is_a_model_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match=r"--model .*empty: cannot load the model"):
+    with pytest.raises(ModelError, match=r"--model .*empty: cannot read its config.json"):
         load_base(str(tmp_path / "empty"))
 
 

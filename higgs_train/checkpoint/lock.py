@@ -32,18 +32,25 @@ class RunLock:
             cannot be created.
     """
 
-    def __init__(self, folder: str | Path, what: str, flag: str = "--output_dir", say: Callable[[str], None] = print):
-        self.folder, self.what, self.flag, self.say = Path(folder), what, flag, say
+    def __init__(
+        self,
+        folder: str | Path,
+        what: str,
+        flag: str = "--output_dir",
+        say: Callable[[str], None] = print,
+        name: str = LOCK_FILE,
+    ):
+        self.folder, self.what, self.flag, self.say, self.name = Path(folder), what, flag, say, name
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / LOCK_FILE
+        path = self.folder / self.name
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise OutputDirError(
-                f"{self.flag} {self.folder}: cannot create the lock file {LOCK_FILE} ({e.strerror}); "
+                f"{self.flag} {self.folder}: cannot create the lock file {self.name} ({e.strerror}); "
                 "check the folder's permissions or choose another folder"
             ) from e
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle  # for its exception type: nothing here is unpickled beyond tensors
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,7 @@ def load_checkpoint(path: str | Path, rank: int = 0) -> LoadedCheckpoint:
             rng=rng_for_rank(path, rank) if full else None,
             model_fingerprint=state.get("model_fingerprint"),
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"{path}: cannot load the checkpoint ({type(e).__name__}: {e})") from e
 
 

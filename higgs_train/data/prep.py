@@ -10,7 +10,9 @@ flagged. prep_report.json lists every dropped or flagged clip with its reason.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ import torch
 
 from higgs_train.data.audio import load_audio
 from higgs_train.data.formats import AUDIO_SUFFIXES, TRANSCRIPT_SUFFIXES
-from higgs_train.errors import AudioError, ManifestError
+from higgs_train.errors import AudioError, ManifestError, OutputDirError
 from higgs_train.scoring.stopping import speech_spans
 
 REPORT = "prep_report.json"
@@ -89,11 +91,28 @@ def _transcript(audio: Path) -> str | None:
 def prep(
     src: str | Path, output_dir: str | Path, settings: PrepSettings, say: Callable[[str], None] = print
 ) -> list[PrepEntry]:
-    """Clean every recording under `src` into OUTPUT_DIR/clips, write train.jsonl and prep_report.json."""
+    """Clean every recording under `src` into OUTPUT_DIR/clips, write train.jsonl and prep_report.json.
+
+    Raises:
+        ManifestError: no recordings under `src`.
+        OutputDirError: OUTPUT_DIR cannot be written (full or read-only disk); no half-written clip is left.
+    """
     src, out = Path(src), Path(output_dir)
+    if not src.exists():
+        raise ManifestError(f"{src}: no such file or folder; pass a recording or a folder of them", "no data")
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES) if src.is_dir() else [src]
     if not files:
         raise ManifestError(f"{src}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found", "no data")
+    try:
+        return _prep_files(src, out, files, settings, say)
+    except OSError as e:
+        raise OutputDirError(
+            f"--output_dir {out}: cannot write {e.filename or 'a file'} ({e.strerror or e}); free disk space or fix "
+            "permissions, then run prep again"
+        ) from e
+
+
+def _prep_files(src: Path, out: Path, files: list[Path], settings: PrepSettings, say) -> list[PrepEntry]:
     (out / "clips").mkdir(parents=True, exist_ok=True)
     asr = None
     if settings.transcribe:
@@ -105,7 +124,9 @@ def prep(
         entries += _prep_file(audio, src if src.is_dir() else src.parent, out, settings, asr)
     _flag_rate_outliers(entries)
     kept = [e for e in entries if not e.dropped]
-    (out / MANIFEST).write_text("".join(json.dumps({"audio_filepath": e.clip, "text": e.text}) + "\n" for e in kept))
+    _write_whole(
+        out / MANIFEST, "".join(json.dumps({"audio_filepath": e.clip, "text": e.text}) + "\n" for e in kept).encode()
+    )
     report = {
         "source": str(src),
         "settings": asdict(settings),
@@ -113,7 +134,7 @@ def prep(
         "dropped": len(entries) - len(kept),
         "entries": [asdict(e) for e in entries],
     }
-    (out / REPORT).write_text(json.dumps(report, indent=2))
+    _write_whole(out / REPORT, json.dumps(report, indent=2).encode())
     minutes = sum(e.seconds for e in kept) / 60
     say(f"{len(files)} recordings -> {len(kept)} clips ({minutes:.1f} min) in {out / MANIFEST}")
     for e in entries:
@@ -157,9 +178,25 @@ def _prep_file(audio: Path, root: Path, out: Path, s: PrepSettings, asr) -> list
             why = "split from a longer recording, so its transcript no longer fits" if text else "no transcript"
             entry.dropped = f"{why}: pass --transcribe"
         if not entry.dropped:
-            sf.write(out / name, _normalise_loudness(piece, rate, s.loudness_lufs), rate, subtype="PCM_16")
+            buf = io.BytesIO()
+            sf.write(buf, _normalise_loudness(piece, rate, s.loudness_lufs), rate, format="WAV", subtype="PCM_16")
+            _write_whole(out / name, buf.getvalue())
         entries.append(entry)
     return entries
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write beside `path` and rename: a full disk leaves the old file or none, never a truncated one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:
+            e.filename = str(path)
+        raise
 
 
 def _flag_rate_outliers(entries: list[PrepEntry]) -> None:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from higgs_train.checkpoint.state import Snapshot, TrainingProgress
+from higgs_train.checkpoint.state import Snapshot, TrainingProgress, capture_rng
 
 
 def make_snapshot(step: int, seed: int = 0, adapter=None) -> Snapshot:
@@ -24,7 +24,7 @@ def make_snapshot(step: int, seed: int = 0, adapter=None) -> Snapshot:
         config={"model": "tiny", "lora_r": 4},
         optimizer=opt.state_dict(),
         scheduler=sched.state_dict(),
-        rng={0: {"torch": torch.get_rng_state()}},
+        rng={0: capture_rng()},
     )
 
 

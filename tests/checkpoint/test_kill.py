@@ -58,7 +58,7 @@ def test_sigterm_saves_and_exits_130(synth_manifest, tiny_model, tmp_path):
     proc.send_signal(signal.SIGTERM)
     log, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, log
-    assert "SIGTERM: finishing this step, saving, then stopping" in log
+    assert "SIGTERM: finishing this micro-batch, saving, then stopping" in log
     saved = list(out.glob("checkpoint-*"))
     assert len(saved) == 1 and verify_checkpoint(saved[0]).ok
     assert f"stopped by signal at step {saved[0].name.split('-')[1]}; rerun the same command to resume" in log

@@ -41,7 +41,7 @@ def test_publish_protocol_tmp_then_rename(tmp_path, snapshot_factory, monkeypatc
         "adapter_config.json",
         "optimizer.pt",
         "scheduler.pt",
-        "rng_state_0.pt",
+        "rng_state_0.safetensors",
         "trainer_state.json",
         "integrity.json",
     } == names
