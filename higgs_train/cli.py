@@ -111,6 +111,27 @@ def init_tiny(
     out.print(f"tiny model written to {directory}; train with --model {directory}", highlight=False)
 
 
+@app.command("convert")
+def convert_command(
+    src: Path = typer.Argument(..., help="Boson's original LM folder, or its original audio tokenizer folder."),
+    output: Path = typer.Argument(..., help="New folder for the transformers layout (pass it as --model)."),
+    audio_tokenizer: str | None = typer.Option(
+        None, "--audio_tokenizer", "--audio-tokenizer", help="The LM's audio tokenizer [default: SRC/audio_tokenizer]."
+    ),
+    tokenizer_config: str | None = typer.Option(
+        None, "--tokenizer_config", "--tokenizer-config", help="HiggsAudioV2TokenizerConfig JSON for model.pth."
+    ),
+) -> None:
+    """Convert Boson's original release layout into a folder that transformers' from_pretrained loads."""
+    from higgs_train.convert import convert
+
+    try:
+        done = convert(src, output, audio_tokenizer, tokenizer_config, say=lambda m: err.print(m, markup=False))
+    except HiggsTrainError as e:
+        raise _fail(e) from None
+    out.print(f"converted {src} -> {done}; train with --model {done}", highlight=False)
+
+
 @app.command("checkpoints")
 def checkpoints(run_dir: Path = typer.Argument(..., help="A run's --output_dir.")) -> None:
     """List a run's checkpoints: step, size, time, valid or why not, and which one a resume would take."""

@@ -8,6 +8,7 @@ released checkpoint.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -268,4 +269,122 @@ def build_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
     )
     model.save_pretrained(out)
     WhisperProcessor(WhisperFeatureExtractor(), tokenizer).save_pretrained(out)
+    return out
+
+
+def write_original_layout(hf_folder: str | Path, out_dir: str | Path) -> Path:
+    """Rewrite a transformers Higgs Audio v2 folder (e.g. the tiny model) in Boson's original release layout: the
+    original config.json, tensor names and PartiallyFrozen splits, and an audio tokenizer as `model.pth` with
+    weight-norm pairs and an incomplete config. Tests use it to check `higgs-train convert` offline.
+    """
+    from safetensors.torch import load_file, save_file
+    from transformers import HiggsAudioV2Config, HiggsAudioV2TokenizerModel
+
+    hf, out = Path(hf_folder), Path(out_dir)
+    out.mkdir(parents=True)
+    config = HiggsAudioV2Config.from_pretrained(hf)
+    text_config = {
+        "model_type": "llama",
+        **{
+            k: getattr(config, k)
+            for k in (
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "head_dim",
+                "hidden_act",
+                "max_position_embeddings",
+                "rms_norm_eps",
+                "bos_token_id",
+                "eos_token_id",
+            )
+        },
+        "rope_theta": config.rope_parameters["rope_theta"],
+        "rope_scaling": {k: v for k, v in config.rope_parameters.items() if k != "rope_theta"},
+    }
+    original = {
+        "model_type": "higgs_audio",
+        "text_config": text_config,
+        "audio_adapter_type": "dual_ffn_fast_forward",
+        "audio_dual_ffn_layers": list(range(config.num_hidden_layers)),
+        "audio_ffn_hidden_size": config.hidden_size,
+        "audio_ffn_intermediate_size": config.intermediate_size,
+        "audio_num_codebooks": config.num_codebooks,
+        "audio_codebook_size": config.codebook_size - 2,
+        "audio_stream_bos_id": config.audio_stream_bos_id,
+        "audio_stream_eos_id": config.audio_stream_eos_id,
+        "audio_out_token_idx": config.audio_token_id,
+        "audio_out_bos_token_id": config.audio_bos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "use_delay_pattern": True,
+        "skip_audio_tower": True,
+    }
+    (out / "config.json").write_text(json.dumps(original, indent=2))
+    state = {}
+    for key, tensor in load_file(str(hf / "model.safetensors")).items():
+        key = key.replace("model.embed_audio_tokens.embed_audio_tokens.", "audio_codebook_embeddings.")
+        key = key.removeprefix("model.")
+        if key.startswith(("audio_lm_head", "text_lm_head")):
+            key = f"audio_decoder_proj.{key}"
+        state[key] = tensor
+    for stem, kind in (
+        ("embed_tokens", "embedding"),
+        ("audio_decoder_proj.audio_lm_head", "linear"),
+        ("audio_decoder_proj.text_lm_head", "linear"),
+    ):
+        if f"{stem}.weight" in state:
+            whole = state.pop(f"{stem}.weight")
+            cut = whole.shape[0] - 3  # the released model trains only a few rows (the new special tokens)
+            state[f"{stem}.{kind}_frozen.weight"] = whole[:cut].clone()
+            state[f"{stem}.{kind}_trainable.weight"] = whole[cut:].clone()
+    state["layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(config.head_dim // 2)
+    state["audio_codebook_weights"] = torch.ones(config.num_codebooks)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (hf / name).exists():
+            shutil.copy(hf / name, out / name)
+    codec = HiggsAudioV2TokenizerModel.from_pretrained(hf / AUDIO_TOKENIZER_SUBDIR)
+    (out / AUDIO_TOKENIZER_SUBDIR).mkdir()
+    torch.save(_original_codec_state(codec.state_dict()), out / AUDIO_TOKENIZER_SUBDIR / "model.pth")
+    (out / AUDIO_TOKENIZER_SUBDIR / "config.json").write_text(json.dumps({"sample_rate": 24000}))
+    return out
+
+
+def _original_codec_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The audio tokenizer's tensors under their original names, convolutions as weight-norm pairs."""
+    import re
+
+    inner = ("snake1", "conv1", "snake2", "conv2")
+    n_enc = len({m[1] for k in state if (m := re.match(r"^acoustic_encoder\.block\.(\d+)\.", k))})
+    n_dec = len({m[1] for k in state if (m := re.match(r"^acoustic_decoder\.block\.(\d+)\.", k))})
+    out = {"fc1.weight": torch.zeros(1)}  # the original has an fc1 that the forward pass never uses
+    for key, tensor in state.items():
+        new = key
+        if m := re.match(r"^acoustic_encoder\.(conv1|snake1|conv2)\.(.*)$", key):
+            new = f"encoder.block.{ {'conv1': 0, 'snake1': n_enc + 1, 'conv2': n_enc + 2}[m[1]] }.{m[2]}"
+        elif m := re.match(r"^acoustic_encoder\.block\.(\d+)\.res_unit(\d)\.(\w+)\.(.*)$", key):
+            new = f"encoder.block.{int(m[1]) + 1}.block.{int(m[2]) - 1}.block.{inner.index(m[3])}.{m[4]}"
+        elif m := re.match(r"^acoustic_encoder\.block\.(\d+)\.(snake1|conv1)\.(.*)$", key):
+            new = f"encoder.block.{int(m[1]) + 1}.block.{3 if m[2] == 'snake1' else 4}.{m[3]}"
+        elif m := re.match(r"^acoustic_decoder\.(conv1|snake1|conv2)\.(.*)$", key):
+            new = f"decoder_2.model.{ {'conv1': 0, 'snake1': n_dec + 1, 'conv2': n_dec + 2}[m[1]] }.{m[2]}"
+        elif m := re.match(r"^acoustic_decoder\.block\.(\d+)\.res_unit(\d)\.(\w+)\.(.*)$", key):
+            new = f"decoder_2.model.{int(m[1]) + 1}.block.{int(m[2]) + 1}.block.{inner.index(m[3])}.{m[4]}"
+        elif m := re.match(r"^acoustic_decoder\.block\.(\d+)\.(snake1|conv_t1)\.(.*)$", key):
+            new = f"decoder_2.model.{int(m[1]) + 1}.block.{0 if m[2] == 'snake1' else 1}.{m[3]}"
+        elif key.startswith("quantizer.quantizers."):
+            new = key.replace("quantizer.quantizers.", "quantizer.vq.layers.").replace(".codebook.", "._codebook.")
+        elif m := re.match(r"^(fc|fc1|fc2)\.(.*)$", key):
+            new = f"{ {'fc': 'fc_prior', 'fc1': 'fc_post1', 'fc2': 'fc_post2'}[m[1]] }.{m[2]}"
+        elif key.startswith(("encoder_semantic.", "decoder_semantic.")):
+            new = re.sub(r"\.(conv|conv1|conv2)\.(weight|bias)$", r".\1.conv.\2", key)
+        if new.startswith(("encoder.", "decoder_2.")) and new.endswith(".weight") and tensor.dim() > 1:
+            norm = tensor.norm(dim=list(range(1, tensor.dim())), keepdim=True)
+            out[new.replace(".weight", ".weight_g")] = norm
+            out[new.replace(".weight", ".weight_v")] = tensor * 2.0  # any scale: only the direction is kept
+        else:
+            out[new] = tensor.clone()
     return out
