@@ -71,7 +71,11 @@ class TrainConfig:
     warmup_steps: int = _f(0, "Linear warm-up steps before cosine decay.", OPTIM)
     weight_decay: float = _f(0.0, "AdamW weight decay.", OPTIM)
     text_loss_weight: float = _f(
-        0.0, "Add a text loss on the prompt's text tokens with this weight (0 = audio only).", OPTIM
+        0.0,
+        "Add the text head's loss on the prompt's plain text (system prompt, scene, transcripts; never markup or "
+        "audio) with this weight (0 = audio only). Boson's recipe labels assistant text only, which TTS rows do not "
+        "have; this keeps the text head tied to the transcript instead. Needs a checkpoint with a text head.",
+        OPTIM,
     )
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this (0 disables clipping).", OPTIM)
     batch_size: int = _f(1, "Samples per micro-batch per process.", OPTIM)

@@ -20,10 +20,17 @@ class Speech:
     frames: int  # generated audio frames (codes per codebook)
 
 
-def prompt(processor, text: str, ref_audio: str | None = None, ref_text: str | None = None, scene: str | None = None):
+def prompt(
+    processor,
+    text: str,
+    ref_audio: str | None = None,
+    ref_text: str | None = None,
+    scene: str | None = None,
+    system: str | None = None,
+):
     """Model inputs for one utterance: system (+ scene), an optional reference turn pair, the text, then the
     generation prompt that ends in `<|audio_out_bos|>`."""
-    messages = [{"role": "system", "content": [{"type": "text", "text": DEFAULT_SYSTEM_PROMPT}]}]
+    messages = [{"role": "system", "content": [{"type": "text", "text": system or DEFAULT_SYSTEM_PROMPT}]}]
     if scene:
         messages.append({"role": "scene", "content": [{"type": "text", "text": scene}]})
     audio = []
@@ -48,15 +55,17 @@ def generate_speech(
     max_new_frames: int = 500,
     temperature: float = 0.8,
     seed: int | None = 0,
+    scene: str | None = None,
+    system: str | None = None,
 ) -> Speech:
-    """Generate one utterance. The global RNG is left exactly as it was (sampling during training must not change
-    the run's random stream)."""
+    """Generate one utterance (with the row's own system prompt and scene when given). The global RNG is left
+    exactly as it was (sampling during training must not change the run's random stream)."""
     saved = capture_rng()
     try:
         if seed is not None:
             torch.manual_seed(seed)
         device = next(model.parameters()).device
-        inputs = {k: v.to(device) for k, v in prompt(processor, text, ref_audio, ref_text).items()}
+        inputs = {k: v.to(device) for k, v in prompt(processor, text, ref_audio, ref_text, scene, system).items()}
         was_training = model.training
         model.eval()
         out = model.generate(

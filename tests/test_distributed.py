@@ -92,7 +92,11 @@ def test_two_processes_match_one_with_same_global_batch(synth_manifest, tiny_mod
         torch.tensor(losses(tmp_path / "two")), torch.tensor(losses(tmp_path / "one")), rtol=1e-4, atol=1e-5
     )
     ckpt = tmp_path / "two" / "checkpoint-4"
-    assert verify_checkpoint(ckpt).ok and (ckpt / "rng_state_0.pt").exists() and (ckpt / "rng_state_1.pt").exists()
+    assert (
+        verify_checkpoint(ckpt).ok
+        and (ckpt / "rng_state_0.safetensors").exists()
+        and (ckpt / "rng_state_1.safetensors").exists()
+    )
     a, b = (
         load_file(ckpt / "adapter_model.safetensors"),
         load_file(tmp_path / "one/checkpoint-4/adapter_model.safetensors"),

@@ -136,6 +136,25 @@ def test_stop_between_micro_batches_of_a_long_window(synth_manifest, tiny_model,
     assert len(forwards) == 3  # not 40
 
 
+def test_gradient_checkpointing_is_active_from_step_1_without_an_eval_set(
+    synth_manifest, tiny_model, tmp_path, monkeypatch
+):
+    import higgs_train.train as train_module
+
+    seen = []
+    real_loss = train_module.audio_loss_sum
+
+    def spy(model, *args):
+        base = model.get_base_model()
+        seen.append((model.training, base.model.gradient_checkpointing))
+        return real_loss(model, *args)
+
+    monkeypatch.setattr(train_module, "audio_loss_sum", spy)
+    cfg = run_cfg(synth_manifest, tmp_path / "run", tiny_model, max_steps=1, gradient_checkpointing=True)
+    train(cfg, log=quiet, progress_bar=False)
+    assert seen[0] == (True, True)  # train mode: the checkpointed path runs at the first step
+
+
 def test_rerun_of_finished_run_resumes_and_stops(synth_manifest, tiny_model, tmp_path):
     args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--max_steps", "2")
     assert runner.invoke(app, args).exit_code == 0

@@ -141,7 +141,9 @@ def _content_turns(role: str, content: object, field: str, where: str, base_dir:
     if isinstance(content, str):
         if not content.strip():
             raise ManifestError(f'{where}: field "{field}" is empty; give the text of the turn')
-        return [Turn(role, text=content)]
+        if role == "assistant":
+            raise ManifestError(f'{where}: field "{field}" is text; an assistant message holds one audio clip')
+        return [Turn(role, text=content.strip())]  # the released template trims string content too
     if not isinstance(content, list) or not content:
         raise ManifestError(f'{where}: field "{field}" must be a string or a list of text/audio items')
     turns = []
@@ -155,6 +157,11 @@ def _content_turns(role: str, content: object, field: str, where: str, base_dir:
             turns.append(Turn(role, audio=_audio_path(item, keys, where, base_dir, prefix=f"{item_field}.")))
         else:
             raise ManifestError(f'{where}: field "{item_field}.type" must be "text" or "audio"')
+    if role == "assistant" and (len(turns) != 1 or turns[0].audio is None):
+        raise ManifestError(
+            f'{where}: field "{field}" must hold exactly one audio item (the released chat template renders one '
+            "clip per assistant message); put each clip in its own assistant message"
+        )
     return turns
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from higgs_train.data.audio import load_audio
+from higgs_train.data.audio import load_audio, probe_seconds
 from higgs_train.data.manifest import Sample
+from higgs_train.errors import AudioError
 from higgs_train.scoring.best import ScoreRow
 
 SCORES_FILE = "scores.jsonl"
@@ -22,6 +23,16 @@ class ScoreItem:
     speaker_audio: str  # the clip whose voice the output should have (the row's target clip)
     ref_audio: str | None = None
     ref_text: str | None = None
+    system: str | None = None  # the row's own system prompt and scene: scored as it was trained
+    scene: str | None = None
+    seconds: float | None = None  # the target clip's duration, which sizes the generation cap
+
+    def max_frames(self, frames_per_second: float, fallback: int) -> int:
+        """Room for 1.5 times the target's length plus a second, so a long row is never cut short (and scored as
+        if the model had skipped words) while a model that never stops is still bounded."""
+        if self.seconds is None:
+            return fallback
+        return int(self.seconds * 1.5 * frames_per_second) + int(frames_per_second)
 
 
 def items_from_samples(samples: list[Sample], limit: int) -> list[ScoreItem]:
@@ -35,7 +46,13 @@ def items_from_samples(samples: list[Sample], limit: int) -> list[ScoreItem]:
             ref = audio_turns[-2]
             ref_audio = turns[ref].audio
             ref_text = next((t.text for t in reversed(turns[:ref]) if t.role == "user" and t.text), "")
-        items.append(ScoreItem(sample.target_text, sample.target_audio, ref_audio, ref_text))
+        system = next((t.text for t in turns if t.role == "system"), None)
+        scene = next((t.text for t in turns if t.role == "scene"), None)
+        try:
+            seconds = probe_seconds(sample.target_audio)
+        except AudioError:
+            seconds = None
+        items.append(ScoreItem(sample.target_text, sample.target_audio, ref_audio, ref_text, system, scene, seconds))
     return items
 
 
@@ -74,9 +91,19 @@ class Scorer:
         from higgs_train.scoring.text import error_rates
 
         per_item = []
+        codec = self.processor.audio_tokenizer.config
+        fps = codec.sample_rate / codec.hop_length
         for item in items:
             speech = generate_speech(
-                model, self.processor, item.text, item.ref_audio, item.ref_text, self.max_new_frames, temperature=0.0
+                model,
+                self.processor,
+                item.text,
+                item.ref_audio,
+                item.ref_text,
+                item.max_frames(fps, self.max_new_frames),
+                temperature=0.0,
+                scene=item.scene,
+                system=item.system,
             )
             wer, cer = error_rates(item.text, self.asr(speech.wave, speech.sample_rate))
             mine = embed(speech.wave, speech.sample_rate, self.speaker_model)

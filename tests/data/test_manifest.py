@@ -81,3 +81,20 @@ def test_missing_and_empty_manifest(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ManifestError, match="the manifest has no rows"):
         load_manifest(tmp_path / "empty.jsonl")
+
+
+def test_chatml_one_clip_per_assistant_message_and_trimmed_strings(tmp_path):
+    two = {"role": "assistant", "content": [{"type": "audio", "path": "a.wav"}, {"type": "audio", "path": "b.wav"}]}
+    user = {"role": "user", "content": "  say this  "}
+    with pytest.raises(ManifestError) as e:
+        load_manifest(write(tmp_path, [{"messages": [user, two]}]))
+    assert str(e.value) == (
+        f'{tmp_path / "m.jsonl"}:1: field "messages[1].content" must hold exactly one audio item (the released chat '
+        "template renders one clip per assistant message); put each clip in its own assistant message"
+    )
+    spoken = {"role": "assistant", "content": "hello"}
+    with pytest.raises(ManifestError, match=r'field "messages\[1\].content" is text; an assistant message holds one'):
+        load_manifest(write(tmp_path, [{"messages": [user, spoken]}]))
+    one = {"role": "assistant", "content": [{"type": "audio", "path": "a.wav"}]}
+    (sample,) = load_manifest(write(tmp_path, [{"messages": [{"role": "system", "content": " sys "}, user, one]}]))
+    assert [t.text for t in sample.turns if t.text] == ["sys", "say this"]

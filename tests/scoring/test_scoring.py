@@ -193,3 +193,38 @@ def test_transformers_xvector_model_as_the_speaker_encoder(voices, tmp_path):
     wave = load_audio(str(voices / "en_man.wav"), 16000)
     a, b = embed(wave, 16000, str(tmp_path / "sv")), embed(wave, 16000, str(tmp_path / "sv"))
     assert a.shape == (12,) and similarity(a, b) == pytest.approx(1.0)
+
+
+def test_each_row_is_scored_with_its_own_prompt_and_a_cap_sized_from_it(tmp_path, monkeypatch):
+    import soundfile as sf
+
+    import higgs_train.generate as generate_module
+    from higgs_train.data.manifest import load_manifest
+    from higgs_train.generate import Speech
+    from higgs_train.scoring.score import Scorer, items_from_samples
+
+    sf.write(tmp_path / "long.wav", np.zeros(24000 * 20, np.float32), 24000)
+    row = {"audio": "long.wav", "text": "a long row", "system": "Speak slowly.", "scene": "A quiet room."}
+    (tmp_path / "m.jsonl").write_text(json.dumps(row) + "\n")
+    (item,) = items_from_samples(load_manifest(tmp_path / "m.jsonl"), 4)
+    assert (item.system, item.scene, item.seconds) == ("Speak slowly.", "A quiet room.", 20.0)
+    assert item.max_frames(25, 250) == 775  # 1.5 x 20 s x 25 frames/s + 1 s: not the 250-frame (10 s) default
+    seen = {}
+
+    def fake_generate(model, processor, text, ref_audio, ref_text, max_new_frames, temperature, seed=0, **kw):
+        seen.update(kw, max_new_frames=max_new_frames)
+        return Speech(torch.zeros(24000), 24000, 25)
+
+    monkeypatch.setattr(generate_module, "generate_speech", fake_generate)
+    scorer = Scorer.__new__(Scorer)  # no ASR or speaker model needed to see what generation is asked for
+    from types import SimpleNamespace
+
+    codec = SimpleNamespace(config=SimpleNamespace(sample_rate=24000, hop_length=960))
+    scorer.processor = SimpleNamespace(audio_tokenizer=codec)
+    scorer.max_new_frames = 250
+    scorer.asr = lambda wave, rate: "a long row"
+    scorer.speaker_model, scorer.chars_per_second = "resemblyzer", 15.0
+    monkeypatch.setattr("higgs_train.scoring.speaker.embed", lambda *a: np.ones(4))
+    scorer._speaker = {item.speaker_audio: np.ones(4)}
+    scorer.score(None, [item], step=1)
+    assert seen == {"max_new_frames": 775, "scene": "A quiet room.", "system": "Speak slowly."}
