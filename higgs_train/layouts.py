@@ -71,3 +71,11 @@ def convert_hint(flag: str, source: str) -> str:
         f"{flag} {source} is in Boson's original layout, which transformers' Higgs Audio v2 cannot load; convert it "
         f"once with `higgs-train convert {source} {out}` and pass {flag} {out}"
     )
+
+
+def released_lm_config(**overrides):
+    """The released 3B-base shape (hidden 3072, 28 layers, 24 heads, 8 KV heads, vocab 128256, 8 codebooks of
+    1024 codes + stream bos/eos), with random weights wherever it is built; `overrides` slice it (e.g. 2 layers)."""
+    from transformers import HiggsAudioV2Config
+
+    return HiggsAudioV2Config(codebook_size=1026, **overrides)

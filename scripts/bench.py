@@ -33,16 +33,15 @@ from higgs_train.config import build_config  # noqa: E402
 from higgs_train.data.batches import BatchPlan  # noqa: E402
 from higgs_train.data.collate import IGNORE, Example, TokenLayout, collate, delay_pattern, target_labels  # noqa: E402
 from higgs_train.distributed import make_accelerator  # noqa: E402
+from higgs_train.layouts import released_lm_config  # noqa: E402
 from higgs_train.model import apply_lora, quiet_libraries  # noqa: E402
 from higgs_train.tiny import tiny_lm_config  # noqa: E402
 from higgs_train.train import _optimizer_step, lr_lambda  # noqa: E402
 
 
 def model_config(preset: str):
-    from transformers import HiggsAudioV2Config
-
     if preset == "full":
-        return HiggsAudioV2Config(codebook_size=1026)  # the released 3B-base shape
+        return released_lm_config()
     return tiny_lm_config(
         vocab_size=512, audio_token_id=300, audio_bos_token_id=301, audio_delay_token_id=302, pad_token_id=303
     )
