@@ -17,7 +17,9 @@ import yaml
 from higgs_train.data.formats import FORMATS
 from higgs_train.errors import ConfigError
 
-BASE_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
+# transformers' own docs and tests load this converted copy; Boson's repo at the revision the converter names holds
+# the original layout, which `higgs-train convert` turns into this one (see README "Which checkpoints load").
+BASE_MODEL = "eustlb/higgs-audio-v2-generation-3B-base"
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 MIXED_PRECISION = ("no", "bf16", "fp16")
 RESUME_MODES = ("auto", "never")

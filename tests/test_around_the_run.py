@@ -172,9 +172,9 @@ def test_doctor_lines(tiny_model, tmp_path):
     assert any(line.startswith("ok   torch: 2.11") for line in lines)
     assert f"ok   output dir: {tmp_path} is writable" in lines
     assert f"ok   audio tokenizer: local folder {tiny_model}/audio_tokenizer" in lines
-    missing = runner.invoke(app, ["doctor", "--model", "bosonai/higgs-audio-v2-generation-3B-base"])
+    missing = runner.invoke(app, ["doctor", "--model", "eustlb/higgs-audio-v2-generation-3B-base"])
     assert missing.exit_code == 1
-    assert "FIX  model: bosonai/higgs-audio-v2-generation-3B-base not in the local cache" in missing.output
+    assert "FIX  model: eustlb/higgs-audio-v2-generation-3B-base not in the local cache" in missing.output
 
 
 def test_metrics_have_lr_of_the_step(trained):
