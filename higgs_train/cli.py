@@ -179,7 +179,7 @@ def generate(
     from higgs_train.generate import check_request, generate_speech, load_with_adapter, write_wav
 
     try:
-        check_request(text, out_path)
+        check_request(text, out_path, ref_audio)
         lm, processor = load_with_adapter(model, adapter)
         speech = generate_speech(lm, processor, text, ref_audio, ref_text, max_frames, temperature, seed)
         path = write_wav(speech, out_path)

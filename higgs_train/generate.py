@@ -93,8 +93,9 @@ def _generated_frames(ids: torch.Tensor, processor) -> int:
     return end - 1 - (ids.shape[-1] - 1)
 
 
-def check_request(text: str, out: str | Path) -> None:
-    """Refuse what would write nothing useful: no words, or an --out that is a folder or not a .wav file.
+def check_request(text: str, out: str | Path, ref_audio: str | None = None) -> None:
+    """Refuse what would write nothing useful: no words, a missing --ref_audio, or an --out that is a folder or
+    not a .wav file.
 
     Raises:
         ConfigError: naming the flag and the fix.
@@ -103,6 +104,8 @@ def check_request(text: str, out: str | Path) -> None:
 
     if not text.strip():
         raise ConfigError("--text is empty; give the words to speak")
+    if ref_audio and not Path(ref_audio).is_file():
+        raise ConfigError(f"--ref_audio {ref_audio}: no such file; pass the reference clip to clone")
     out = Path(out)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'sample.wav'}")

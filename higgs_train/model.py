@@ -52,6 +52,8 @@ def load_lm_config(model: str):
     from transformers import AutoConfig, HiggsAudioV2Config
 
     _offline_if_local(model)
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+        raise ModelError(f"--model {model}: no such folder; pass a Higgs Audio v2 model folder or hub id")
     if layouts.original_lm_config(model) is not None:
         raise ModelError(layouts.convert_hint("--model", model))
     try:

@@ -69,6 +69,21 @@ def synthetic_examples(cfg, n: int, seq_len: int, rng: np.random.Generator) -> l
     return out
 
 
+def synthetic_layout(cfg) -> TokenLayout:
+    """The token layout of `synthetic_examples` rows (no tokenizer or chat template: the rows are built by hand)."""
+    return TokenLayout(
+        None,
+        "",
+        "",
+        cfg.audio_token_id,
+        cfg.audio_delay_token_id,
+        cfg.pad_token_id,
+        cfg.audio_stream_bos_id,
+        cfg.audio_stream_eos_id,
+        cfg.num_codebooks,
+    )
+
+
 def touched_weights(cfg) -> tuple[int, int]:
     """(weights a token runs through in the decoder, audio-head weights)."""
     h, hd = cfg.hidden_size, cfg.head_dim
@@ -128,17 +143,7 @@ def run(args, baseline: bool) -> dict:
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=(device.type == "cuda" and not baseline))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(0, 10**6))
     model, optimizer = accelerator.prepare(model, optimizer)
-    layout = TokenLayout(
-        None,
-        "",
-        "",
-        cfg.audio_token_id,
-        cfg.audio_delay_token_id,
-        cfg.pad_token_id,
-        cfg.audio_stream_bos_id,
-        cfg.audio_stream_eos_id,
-        cfg.num_codebooks,
-    )
+    layout = synthetic_layout(cfg)
     examples = synthetic_examples(cfg, args.batch_size * (args.steps + 2), args.seq_len, np.random.default_rng(0))
     lengths = None if baseline else [len(e.input_ids) for e in examples]
     plan = BatchPlan(len(examples), args.batch_size, 0, lengths=lengths)

@@ -26,14 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench import synthetic_examples  # noqa: E402
+from bench import synthetic_examples, synthetic_layout  # noqa: E402
 
 from higgs_train.checkpoint.resume import load_checkpoint  # noqa: E402
 from higgs_train.checkpoint.save import save_checkpoint  # noqa: E402
 from higgs_train.checkpoint.state import Snapshot, TrainingProgress, capture_rng, restore_rng  # noqa: E402
 from higgs_train.checkpoint.verify import verify_checkpoint  # noqa: E402
 from higgs_train.config import build_config  # noqa: E402
-from higgs_train.data.collate import TokenLayout, collate  # noqa: E402
+from higgs_train.data.collate import collate  # noqa: E402
 from higgs_train.distributed import make_accelerator  # noqa: E402
 from higgs_train.layouts import released_lm_config  # noqa: E402
 from higgs_train.model import apply_lora, quiet_libraries  # noqa: E402
@@ -79,17 +79,7 @@ def slice_run() -> dict:
     accelerator = make_accelerator(TRAIN)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     scheduler = make_scheduler(optimizer, 0, 10)
-    layout = TokenLayout(
-        None,
-        "",
-        "",
-        config.audio_token_id,
-        config.audio_delay_token_id,
-        config.pad_token_id,
-        config.audio_stream_bos_id,
-        config.audio_stream_eos_id,
-        config.num_codebooks,
-    )
+    layout = synthetic_layout(config)
     batches = [collate([e], layout) for e in synthetic_examples(config, 3, 256, np.random.default_rng(0))]
     t0 = time.perf_counter()
     losses = [step(model, optimizer, scheduler, accelerator, batches[0], config.codebook_size)]

@@ -16,7 +16,7 @@ from higgs_train.config import build_config
 from higgs_train.errors import Interrupted
 from higgs_train.model import load_base
 from higgs_train.train import train
-from tests.conftest import train_args
+from tests.conftest import signal_on_call, train_args
 
 runner = CliRunner()
 
@@ -120,20 +120,12 @@ def test_stop_between_micro_batches_of_a_long_window(synth_manifest, tiny_model,
     """A scheduler's grace period is short: SIGTERM inside a 40-micro-batch window stops at the next micro-batch."""
     import higgs_train.train as train_module
 
-    forwards = []
-    real_loss = train_module.audio_loss_sum
-
-    def loss_then_signal(*args):
-        forwards.append(1)
-        if len(forwards) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_loss(*args)
-
-    monkeypatch.setattr(train_module, "audio_loss_sum", loss_then_signal)
+    loss = signal_on_call(train_module.audio_loss_sum, 3)
+    monkeypatch.setattr(train_module, "audio_loss_sum", loss)
     cfg = run_cfg(synth_manifest, tmp_path / "run", tiny_model, max_steps=2, grad_accum=40)
     with pytest.raises(Interrupted, match="stopped by signal at step 0"):
         train(cfg, log=quiet, progress_bar=False)
-    assert len(forwards) == 3  # not 40
+    assert loss.calls == 3  # not 40
 
 
 def test_gradient_checkpointing_is_active_from_step_1_without_an_eval_set(

@@ -47,6 +47,10 @@ def test_init_tiny_refuses_a_non_empty_folder(tmp_path):
         (["--text", "  "], "--text is empty; give the words to speak"),
         (["--text", "hi", "--out", "{tmp}"], "is a folder; give a file name such as"),
         (["--text", "hi", "--out", "{tmp}/a.mp3"], "generate writes WAV; give a name ending in .wav"),
+        (
+            ["--text", "hi", "--ref_audio", "{tmp}/no.wav", "--ref_text", "x"],
+            "no.wav: no such file; pass the reference",
+        ),
     ],
 )
 def test_generate_refuses_what_would_write_nothing_useful(tiny_model, tmp_path, args, message):
@@ -121,6 +125,11 @@ def test_prep_on_a_full_disk_is_one_line_and_leaves_no_truncated_clip(voices, sm
     one_line_error(result, 2, f"--output_dir {disk / 'out'}: cannot write", "No space left on device", "run prep again")
     clips = disk / "out" / "clips"
     assert not clips.exists() or not list(clips.iterdir())
+
+
+def test_a_missing_model_folder_is_one_line(synth_manifest, tmp_path):
+    result = runner.invoke(app, train_args(synth_manifest, tmp_path / "r", tmp_path / "nope", "--max_steps", "1"))
+    one_line_error(result, 2, f"--model {tmp_path / 'nope'}: no such folder")
 
 
 def test_a_folder_that_is_not_higgs_audio_is_one_line(synth_manifest, tmp_path):

@@ -18,14 +18,27 @@ class Transcriber:
     def __init__(self, model: str = DEFAULT_ASR_MODEL, max_new_tokens: int = 128):
         import os
 
-        from transformers import pipeline
+        from transformers import AutoConfig, AutoModelForCTC, AutoModelForSpeechSeq2Seq, AutoProcessor, pipeline
+
+        from higgs_train.model import check_loading_info
 
         if Path(model).is_dir():
             os.environ["HF_HUB_OFFLINE"] = "1"
         device = 0 if torch.cuda.is_available() else -1
         try:
-            self._pipe = pipeline("automatic-speech-recognition", model=model, device=device)
-        except (OSError, ValueError) as e:
+            config = AutoConfig.from_pretrained(model)
+            auto = AutoModelForSpeechSeq2Seq if config.is_encoder_decoder else AutoModelForCTC
+            asr, info = auto.from_pretrained(model, output_loading_info=True)
+            check_loading_info(info, "--asr_model", model)  # a half-loaded ASR model would score nonsense
+            processor = AutoProcessor.from_pretrained(model)
+            self._pipe = pipeline(
+                "automatic-speech-recognition",
+                model=asr,
+                tokenizer=processor.tokenizer,
+                feature_extractor=processor.feature_extractor,
+                device=device,
+            )
+        except (OSError, ValueError, KeyError) as e:
             raise ModelError(f"--asr_model {model}: cannot load the ASR model ({e})") from e
         limit = getattr(self._pipe.model.config, "max_target_positions", None)
         self.max_new_tokens = min(max_new_tokens, limit - 4) if limit else max_new_tokens  # room for the prompt

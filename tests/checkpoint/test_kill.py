@@ -51,14 +51,15 @@ def test_sigkill_during_save_then_resume(point, synth_manifest, tiny_model, tmp_
     assert (out / "latest").read_text() == "checkpoint-6\n"
 
 
-def test_sigterm_saves_and_exits_130(synth_manifest, tiny_model, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP: the SSH session dropped
+def test_stop_signal_saves_and_exits_130(synth_manifest, tiny_model, tmp_path, sig):
     out = tmp_path / "run"
     proc = launch(train_args(synth_manifest, out, tiny_model, "--max_steps", "100000", "--save_steps", "100000"))
     wait_for_steps(out, 2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     log, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, log
-    assert "SIGTERM: finishing this micro-batch, saving, then stopping" in log
+    assert f"{sig.name}: finishing this micro-batch, saving, then stopping" in log
     saved = list(out.glob("checkpoint-*"))
     assert len(saved) == 1 and verify_checkpoint(saved[0]).ok
     assert f"stopped by signal at step {saved[0].name.split('-')[1]}; rerun the same command to resume" in log

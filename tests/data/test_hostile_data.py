@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from higgs_train.data.codes import CHECKSUMS, CodeCache, tokenizer_fingerprint
 from higgs_train.data.manifest import load_manifest
 from higgs_train.data.prepare import DataLimits, prepare_data
 from higgs_train.tiny import TEXTS, build_tiny_model, synth_clip
-from tests.conftest import train_args
+from tests.conftest import signal_on_call, train_args
 
 runner = CliRunner()
 LIMITS = DataLimits(min_duration=0.0, max_duration=5.0, reserved_tokens=("<|AUDIO_OUT|>", "<|eot_id|>"))
@@ -210,22 +209,13 @@ def test_sigterm_during_the_first_encoding_keeps_the_clips_and_exits_130(
 ):
     monkeypatch.setattr(codes_module, "SHARD_CLIPS", 2)
     real = codes_module._encode
-    done = []
-
-    def encode_then_signal(*args):
-        done.append(1)
-        if len(done) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args)
-
-    monkeypatch.setattr(codes_module, "_encode", encode_then_signal)
+    monkeypatch.setattr(codes_module, "_encode", signal_on_call(real, 3))
     run = tmp_path / "run"
     result = runner.invoke(app, train_args(synth_manifest, run, tiny_model, "--max_steps", "1"))
     assert result.exit_code == 130, result.output
     assert f"stopped by signal while encoding: 3 of {len(TEXTS)} clips are in the code cache" in result.output
     assert len(CodeCache(run).shards()) == 2  # a full shard of 2, and the 1 clip flushed at the signal
     monkeypatch.setattr(codes_module, "_encode", real)
-    done.clear()
     assert runner.invoke(app, train_args(synth_manifest, run, tiny_model, "--max_steps", "1")).exit_code == 0
 
 
