@@ -1,9 +1,13 @@
-"""Crash points for the fault tests: HIGGS_TRAIN_FAILPOINT=NAME@N sends this process a real SIGKILL there;
-NAME@N:enospc raises a disk-full OSError there instead.
+"""Fault points for the fault tests: HIGGS_TRAIN_FAILPOINT=NAME@N acts when the point NAME is reached with its
+counter at N (any N when "@N" is left out). By default it sends this process a real SIGKILL; NAME@N:enospc raises a
+disk-full OSError instead, NAME@N:sigterm sends a real SIGTERM (a stop request) and goes on.
 
-Checkpoint saves (N = the step being saved): before_write (tmp folder made, nothing written), mid_file (half
-of a file written), before_rename (everything written and verified), after_rename (published, `latest` not yet
-updated). Code cache (N = shards written so far): after_shard. Unset, it costs one dictionary lookup per call.
+Each point counts in its own scope, set by the code that owns it:
+- save (the step being saved): before_write (tmp folder made, nothing written), mid_file (half of a file
+  written), before_rename (everything written and verified), after_rename (published, `latest` not yet updated);
+- cache (shards written so far): after_shard;
+- data (micro-batches taken so far): micro_batch.
+Unset, a point costs one dictionary lookup.
 """
 
 from __future__ import annotations
@@ -13,11 +17,20 @@ import os
 import signal
 
 ENV = "HIGGS_TRAIN_FAILPOINT"
-_step: list[int] = [-1]  # the step being saved, set by save_checkpoint
+SCOPES = {
+    "before_write": "save",
+    "mid_file": "save",
+    "before_rename": "save",
+    "after_rename": "save",
+    "after_shard": "cache",
+    "micro_batch": "data",
+}
+_counters: dict[str, int] = {}
 
 
-def set_step(step: int) -> None:
-    _step[0] = step
+def count(scope: str, n: int) -> None:
+    """Set the counter that the points of `scope` compare with their @N."""
+    _counters[scope] = n
 
 
 def failpoint(name: str, fd: int | None = None, half: memoryview | None = None) -> None:
@@ -25,10 +38,14 @@ def failpoint(name: str, fd: int | None = None, half: memoryview | None = None) 
     if not spec:
         return
     want, _, rest = spec.partition("@")
-    step, _, mode = rest.partition(":")
-    if want == name and (not step or int(step) == _step[0]):
-        if mode == "enospc":
-            raise OSError(errno.ENOSPC, "No space left on device (injected)")
-        if fd is not None and half is not None:
-            os.write(fd, half)  # leave a torn file behind
-        os.kill(os.getpid(), signal.SIGKILL)
+    at, _, mode = rest.partition(":")
+    if want != name or (at and int(at) != _counters.get(SCOPES[name], -1)):
+        return
+    if mode == "enospc":
+        raise OSError(errno.ENOSPC, "No space left on device (injected)")
+    if mode == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    if fd is not None and half is not None:
+        os.write(fd, half)  # leave a torn file behind
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -35,8 +35,9 @@ from higgs_train.data.collate import IGNORE, Example, TokenLayout, collate, dela
 from higgs_train.distributed import make_accelerator  # noqa: E402
 from higgs_train.layouts import released_lm_config  # noqa: E402
 from higgs_train.model import apply_lora, quiet_libraries  # noqa: E402
+from higgs_train.schedule import WarmupCosine  # noqa: E402
 from higgs_train.tiny import tiny_lm_config  # noqa: E402
-from higgs_train.train import _optimizer_step, lr_lambda  # noqa: E402
+from higgs_train.train import optimizer_step  # noqa: E402
 
 
 def model_config(preset: str):
@@ -141,7 +142,7 @@ def run(args, baseline: bool) -> dict:
     model = apply_lora(lm, tcfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=(device.type == "cuda" and not baseline))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(0, 10**6))
+    scheduler = WarmupCosine(optimizer, 0, 10**6)
     model, optimizer = accelerator.prepare(model, optimizer)
     layout = synthetic_layout(cfg)
     examples = synthetic_examples(cfg, args.batch_size * (args.steps + 2), args.seq_len, np.random.default_rng(0))
@@ -157,7 +158,7 @@ def run(args, baseline: bool) -> dict:
         if baseline:
             native_step(model, optimizer, accelerator, batch, layout)
         else:
-            _optimizer_step(model, optimizer, scheduler, accelerator, [batch], tcfg, cfg.codebook_size)
+            optimizer_step(model, optimizer, scheduler, accelerator, [batch], tcfg, cfg.codebook_size)
         sync(device)
         if step >= 2:  # warm-up steps excluded
             step_times.append(time.perf_counter() - t0)

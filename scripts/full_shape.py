@@ -37,7 +37,8 @@ from higgs_train.data.collate import collate  # noqa: E402
 from higgs_train.distributed import make_accelerator  # noqa: E402
 from higgs_train.layouts import released_lm_config  # noqa: E402
 from higgs_train.model import apply_lora, quiet_libraries  # noqa: E402
-from higgs_train.train import _optimizer_step, make_scheduler  # noqa: E402
+from higgs_train.schedule import WarmupCosine  # noqa: E402
+from higgs_train.train import optimizer_step  # noqa: E402
 
 TRAIN = build_config({"train_manifest": "-", "output_dir": "-", "lora_dropout": 0.0})  # defaults: r=16, 7 names
 
@@ -64,7 +65,7 @@ def whole_depth() -> dict:
 
 
 def step(model, optimizer, scheduler, accelerator, batch, codebook_size) -> float:
-    return _optimizer_step(model, optimizer, scheduler, accelerator, [batch], TRAIN, codebook_size)[0]
+    return optimizer_step(model, optimizer, scheduler, accelerator, [batch], TRAIN, codebook_size)[0]
 
 
 def slice_run() -> dict:
@@ -78,7 +79,7 @@ def slice_run() -> dict:
     build_s = time.perf_counter() - t0
     accelerator = make_accelerator(TRAIN)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    scheduler = make_scheduler(optimizer, 0, 10)
+    scheduler = WarmupCosine(optimizer, 0, 10)
     layout = synthetic_layout(config)
     batches = [collate([e], layout) for e in synthetic_examples(config, 3, 256, np.random.default_rng(0))]
     t0 = time.perf_counter()

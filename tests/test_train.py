@@ -1,8 +1,6 @@
 """End to end on the tiny model: CLI runs, checkpoints, falling loss, adapter reload, resume equivalence."""
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ from higgs_train.checkpoint.verify import verify_checkpoint
 from higgs_train.cli import app
 from higgs_train.config import build_config
 from higgs_train.errors import Interrupted
+from higgs_train.faults import ENV
 from higgs_train.model import load_base
 from higgs_train.train import train
 from tests.conftest import signal_on_call, train_args
@@ -82,17 +81,8 @@ def test_resume_after_signal_is_bitwise_equal(synth_manifest, tiny_model, tmp_pa
     kw = {"max_steps": 8, "save_steps": 4, "lr": 5e-3, "batch_size": 2, "grad_accum": 2, "warmup_steps": 2}
     straight = train(run_cfg(synth_manifest, tmp_path / "a", tiny_model, **kw), log=quiet, progress_bar=False)
 
-    import higgs_train.train as train_module
-
-    real_next = train_module._next_batch
-
-    def next_then_signal(plan, progress, *args):
-        batch = real_next(plan, progress, *args)
-        if progress.micro_batches == 5:  # inside step 3's window: it is dropped at the next micro-batch, saved at 2
-            os.kill(os.getpid(), signal.SIGTERM)
-        return batch
-
-    monkeypatch.setattr(train_module, "_next_batch", next_then_signal)
+    # a real SIGTERM inside step 3's window: the window is dropped at the next micro-batch, step 2 is saved
+    monkeypatch.setenv(ENV, "micro_batch@5:sigterm")
     cfg_b = run_cfg(synth_manifest, tmp_path / "b", tiny_model, **kw)
     with pytest.raises(Interrupted, match="stopped by signal at step 2; rerun the same command to resume"):
         train(cfg_b, log=quiet, progress_bar=False)

@@ -1,4 +1,5 @@
-"""Find the newest checkpoint that passes verification, clean leftovers of interrupted saves, load state back."""
+"""Resume, end to end: choose the checkpoint (--resume auto, never or PATH), clean leftovers of interrupted saves,
+check it fits this run, and put adapter, optimizer, scaler, schedule, RNG and data position back."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.io import remove_tree
-from higgs_train.checkpoint.state import TrainingProgress, load_weights_only, read_rng
+from higgs_train.checkpoint.state import TrainingProgress, load_weights_only, read_rng, restore_rng
 from higgs_train.checkpoint.verify import VerifyResult, verify_checkpoint
 from higgs_train.errors import CheckpointError
 
@@ -170,3 +171,77 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path)
         for name in sorted(current)
         if name in saved and name not in ignore and saved[name] != current[name]
     ]
+
+
+def choose_resume(resume: str, roots: list[Path], say: Callable[[str], None]) -> Path | None:
+    """Main process only: clean leftovers of interrupted saves, then pick the checkpoint --resume names.
+
+    Raises:
+        CheckpointError: --resume never with checkpoints present, or a --resume PATH that fails verification.
+    """
+    for root in roots:
+        clean_stale(root, say)
+    if resume == "never":
+        existing = [p for root in roots for p in list_checkpoints(root)]
+        if existing:
+            raise CheckpointError(
+                f"--resume never, but {existing[0].parent} already holds {existing[0].name}; "
+                "choose another --output_dir or use --resume auto"
+            )
+        return None
+    if resume == "auto":
+        chosen, _ = find_resume_point(roots, say)
+        return chosen.path if chosen else None
+    result = verify_checkpoint(resume)
+    if not result.ok:
+        raise CheckpointError(f"--resume {resume}: {'; '.join(result.problems)}")
+    return result.path
+
+
+def restore(path: Path, config: dict[str, Any], accelerator, model, optimizer, scheduler, fingerprint: str, say):
+    """Load `path` into this run's model, optimizer and scheduler (every rank its own RNG).
+
+    The checkpoint wins for what shapes the state (base weights, LoRA shape: refused when they differ; the data
+    seed: kept, with a warning); the schedule follows this run's --lr and length (`scheduler.jump_to`).
+
+    Returns:
+        The restored TrainingProgress, its data position recomputed when the world size changed.
+
+    Raises:
+        CheckpointError: another base model or LoRA shape, or an adapter missing LoRA tensors.
+    """
+    from peft import set_peft_model_state_dict
+
+    loaded = load_checkpoint(path, accelerator.process_index)
+    check_same_base(loaded, config["model"], fingerprint)
+    for warning in check_compatible(loaded.config, config, path):
+        say(f"warning: resuming with a changed setting: {warning}")
+    outcome = set_peft_model_state_dict(accelerator.unwrap_model(model), loaded.adapter)
+    missing = [k for k in outcome.missing_keys if "lora_" in k]
+    if missing:
+        raise CheckpointError(f"{path}: adapter lacks {len(missing)} LoRA tensors, e.g. {missing[0]}")
+    progress = loaded.progress
+    if loaded.optimizer is not None:
+        optimizer.load_state_dict(loaded.optimizer)
+        if loaded.scaler is not None and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(loaded.scaler)
+    else:
+        say(f"warning: {path.name} is an adapter-only fallback: resuming with a fresh optimizer state")
+    lr = scheduler.jump_to(progress.step, config["lr"])
+    say(
+        f"schedule: peak --lr {config['lr']:g}, {scheduler.describe()} (this run's settings); "
+        f"step {progress.step + 1} runs at lr {lr:.3e}"
+    )
+    if progress.data_seed != config["seed"]:
+        say(
+            f"warning: --seed {config['seed']} differs from the checkpoint's {progress.data_seed}: the checkpoint's "
+            "data order is kept"
+        )
+    if progress.world_size != accelerator.num_processes:
+        say(f"warning: saved with {progress.world_size} processes, resuming with {accelerator.num_processes}")
+        progress.micro_batches = progress.samples_seen // (config["batch_size"] * accelerator.num_processes)
+        progress.world_size = accelerator.num_processes
+    elif loaded.rng is not None:
+        restore_rng(loaded.rng)  # last, so nothing after it draws from the restored generators
+    say(f"resumed from {path} at step {progress.step}")
+    return progress

@@ -22,7 +22,7 @@ from higgs_train.checkpoint.preflight import check_free_space
 from higgs_train.checkpoint.state import Snapshot, rng_to_tensors
 from higgs_train.checkpoint.verify import verify_checkpoint
 from higgs_train.errors import CheckpointError
-from higgs_train.faults import failpoint, set_step
+from higgs_train.faults import count, failpoint
 
 
 class StepExistsError(CheckpointError):
@@ -75,7 +75,7 @@ def save_checkpoint(
     output_dir = Path(output_dir)
     start = time.perf_counter()
     step = snapshot.progress.step
-    set_step(step)
+    count("save", step)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         check_free_space(output_dir, estimate_bytes(snapshot), min_free_disk_gb)

@@ -17,10 +17,8 @@ class TrainingProgress:
     micro_batches: int = 0  # micro-batches consumed per rank (the data position)
     epoch: int = 0
     samples_seen: int = 0  # across all ranks
-    data_seed: int = 0
+    data_seed: int = 0  # the seed of the batch order; on resume the checkpoint's wins
     world_size: int = 1
-    best_metric: float | None = None  # the best checkpoint's score by --select_best_by (lower is better)
-    best_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -233,7 +233,7 @@ def encode_clips(
             found.update(pending)
             pending = {}
             shards_written += 1
-            faults.set_step(shards_written)
+            faults.count("cache", shards_written)
             faults.failpoint("after_shard")
         if progress:
             progress(done, len(todo), seconds)

@@ -15,6 +15,7 @@ from higgs_train.data.collate import Example, TokenLayout, build_example
 from higgs_train.data.manifest import Sample
 from higgs_train.data.prepare import DataLimits, PreparedData, bad_data_error, prepare_data, stats_lines
 from higgs_train.errors import ManifestError
+from higgs_train.progress import progress_bar
 
 
 @dataclass
@@ -128,28 +129,15 @@ def build_training_data(
 
 @contextlib.contextmanager
 def encoding_progress(enabled: bool):
-    """A rich bar for encoding: clips done, clips/s and hours of audio encoded."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    """Encoding progress (clips done, clips/s, hours of audio), or None when not shown."""
     start = time.perf_counter()
-    columns = [
-        TextColumn("encode"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns) as bar:
-        task = bar.add_task("encode", total=None, info="")
+    with progress_bar("encode", enabled) as bar:
 
         def update(done: int, total: int, seconds: float) -> None:
             rate = done / max(time.perf_counter() - start, 1e-9)
-            bar.update(task, completed=done, total=total, info=f"{rate:.1f} clips/s, {seconds / 3600:.3f} h of audio")
+            bar(done, f"{rate:.1f} clips/s, {seconds / 3600:.3f} h of audio", total)
 
-        yield update
+        yield update if enabled else None
 
 
 def run_prepare(cfg: TrainConfig, say: Callable[[str], None], progress_bar: bool = True) -> list[PreparedData]:
@@ -158,7 +146,7 @@ def run_prepare(cfg: TrainConfig, say: Callable[[str], None], progress_bar: bool
     from higgs_train.checkpoint.lock import RunLock
     from higgs_train.checkpoint.preflight import check_output_dir
     from higgs_train.model import load_lm_config, load_processor, quiet_libraries
-    from higgs_train.train import StopSignal
+    from higgs_train.signals import StopSignal
 
     check_output_dir(Path(cfg.output_dir))
     quiet_libraries()

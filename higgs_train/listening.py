@@ -1,0 +1,84 @@
+"""What the run hears while it trains: scores by listening (--score_steps) and samples (--sample_steps). Neither
+ever stops training or touches a save, and both leave the random state as they found it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from higgs_train.checkpoint.state import capture_rng, restore_rng
+from higgs_train.config import TrainConfig
+from higgs_train.distributed import on_main
+
+
+def make_scorer(cfg: TrainConfig, accelerator, processor, data):
+    """The main process's Scorer and the rows it scores, or None when scoring is off."""
+    if not cfg.score_steps:
+        return None
+    from higgs_train.data.manifest import load_manifest
+    from higgs_train.scoring.score import Scorer, items_from_samples
+
+    box = {}
+
+    def make() -> None:
+        samples = load_manifest(cfg.score_manifest) if cfg.score_manifest else data.eval_samples
+        box["items"] = items_from_samples(samples, cfg.score_samples)
+        box["scorer"] = Scorer(
+            processor, cfg.asr_model, data.chars_per_second, cfg.sample_max_frames, cfg.speaker_model
+        )
+
+    on_main(accelerator, make)  # an ASR model that fails to load stops every rank, before training
+    return (box["scorer"], box["items"]) if box else None
+
+
+def score_now(cfg: TrainConfig, scorer, model, step: int, eval_loss, metrics, say) -> None:
+    """Score the current adapter, log it, move the `best` pointer; a failure is logged and training goes on."""
+    from higgs_train.checkpoint.layout import checkpoint_name
+    from higgs_train.scoring.score import append_score, mark_best
+
+    saved = capture_rng()
+    try:
+        row = scorer[0].score(model, scorer[1], step, eval_loss)
+        row.checkpoint = checkpoint_name(step)
+        append_score(cfg.output_dir, row)
+        if metrics:
+            metrics.log(
+                {
+                    "step": row.step,
+                    **{
+                        f"score_{k}": v
+                        for k, v in row.to_dict().items()
+                        if k not in ("step", "checkpoint", "eval_loss") and v is not None
+                    },
+                }
+            )
+        best = mark_best(cfg.output_dir, cfg.select_best_by)
+        say(
+            f"score at step {row.step}: WER {row.wer:.3f}, similarity {row.similarity:.3f}, "
+            f"duration ratio {row.duration_ratio:.2f}; best: {best.checkpoint if best else '-'}"
+        )
+    except Exception as e:  # scoring informs the choice of checkpoint; it never stops training or a save
+        say(f"warning: scoring at step {step} failed ({type(e).__name__}: {e}); training goes on")
+    finally:
+        restore_rng(saved)
+
+
+def sample_now(cfg: TrainConfig, model, processor, step: int, metrics, say) -> None:
+    """Write OUTPUT_DIR/samples/step-N.wav; a failure is logged and never stops the run or touches a save."""
+    from higgs_train.generate import generate_speech, write_wav
+
+    try:
+        speech = generate_speech(
+            model,
+            processor,
+            cfg.sample_text,
+            cfg.sample_ref_audio,
+            cfg.sample_ref_text,
+            max_new_frames=cfg.sample_max_frames,
+            seed=cfg.seed,
+        )
+        path = write_wav(speech, Path(cfg.output_dir) / "samples" / f"step-{step}.wav")
+        if metrics:
+            metrics.audio("sample", speech.wave, speech.sample_rate, step)
+        say(f"sample: {path} ({len(speech.wave) / speech.sample_rate:.2f}s)")
+    except Exception as e:  # a sample is a convenience: report it, keep training
+        say(f"warning: sample at step {step} failed ({type(e).__name__}: {e}); training goes on")
