@@ -14,7 +14,6 @@ from typing import Any
 
 import yaml
 
-from higgs_train.data.formats import FORMATS
 from higgs_train.errors import ConfigError
 
 # transformers' own docs and tests load this converted copy; Boson's repo at the revision the converter names holds
@@ -26,6 +25,9 @@ RESUME_MODES = ("auto", "never")
 ON_SAVE_ERROR = ("stop", "continue")
 ON_BAD_SAMPLE = ("error", "skip")
 ATTENTION = ("sdpa", "flash_attention_2", "flex_attention", "eager")
+FORMATS = ("auto", "jsonl", "json", "folder", "hf", "ljspeech", "csv", "pairs")  # manifest formats (data/formats.py)
+SELECT_BEST_BY = ("wer", "similarity", "loss", "combined")
+DEFAULT_ASR_MODEL = "openai/whisper-small"
 
 DATA, MODEL, LORA, OPTIM, RUN, CKPT = "Data", "Model", "LoRA", "Optimisation", "Run", "Checkpoints"
 SCORE = "Scoring"
@@ -33,6 +35,12 @@ SCORE = "Scoring"
 
 def _f(default: Any, help: str, group: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, "group": group, **extra})
+
+
+def setting(help: str, default: Any = dataclasses.MISSING, argument: bool = False) -> Any:
+    """A field of a command's settings dataclass: its --help text, default (none: required) and whether it is a
+    positional argument. `cli.py` builds each command's options from these fields, as it does for TrainConfig."""
+    return field(default=default, metadata={"help": help, "argument": argument})
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,7 @@ class TrainConfig:
     score_steps: int | None = _f(None, "Score the adapter by listening every N steps (after the save).", SCORE)
     score_manifest: str | None = _f(None, "Rows to score with [default: the first --score_samples eval rows].", SCORE)
     score_samples: int = _f(4, "How many rows a score uses.", SCORE)
-    asr_model: str = _f("openai/whisper-small", "ASR model (hub id or folder) for WER/CER.", SCORE)
+    asr_model: str = _f(DEFAULT_ASR_MODEL, "ASR model (hub id or folder) for WER/CER.", SCORE)
     speaker_model: str = _f(
         "resemblyzer", "Speaker embeddings: resemblyzer, or a transformers x-vector model (hub id or folder).", SCORE
     )
@@ -232,8 +240,6 @@ def validate(cfg: TrainConfig) -> None:
         problems.append("--sample_steps needs a positive N and --sample_text with the words to speak")
     if bool(cfg.sample_ref_audio) != bool(cfg.sample_ref_text):
         problems.append("--sample_ref_audio and --sample_ref_text go together")
-    if cfg.select_best_by not in ("wer", "similarity", "loss", "combined"):
-        problems.append(f"--select_best_by must be wer, similarity, loss or combined, got {cfg.select_best_by!r}")
     if cfg.score_steps is not None and cfg.score_steps < 1:
         problems.append(f"--score_steps must be at least 1, got {cfg.score_steps}")
     if cfg.score_steps and not (cfg.score_manifest or cfg.eval_manifest or cfg.eval_fraction):
@@ -246,6 +252,7 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--max_duration {cfg.max_duration} must be above --min_duration {cfg.min_duration}")
     choices = (
         ("format", FORMATS),
+        ("select_best_by", SELECT_BEST_BY),
         ("mixed_precision", MIXED_PRECISION),
         ("on_save_error", ON_SAVE_ERROR),
         ("on_bad_sample", ON_BAD_SAMPLE),
@@ -258,3 +265,85 @@ def validate(cfg: TrainConfig) -> None:
         problems.append("--lora_targets is empty; name modules such as q_proj,v_proj or use all-linear")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+# The other commands' settings: each field is one option (see options.py), the help its --help text.
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    text: str = setting("What to say.")
+    out: Path = setting("WAV file to write.", Path("sample.wav"))
+    model: str = setting("Base model: hub id or folder.", BASE_MODEL)
+    adapter: str | None = setting("Checkpoint folder of a LoRA adapter.", None)
+    ref_audio: str | None = setting("Reference clip to clone.", None)
+    ref_text: str | None = setting("Transcript of the reference clip.", None)
+    max_frames: int = setting("Longest output (25 frames/s).", 500)
+    temperature: float = setting("Sampling temperature (0 = greedy).", 0.8)
+    seed: int = setting("Sampling seed.", 0)
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    adapter: str = setting("Checkpoint folder of a LoRA adapter.")
+    output: Path = setting("New folder for the merged model.")
+    model: str = setting("Base model: hub id or folder.", BASE_MODEL)
+
+
+@dataclass(frozen=True)
+class PrepPaths:
+    src: Path = setting("A recording, or a folder of them (NAME.txt / NAME.lab transcripts beside).", argument=True)
+    output_dir: Path = setting("Where clips/ and train.jsonl go.")
+
+
+@dataclass(frozen=True)
+class PrepSettings:
+    sample_rate: int = setting("Sample rate of the clips written.", 24000)
+    min_duration: float = setting("Shortest clip kept (s).", 1.0)
+    max_duration: float = setting("Longest clip (s); longer speech is split at pauses.", 20.0)
+    min_pause: float = setting("A split goes only where speech pauses at least this long (s).", 0.3)
+    break_pause: float = setting("Pauses this long always split: sentence breaks (s).", 0.75)
+    pad: float = setting("Silence kept around the speech when trimming (s).", 0.15)
+    loudness_lufs: float = setting("Loudness target (LUFS).", -20.0)
+    transcribe: bool = setting("Transcribe clips without a transcript (ASR).", False)
+    asr_model: str = setting("ASR model for --transcribe (hub id or folder).", DEFAULT_ASR_MODEL)
+
+
+@dataclass(frozen=True)
+class DoctorSettings:
+    output_dir: str | None = setting("Check this run folder too.", None)
+    model: str = setting("Model to look for in the local cache.", BASE_MODEL)
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    src: Path = setting("Boson's original LM folder, or its original audio tokenizer folder.", argument=True)
+    output: Path = setting("New folder for the transformers layout (pass it as --model).", argument=True)
+    audio_tokenizer: str | None = setting("The LM's audio tokenizer [default: SRC/audio_tokenizer].", None)
+    tokenizer_config: str | None = setting("HiggsAudioV2TokenizerConfig JSON for an original model.pth.", None)
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    run_dir: Path = setting("A run's --output_dir.", argument=True)
+    checkpoint: list[str] | None = setting("Score only these checkpoint folders (repeatable).", None)
+    score_manifest: str | None = setting("Rows to score [default: the run's score, eval or train manifest].", None)
+    asr_model: str | None = setting("ASR model, hub id or folder [default: the run's --asr_model].", None)
+    select_best_by: str = setting(f"Best checkpoint by: {', '.join(SELECT_BEST_BY)}.", "combined")
+    score_samples: int = setting("Rows per score.", 4)
+
+
+@dataclass(frozen=True)
+class TinySettings:
+    directory: Path = setting("Folder to write the tiny random-weight model into.", argument=True)
+    seed: int = setting("Seed for the random weights.", 0)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    run_dir: Path = setting("A run's --output_dir.", argument=True)
+
+
+@dataclass(frozen=True)
+class CheckpointFolder:
+    checkpoint: Path = setting("A checkpoint folder.", argument=True)

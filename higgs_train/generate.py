@@ -9,6 +9,7 @@ import soundfile as sf
 import torch
 
 from higgs_train.checkpoint.state import capture_rng, restore_rng
+from higgs_train.config import GenerateSettings
 from higgs_train.data.audio import load_audio
 from higgs_train.data.manifest import DEFAULT_SYSTEM_PROMPT
 
@@ -93,6 +94,14 @@ def _generated_frames(ids: torch.Tensor, processor) -> int:
     return end - 1 - (ids.shape[-1] - 1)
 
 
+def speak(s: GenerateSettings) -> tuple[Path, Speech]:
+    """`higgs-train generate`: check the request, load base + adapter, generate, write the WAV."""
+    check_request(s.text, s.out, s.ref_audio)
+    lm, processor = load_with_adapter(s.model, s.adapter)
+    speech = generate_speech(lm, processor, s.text, s.ref_audio, s.ref_text, s.max_frames, s.temperature, s.seed)
+    return write_wav(speech, s.out), speech
+
+
 def check_request(text: str, out: str | Path, ref_audio: str | None = None) -> None:
     """Refuse what would write nothing useful: no words, a missing --ref_audio, or an --out that is a folder or
     not a .wav file.
@@ -120,29 +129,24 @@ def write_wav(speech: Speech, path: str | Path) -> Path:
         OutputDirError: the file cannot be written.
     """
     import io
-    import os
 
+    from higgs_train.checkpoint.io import atomic_write_bytes
     from higgs_train.errors import OutputDirError
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         sf.write(buf, speech.wave.numpy(), speech.sample_rate, format="WAV", subtype="PCM_16")
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, buf.getvalue())
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise OutputDirError(f"--out {path}: cannot write the WAV file ({e.strerror or e}); choose another path") from e
     return path
 
 
 def load_with_adapter(model: str, adapter: str | None, mixed_precision: str = "no", audio_tokenizer: str | None = None):
     """Base model + processor, with the adapter applied when given (a checkpoint folder or its adapter files)."""
-    from peft import PeftModel
-
-    from higgs_train.errors import CheckpointError
+    from higgs_train.checkpoint.resume import attach_adapter
     from higgs_train.model import check_pair, load_lm, load_processor, quiet_libraries
 
     quiet_libraries()
@@ -152,10 +156,7 @@ def load_with_adapter(model: str, adapter: str | None, mixed_precision: str = "n
     lm = load_lm(model, mixed_precision)
     check_pair(lm, processor, model)
     if adapter:
-        try:
-            lm = PeftModel.from_pretrained(lm, adapter)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"--adapter {adapter}: cannot load the adapter ({e})") from e
+        lm = attach_adapter(lm, adapter)
     if torch.cuda.is_available():
         lm = lm.cuda()
     return lm.eval(), processor

@@ -10,6 +10,7 @@ import torch
 
 from higgs_train import layouts
 from higgs_train.config import TrainConfig
+from higgs_train.data.collate import IGNORE
 from higgs_train.errors import ConfigError, ModelError
 from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, HIGGS_MODEL_TYPE
 
@@ -251,6 +252,6 @@ class TextLoss:
 
         hidden, self._hidden = self._hidden, None
         targets = text_labels[:, 1:]
-        keep = targets != -100
+        keep = targets != IGNORE
         logits = self.head(hidden[:, :-1][keep]).float()
         return F.cross_entropy(logits, targets[keep], reduction="sum")

@@ -15,6 +15,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from higgs_train.errors import ConfigError
 from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, chat_template
 
 # Text-side special tokens of Higgs Audio v2 (Llama-3 headers plus the audio markers).
@@ -130,7 +131,10 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         seed: seeds the random weights, so the same seed gives the same model.
 
     Returns:
-        The folder, loadable with `higgs_train.model.load_base` / `--model`.
+        The folder, loadable with `--model` (the same `from_pretrained` code as a hub id).
+
+    Raises:
+        ConfigError: the folder exists and is not empty (nothing is overwritten).
     """
     from transformers import (
         DacFeatureExtractor,
@@ -139,6 +143,8 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     )
 
     out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not an empty folder; choose a new one")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     tokenizer = _text_tokenizer()

@@ -50,12 +50,33 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that readers see the old or the new content, never a mix."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that readers see the old or the new content, never a mix or a truncated file
+    (a full disk leaves the old file or none).
+
+    Raises:
+        OSError: with `filename` set to `path`; the temporary file is removed.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write_bytes(tmp, text.encode())
-    os.replace(tmp, path)
+    try:
+        write_bytes(tmp, data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        e.filename = e.filename or str(path)
+        raise
     fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def read_pointer(folder: Path, name: str) -> str | None:
+    """The checkpoint name a pointer file (layout.LATEST, layout.BEST) holds, or None."""
+    file = Path(folder) / name
+    return file.read_text().strip() or None if file.is_file() else None
 
 
 def sha256_file(path: Path) -> str:

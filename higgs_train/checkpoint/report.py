@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from higgs_train.checkpoint import layout
+from higgs_train.checkpoint.io import read_pointer
 from higgs_train.checkpoint.resume import list_checkpoints
 from higgs_train.checkpoint.verify import verify_checkpoint
+from higgs_train.errors import OutputDirError
 
 
 @dataclass
@@ -25,8 +27,14 @@ class CheckpointRow:
     best: bool = False
 
 
-def checkpoint_rows(run_dir: str | Path) -> list[CheckpointRow]:
-    """Newest first; tmp folders of interrupted saves are listed as invalid; the first valid row is resume's pick."""
+def checkpoint_rows(run_dir: str | Path, scores: dict | None = None) -> list[CheckpointRow]:
+    """Newest first; tmp folders of interrupted saves are listed as invalid; the first valid row is resume's pick.
+
+    `scores` maps a step to its score (from scores.jsonl, read by the caller), shown beside the checkpoint.
+    """
+    scores = scores or {}
+    if not Path(run_dir).is_dir():
+        raise OutputDirError(f"{run_dir}: no such run folder; pass a run's --output_dir")
     run_dir = Path(run_dir)
     paths = list_checkpoints(run_dir)
     paths += sorted(p for p in run_dir.iterdir() if p.is_dir() and layout.is_tmp(p.name)) if run_dir.is_dir() else []
@@ -43,14 +51,17 @@ def checkpoint_rows(run_dir: str | Path) -> list[CheckpointRow]:
         if row.valid:
             row.resume_pick = True
             break
-    from higgs_train.scoring.score import read_scores
-
-    scores = {s.step: s for s in read_scores(run_dir)} if run_dir.is_dir() else {}
-    best = (run_dir / layout.BEST).read_text().strip() if (run_dir / layout.BEST).is_file() else None
+    best = read_pointer(run_dir, layout.BEST)
     for row in rows:
         row.score = scores.get(row.step)
         row.best = row.name == best
     return rows
+
+
+def checkpoint_notes(rows: list[CheckpointRow]) -> list[str]:
+    """The lines under the table: which checkpoint is best, and why each invalid one is invalid."""
+    notes = [f"best (*): {r.name}" for r in rows if r.best]
+    return notes + [f"{r.name}: {r.reason}" for r in rows if not r.valid]
 
 
 def checkpoint_table(rows: list[CheckpointRow]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle  # for its exception type: nothing here is unpickled beyond tensors
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,27 +45,65 @@ def clean_stale(root: str | Path, log: Callable[[str], None] = print) -> list[Pa
     return removed
 
 
-def find_resume_point(
-    roots: list[Path], log: Callable[[str], None] = print
-) -> tuple[VerifyResult | None, list[VerifyResult]]:
-    """The newest valid checkpoint across `roots` (the output folder, then a fallback folder).
+def valid_checkpoints(paths: list[Path], say: Callable[[str], None] = print) -> Iterator[VerifyResult]:
+    """The checkpoints among `paths` that pass verification, in order; each one that fails is logged with why."""
+    for path in paths:
+        result = verify_checkpoint(path)
+        if result.ok:
+            yield result
+        else:
+            say(f"skipping {path}: {'; '.join(result.problems)}")
 
-    Returns:
-        (the chosen result or None, the newer candidates that were skipped with their reasons).
-    """
+
+def find_resume_point(roots: list[Path], say: Callable[[str], None] = print) -> VerifyResult | None:
+    """The newest valid checkpoint across `roots` (the output folder, then a fallback folder), or None."""
     candidates = sorted(
         (p for root in roots for p in list_checkpoints(root)),
         key=lambda p: layout.parse_step(p.name),
         reverse=True,
     )
-    skipped = []
-    for path in candidates:
-        result = verify_checkpoint(path)
-        if result.ok:
-            return result, skipped
-        log(f"skipping {path}: {'; '.join(result.problems)}")
-        skipped.append(result)
-    return None, skipped
+    return next(valid_checkpoints(candidates, say), None)
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json: kind, progress, config, memory, model fingerprint."""
+    return json.loads((Path(path) / layout.TRAINER_STATE).read_text())
+
+
+def attach_adapter(model, source: str | Path):
+    """The base model wrapped with the adapter at `source` (a checkpoint folder, its adapter files, or a hub id),
+    for inference: the LoRA config from its adapter_config.json, the weights through `load_adapter_weights`.
+
+    Raises:
+        CheckpointError: the adapter cannot be read, or lacks tensors.
+    """
+    from peft import LoraConfig, PeftModel
+    from safetensors.torch import load_file
+    from transformers.utils import cached_file
+
+    try:
+        config = LoraConfig.from_pretrained(str(source))
+        config.inference_mode = True
+        weights = cached_file(str(source), layout.ADAPTER_WEIGHTS)
+        wrapped = PeftModel(model, config)
+        load_adapter_weights(wrapped, load_file(weights), source)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"--adapter {source}: cannot load the adapter ({str(e).splitlines()[0]})") from e
+    return wrapped
+
+
+def load_adapter_weights(model, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Put an adapter's tensors into a PEFT model, refusing one that lacks any LoRA tensor the model has.
+
+    Raises:
+        CheckpointError: naming the first missing tensor.
+    """
+    from peft import set_peft_model_state_dict
+
+    outcome = set_peft_model_state_dict(model, tensors)
+    missing = [k for k in outcome.missing_keys if "lora_" in k]
+    if missing:
+        raise CheckpointError(f"{source}: adapter lacks {len(missing)} LoRA tensors, e.g. {missing[0]}")
 
 
 @dataclass
@@ -88,7 +126,7 @@ def load_checkpoint(path: str | Path, rank: int = 0) -> LoadedCheckpoint:
 
     path = Path(path)
     try:
-        state = json.loads((path / layout.TRAINER_STATE).read_text())
+        state = read_trainer_state(path)
         adapter = load_file(str(path / layout.ADAPTER_WEIGHTS))
         full = state["kind"] == layout.KIND_FULL
 
@@ -190,7 +228,7 @@ def choose_resume(resume: str, roots: list[Path], say: Callable[[str], None]) ->
             )
         return None
     if resume == "auto":
-        chosen, _ = find_resume_point(roots, say)
+        chosen = find_resume_point(roots, say)
         return chosen.path if chosen else None
     result = verify_checkpoint(resume)
     if not result.ok:
@@ -210,16 +248,11 @@ def restore(path: Path, config: dict[str, Any], accelerator, model, optimizer, s
     Raises:
         CheckpointError: another base model or LoRA shape, or an adapter missing LoRA tensors.
     """
-    from peft import set_peft_model_state_dict
-
     loaded = load_checkpoint(path, accelerator.process_index)
     check_same_base(loaded, config["model"], fingerprint)
     for warning in check_compatible(loaded.config, config, path):
         say(f"warning: resuming with a changed setting: {warning}")
-    outcome = set_peft_model_state_dict(accelerator.unwrap_model(model), loaded.adapter)
-    missing = [k for k in outcome.missing_keys if "lora_" in k]
-    if missing:
-        raise CheckpointError(f"{path}: adapter lacks {len(missing)} LoRA tensors, e.g. {missing[0]}")
+    load_adapter_weights(accelerator.unwrap_model(model), loaded.adapter, path)
     progress = loaded.progress
     if loaded.optimizer is not None:
         optimizer.load_state_dict(loaded.optimizer)

@@ -9,10 +9,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from higgs_train.config import FORMATS  # noqa: F401  (the formats this module reads)
 from higgs_train.errors import ManifestError
 
 EMBEDDED = "hfds:"  # audio held inside a saved dataset: "hfds:DIR::ROW::COLUMN"
-FORMATS = ("auto", "jsonl", "json", "folder", "hf", "ljspeech", "csv", "pairs")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 TRANSCRIPT_SUFFIXES = (".txt", ".lab")
 TEXT_COLUMNS = ("text", "transcript", "transcription", "sentence", "normalized_text")

@@ -13,7 +13,7 @@ from pathlib import Path
 from higgs_train.config import TrainConfig
 from higgs_train.data.collate import Example, TokenLayout, build_example
 from higgs_train.data.manifest import Sample
-from higgs_train.data.prepare import DataLimits, PreparedData, bad_data_error, prepare_data, stats_lines
+from higgs_train.data.prepare import REPORT_FILE, DataLimits, PreparedData, bad_data_error, prepare_data, stats_lines
 from higgs_train.errors import ManifestError
 from higgs_train.progress import progress_bar
 
@@ -74,7 +74,7 @@ def prepare(
         counts = ", ".join(f"{n} {reason}" for reason, n in report.counts().items())
         say(f"warning: skipping {len(report.problems)} of {report.rows} rows of {manifest} ({counts})")
     if not data.samples:
-        raise ManifestError(f"{manifest}: no usable rows left; see data_report.json in --output_dir", "no data")
+        raise ManifestError(f"{manifest}: no usable rows left; see {REPORT_FILE} in --output_dir", "no data")
     for line in stats_lines(report.stats):
         say(line)
     return data

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from higgs_train.checkpoint.io import atomic_write_bytes
+from higgs_train.config import PrepSettings
 from higgs_train.data.audio import load_audio
 from higgs_train.data.formats import AUDIO_SUFFIXES, TRANSCRIPT_SUFFIXES
 from higgs_train.errors import AudioError, ManifestError, OutputDirError
@@ -28,19 +29,6 @@ from higgs_train.scoring.stopping import speech_spans
 
 REPORT = "prep_report.json"
 MANIFEST = "train.jsonl"
-
-
-@dataclass(frozen=True)
-class PrepSettings:
-    sample_rate: int = 24000
-    min_duration: float = 1.0
-    max_duration: float = 20.0
-    min_pause: float = 0.3  # a split goes only where speech pauses at least this long
-    break_pause: float = 0.75  # pauses this long always split (sentence breaks)
-    pad: float = 0.15  # silence kept around the speech when trimming
-    loudness_lufs: float = -20.0
-    transcribe: bool = False
-    asr_model: str = "openai/whisper-small"
 
 
 @dataclass
@@ -124,7 +112,7 @@ def _prep_files(src: Path, out: Path, files: list[Path], settings: PrepSettings,
         entries += _prep_file(audio, src if src.is_dir() else src.parent, out, settings, asr)
     _flag_rate_outliers(entries)
     kept = [e for e in entries if not e.dropped]
-    _write_whole(
+    atomic_write_bytes(
         out / MANIFEST, "".join(json.dumps({"audio_filepath": e.clip, "text": e.text}) + "\n" for e in kept).encode()
     )
     report = {
@@ -134,7 +122,7 @@ def _prep_files(src: Path, out: Path, files: list[Path], settings: PrepSettings,
         "dropped": len(entries) - len(kept),
         "entries": [asdict(e) for e in entries],
     }
-    _write_whole(out / REPORT, json.dumps(report, indent=2).encode())
+    atomic_write_bytes(out / REPORT, json.dumps(report, indent=2).encode())
     minutes = sum(e.seconds for e in kept) / 60
     say(f"{len(files)} recordings -> {len(kept)} clips ({minutes:.1f} min) in {out / MANIFEST}")
     for e in entries:
@@ -180,23 +168,9 @@ def _prep_file(audio: Path, root: Path, out: Path, s: PrepSettings, asr) -> list
         if not entry.dropped:
             buf = io.BytesIO()
             sf.write(buf, _normalise_loudness(piece, rate, s.loudness_lufs), rate, format="WAV", subtype="PCM_16")
-            _write_whole(out / name, buf.getvalue())
+            atomic_write_bytes(out / name, buf.getvalue())
         entries.append(entry)
     return entries
-
-
-def _write_whole(path: Path, data: bytes) -> None:
-    """Write beside `path` and rename: a full disk leaves the old file or none, never a truncated one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.filename is None:
-            e.filename = str(path)
-        raise
 
 
 def _flag_rate_outliers(entries: list[PrepEntry]) -> None:

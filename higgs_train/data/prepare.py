@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -13,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from higgs_train.checkpoint.io import atomic_write_bytes
 from higgs_train.data.audio import probe_seconds
 from higgs_train.data.codes import Clip, encode_clips
 from higgs_train.data.manifest import Problem, Sample, load_manifest
 from higgs_train.errors import AudioError, ManifestError
 
 REPORT_FILE = "data_report.json"
+DEFAULT_CHARS_PER_SECOND = 15.0  # English read speech: the speaking rate assumed when a run's data says nothing
 EXAMPLES_PER_REASON = 3
 
 
@@ -28,7 +29,7 @@ class DataReport:
     rows: int = 0
     good: int = 0
     hours: float = 0.0  # audio hours of the good rows' target clips
-    chars_per_second: float = 15.0  # speaking rate of the good rows: target text characters per second of audio
+    chars_per_second: float = DEFAULT_CHARS_PER_SECOND  # of the good rows: target text characters per audio second
     encode_seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
@@ -128,12 +129,9 @@ def prepare_data(
         problems=problems,
     )
     path = Path(output_dir) / REPORT_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(report.to_dict(), indent=2))
-        os.replace(tmp, path)  # several ranks may write the same report: each replaces it whole
+    try:  # several ranks may write the same report: each replaces it whole
+        atomic_write_bytes(path, json.dumps(report.to_dict(), indent=2).encode())
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         say(f"warning: cannot write {path} ({e.strerror}); the report is printed only")
     return PreparedData(good, clips, report)
 
@@ -242,7 +240,7 @@ def stats_warnings(stats: dict, samples_per_step: int, steps: int) -> list[str]:
 
 def _speaking_rate(samples: list[Sample], clips) -> float:
     seconds = sum(clips[s.target_audio].seconds for s in samples)
-    return sum(len(s.target_text) for s in samples) / seconds if seconds else 15.0
+    return sum(len(s.target_text) for s in samples) / seconds if seconds else DEFAULT_CHARS_PER_SECOND
 
 
 def _check_text(sample: Sample, count_tokens, limits: DataLimits) -> Problem | None:

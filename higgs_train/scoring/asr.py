@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
+from higgs_train.config import DEFAULT_ASR_MODEL
 from higgs_train.errors import ModelError
 
-DEFAULT_ASR_MODEL = "openai/whisper-small"
 ASR_RATE = 16000
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-CRITERIA = ("wer", "similarity", "loss", "combined")
-
 
 @dataclass
 class ScoreRow:

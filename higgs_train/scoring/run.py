@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from higgs_train.checkpoint import layout
-from higgs_train.checkpoint.resume import list_checkpoints
-from higgs_train.checkpoint.verify import verify_checkpoint
-from higgs_train.errors import CheckpointError
+from higgs_train.checkpoint.resume import list_checkpoints, load_adapter_weights, read_trainer_state, valid_checkpoints
+from higgs_train.config import DEFAULT_ASR_MODEL, SELECT_BEST_BY, ScoreSettings
+from higgs_train.data.prepare import DEFAULT_CHARS_PER_SECOND, REPORT_FILE
+from higgs_train.errors import CheckpointError, ConfigError
 from higgs_train.scoring.best import ScoreRow
 from higgs_train.scoring.score import Scorer, append_score, items_from_samples, mark_best, read_scores
 
@@ -21,52 +22,45 @@ def _rows_to_score(config: dict, score_manifest: str | None):
     return load_manifest(manifest or config["train_manifest"])
 
 
-def score_run(
-    run_dir: str | Path,
-    checkpoints: list[str] | None = None,
-    score_manifest: str | None = None,
-    asr_model: str | None = None,
-    by: str = "combined",
-    samples: int = 4,
-    max_frames: int = 250,
-    say: Callable[[str], None] = print,
-) -> tuple[list[ScoreRow], ScoreRow | None]:
-    """Score the checkpoints (newest first listing, scored in step order); append to scores.jsonl; move `best`."""
-    from peft import set_peft_model_state_dict
+def score_run(settings: ScoreSettings, say: Callable[[str], None] = print) -> tuple[list[ScoreRow], ScoreRow | None]:
+    """Score the valid checkpoints (in step order); append to scores.jsonl; move `best`.
+
+    Raises:
+        ConfigError: an unknown --select_best_by.
+        CheckpointError: no valid checkpoint to score.
+    """
     from safetensors.torch import load_file
 
     from higgs_train.generate import load_with_adapter
 
-    run_dir = Path(run_dir)
-    paths = [Path(c) for c in checkpoints] if checkpoints else list_checkpoints(run_dir)
-    valid = []
-    for path in paths:
-        result = verify_checkpoint(path)
-        if result.ok:
-            valid.append(path)
-        else:
-            say(f"skipping {path}: {'; '.join(result.problems)}")
+    if settings.select_best_by not in SELECT_BEST_BY:
+        raise ConfigError(f"--select_best_by must be {', '.join(SELECT_BEST_BY)}, got {settings.select_best_by!r}")
+    run_dir = Path(settings.run_dir)
+    paths = [Path(c) for c in settings.checkpoint] if settings.checkpoint else list_checkpoints(run_dir)
+    valid = sorted((r.path for r in valid_checkpoints(paths, say)), key=lambda p: layout.parse_step(p.name) or 0)
     if not valid:
         raise CheckpointError(f"{run_dir}: no valid checkpoint to score; see `higgs-train checkpoints {run_dir}`")
-    valid.sort(key=lambda p: layout.parse_step(p.name) or 0)
-    config = json.loads((valid[-1] / layout.TRAINER_STATE).read_text())["config"]
+    config = read_trainer_state(valid[-1])["config"]
     model, processor = load_with_adapter(config["model"], str(valid[-1]), audio_tokenizer=config.get("audio_tokenizer"))
-    report = run_dir / "data_report.json"
-    rate = json.loads(report.read_text()).get("chars_per_second", 15.0) if report.exists() else 15.0
-    asr = asr_model or config.get("asr_model", "openai/whisper-small")
-    scorer = Scorer(processor, asr, rate, max_frames, config.get("speaker_model", "resemblyzer"))
-    items = items_from_samples(_rows_to_score(config, score_manifest), samples)
+    report = run_dir / REPORT_FILE
+    rate = json.loads(report.read_text()).get("chars_per_second") if report.exists() else None
+    asr = settings.asr_model or config.get("asr_model", DEFAULT_ASR_MODEL)
+    frames = config.get("sample_max_frames", 250)
+    scorer = Scorer(
+        processor, asr, rate or DEFAULT_CHARS_PER_SECOND, frames, config.get("speaker_model", "resemblyzer")
+    )
+    items = items_from_samples(_rows_to_score(config, settings.score_manifest), settings.score_samples)
     eval_losses = _eval_losses(run_dir)
     rows = []
     for path in valid:
-        set_peft_model_state_dict(model, load_file(str(path / layout.ADAPTER_WEIGHTS)))
+        load_adapter_weights(model, load_file(str(path / layout.ADAPTER_WEIGHTS)), path)
         step = layout.parse_step(path.name) or 0
         row = scorer.score(model, items, step, eval_losses.get(step))
         row.checkpoint = path.name
         append_score(run_dir, row)
         rows.append(row)
         say(f"scored {path.name}")
-    return rows, mark_best(run_dir, by)
+    return rows, mark_best(run_dir, settings.select_best_by)
 
 
 def _eval_losses(run_dir: Path) -> dict[int, float]:
@@ -79,32 +73,13 @@ def _eval_losses(run_dir: Path) -> dict[int, float]:
 
 def plot_scores(run_dir: str | Path) -> Path:
     """scores.png: WER, similarity, duration ratio and trailing share against the step."""
-    import matplotlib
+    from higgs_train.plot import plot_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    run_dir = Path(run_dir)
     rows = read_scores(run_dir)
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    panels = [
-        ("wer", "WER"),
-        ("similarity", "speaker similarity"),
-        ("duration_ratio", "duration ratio"),
-        ("trailing_share", "trailing non-speech share"),
-    ]
-    for ax, (key, title) in zip(axes.flat, panels, strict=True):
-        points = [(r.step, getattr(r, key)) for r in rows if getattr(r, key) is not None]
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o")
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = run_dir / "scores.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    titles = {"wer": "WER", "similarity": "speaker similarity", "duration_ratio": "duration ratio"}
+    titles["trailing_share"] = "trailing non-speech share"
+    panels = {title: [(r.step, getattr(r, key)) for r in rows] for key, title in titles.items()}
+    return plot_panels(panels, Path(run_dir) / "scores.png")
 
 
 def score_table(rows: list[ScoreRow], best: ScoreRow | None):

@@ -82,8 +82,7 @@ def test_both_saves_fail_keeps_last_good(tmp_path, snapshot_factory, monkeypatch
     assert not (tmp_path / "checkpoint-4").exists()
     assert verify_checkpoint(good.path).ok and (tmp_path / layout.LATEST).read_text() == "checkpoint-2\n"
     assert len(list((tmp_path / layout.FAILED_DIR).iterdir())) == 2
-    chosen, _ = find_resume_point([tmp_path], quiet)
-    assert chosen.path == good.path
+    assert find_resume_point([tmp_path], quiet).path == good.path
 
 
 def test_real_eacces_on_readonly_folder(tmp_path, snapshot_factory):
@@ -156,10 +155,12 @@ def test_resume_skips_invalid_newer_and_stale_folders(tmp_path, snapshot_factory
     (tmp_path / "checkpoint-6.tmp-abcd" / "adapter_model.safetensors").write_bytes(b"x")
     removed = clean_stale(tmp_path, quiet)
     assert [p.name for p in removed] == ["checkpoint-6.tmp-abcd"]
-    chosen, skipped = find_resume_point([tmp_path], quiet)
-    assert chosen.path.name == "checkpoint-2"
-    assert [s.path.name for s in skipped] == ["checkpoint-50", "checkpoint-4"]
-    assert "integrity.json missing" in skipped[0].summary()
+    said = []
+    assert find_resume_point([tmp_path], said.append).path.name == "checkpoint-2"
+    assert [line.split(":")[0] for line in said] == [
+        f"skipping {tmp_path / n}" for n in ("checkpoint-50", "checkpoint-4")
+    ]
+    assert "integrity.json missing or unreadable" in said[0]
 
 
 def test_rotation_deletes_only_after_publish_and_keeps_newest(tmp_path, snapshot_factory, monkeypatch):

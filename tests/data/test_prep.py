@@ -10,8 +10,9 @@ import torchaudio.functional as AF
 from typer.testing import CliRunner
 
 from higgs_train.cli import app
+from higgs_train.config import PrepSettings
 from higgs_train.data.manifest import load_manifest
-from higgs_train.data.prep import PrepSettings, prep, segments
+from higgs_train.data.prep import prep, segments
 from higgs_train.data.prepare import stats_warnings
 
 runner = CliRunner()
