@@ -58,6 +58,7 @@ class TrainConfig:
     max_duration: float = _f(30.0, "Drop or refuse target clips longer than this (seconds).", DATA)
     max_text_tokens: int = _f(1024, "Drop or refuse rows whose text has more tokens.", DATA)
     num_workers: int = _f(0, "Processes decoding audio while encoding codes.", DATA)
+    cache_shard_clips: int = _f(256, "Clips per code-cache shard: the most a kill during encoding can lose.", DATA)
     group_by_length: bool = _f(True, "Batch rows of similar length together, so padding stays small.", DATA)
     model: str = _f(BASE_MODEL, "Base model: hub id or local folder (see `higgs-train init-tiny`).", MODEL)
     audio_tokenizer: str | None = _f(
@@ -213,6 +214,7 @@ def validate(cfg: TrainConfig) -> None:
         "save_steps",
         "log_steps",
         "max_save_failures",
+        "cache_shard_clips",
     )
     for name in positive:
         if getattr(cfg, name) < 1:

@@ -14,7 +14,6 @@ into place only then.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -122,18 +121,8 @@ def _convert_lm(src: Path, original: dict, tmp: Path, audio_tokenizer, tokenizer
         audio_stream_bos_id=config.audio_stream_bos_id,
         audio_stream_eos_id=config.audio_stream_eos_id,
     )
-    save_processor(processor, tmp)
+    layouts.save_processor(processor, tmp)
     say(f"converted {len(state)} tensors; {config.num_hidden_layers} layers, {config.num_codebooks} codebooks")
-
-
-def save_processor(processor, folder: Path) -> None:
-    """Processor files; the audio tokenizer lives in folder/audio_tokenizer, which `higgs_train.model` loads, so the
-    processor config must not name it (an in-memory tokenizer is recorded with a path from_pretrained cannot use)."""
-    processor.save_pretrained(folder)
-    path = folder / "processor_config.json"
-    config = json.loads(path.read_text())
-    config.pop("audio_tokenizer", None)
-    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def lm_config(original: dict, text_tokenizer=None):

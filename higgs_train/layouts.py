@@ -79,3 +79,15 @@ def released_lm_config(**overrides):
     from transformers import HiggsAudioV2Config
 
     return HiggsAudioV2Config(codebook_size=1026, **overrides)
+
+
+def save_processor(processor, folder: Path, tokenizer_beside: bool = True) -> None:
+    """Processor files. When the audio tokenizer is saved beside them (folder/audio_tokenizer, which
+    `higgs_train.model` loads), the processor config must not name it: an in-memory tokenizer is recorded with a
+    path that from_pretrained cannot use. A hub tokenizer stays named by its id."""
+    processor.save_pretrained(folder)
+    if tokenizer_beside:
+        path = Path(folder) / "processor_config.json"
+        config = json.loads(path.read_text())
+        config.pop("audio_tokenizer", None)
+        path.write_text(json.dumps(config, indent=2) + "\n")

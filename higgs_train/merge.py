@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -12,7 +11,7 @@ import torch
 
 from higgs_train.checkpoint.lock import RunLock
 from higgs_train.errors import CheckpointError, ConfigError, HiggsTrainError
-from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR
+from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, save_processor
 
 
 def merge_adapter(model: str, adapter: str, output: str | Path, max_shard_size: str = "2GB") -> float:
@@ -91,12 +90,9 @@ def _probe(config) -> dict[str, torch.Tensor]:
 
 
 def _save_processor(processor, output: Path) -> None:
-    """Processor files, and the audio tokenizer beside them (processor.save_pretrained keeps only its name)."""
-    processor.save_pretrained(output)
-    config_path = output / "processor_config.json"
-    config = json.loads(config_path.read_text())
+    """Processor files, and a local audio tokenizer copied beside them (processor.save_pretrained keeps only its
+    name); a hub tokenizer stays named by its id."""
     source = Path(str(processor.audio_tokenizer.name_or_path))
-    if source.is_dir():  # a local audio tokenizer travels with the merged model
+    if source.is_dir():
         shutil.copytree(source, output / AUDIO_TOKENIZER_SUBDIR, dirs_exist_ok=True)
-        config.pop("audio_tokenizer", None)
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
+    save_processor(processor, output, tokenizer_beside=source.is_dir())

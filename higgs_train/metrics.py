@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from higgs_train.checkpoint.io import atomic_write_text
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -32,7 +34,7 @@ class MetricsLog:
         path = Path(output_dir) / METRICS_FILE
         if path.exists():
             keep = [row for row in parse_rows(path.read_text(errors="replace")) if row.get("step", 0) <= resumed_step]
-            path.write_text("".join(json.dumps(row) + "\n" for row in keep))
+            atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in keep))
         self.path, self.say = path, say
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._failing = False

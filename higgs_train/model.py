@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,13 +14,6 @@ from higgs_train.errors import ConfigError, ModelError
 from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, HIGGS_MODEL_TYPE
 
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class Base:
-    model: torch.nn.Module
-    processor: object
-    audio_tokenizer: torch.nn.Module
 
 
 def quiet_libraries() -> None:
@@ -180,14 +172,6 @@ def check_pair(lm, processor, model: str) -> None:
             f"--model {model}: the audio tokenizer makes {n_q} codebooks but the model expects "
             f"{lm.config.num_codebooks}; use the audio tokenizer released with this model"
         )
-
-
-def load_base(model: str, mixed_precision: str = "no", audio_tokenizer: str | None = None) -> Base:
-    """Model, processor and audio tokenizer, through the same `from_pretrained` code users hit."""
-    lm = load_lm(model, mixed_precision)
-    processor = load_processor(model, audio_tokenizer)
-    check_pair(lm, processor, model)
-    return Base(lm, processor, processor.audio_tokenizer)
 
 
 def lora_target_modules(spec: str) -> str | list[str]:

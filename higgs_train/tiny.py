@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 from higgs_train.errors import ConfigError
-from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, chat_template
+from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, chat_template, save_processor
 
 # Text-side special tokens of Higgs Audio v2 (Llama-3 headers plus the audio markers).
 SPECIAL_TOKENS = [
@@ -169,13 +169,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         audio_stream_bos_id=config.audio_stream_bos_id,
         audio_stream_eos_id=config.audio_stream_eos_id,
     )
-    processor.save_pretrained(out)
-    # An in-memory audio tokenizer is recorded with an empty path, which from_pretrained cannot load; the
-    # audio tokenizer lives in AUDIO_TOKENIZER_SUBDIR instead and higgs_train.model loads it from there.
-    proc_cfg_path = out / "processor_config.json"
-    proc_cfg = json.loads(proc_cfg_path.read_text())
-    proc_cfg.pop("audio_tokenizer", None)
-    proc_cfg_path.write_text(json.dumps(proc_cfg, indent=2) + "\n")
+    save_processor(processor, out)
     return out
 
 

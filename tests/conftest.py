@@ -59,13 +59,22 @@ def voice_manifest(voices, tmp_path_factory) -> Path:
     return manifest
 
 
+def load_base(model: str | Path):
+    """Model, processor and audio tokenizer of a model folder, through the same `from_pretrained` code a run uses."""
+    from types import SimpleNamespace
+
+    from higgs_train.model import check_pair, load_lm, load_processor, quiet_libraries
+
+    quiet_libraries()
+    lm, processor = load_lm(str(model)), load_processor(str(model))
+    check_pair(lm, processor, str(model))
+    return SimpleNamespace(model=lm, processor=processor, audio_tokenizer=processor.audio_tokenizer)
+
+
 @pytest.fixture(scope="session")
 def base(tiny_model):
     """The tiny model loaded through the same code a run uses (do not train it in place)."""
-    from higgs_train.model import load_base, quiet_libraries
-
-    quiet_libraries()
-    return load_base(str(tiny_model))
+    return load_base(tiny_model)
 
 
 def train_args(manifest: Path, out: Path, model: Path, *extra: str) -> list[str]:
@@ -135,3 +144,12 @@ def signal_on_call(fn, n: int, sig=None):
 
     wrapper.calls = 0
     return wrapper
+
+
+def raising(error: BaseException):
+    """A stand-in that raises `error` whatever it is called with (an injected fault)."""
+
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail

@@ -10,8 +10,7 @@ from typer.testing import CliRunner
 
 import higgs_train.generate as generate_module
 from higgs_train.cli import app
-from higgs_train.model import load_base
-from tests.conftest import train_args
+from tests.conftest import load_base, train_args
 
 runner = CliRunner()
 
@@ -82,13 +81,19 @@ def test_generated_length_matches_the_generated_codes(tiny_model, monkeypatch):
 
     monkeypatch.setattr(base.model, "generate", spy)
     speech = generate_module.generate_speech(base.model, base.processor, "hi", max_new_frames=25)
-    ids, k = seen["ids"][0], base.model.config.num_codebooks
-    bos, eos = base.model.config.audio_stream_bos_id, base.model.config.audio_stream_eos_id
-    start = int((ids == bos).all(-1).nonzero()[-1])
-    ends = (ids[start:] == eos).all(-1).nonzero()
-    end = int(ends[0]) if len(ends) else len(ids) - start
-    assert speech.frames == end - 1 - (k - 1)  # frames between bos and eos, less the delay pattern's k - 1
+    assert speech.frames == generate_module._generated_frames(seen["ids"][0], base.processor)
     assert len(speech.wave) == speech.frames * 960
+
+
+def test_generated_frames_counted_by_hand():
+    from types import SimpleNamespace
+
+    bos, eos, k = 9, 8, 3  # 3 codebooks: the delay pattern adds k - 1 = 2 rows
+    stream = SimpleNamespace(audio_stream_bos_id=bos, audio_stream_eos_id=eos)
+    rows = [[0] * k, [0] * k, [bos] * k] + [[1, 2, 3]] * 6 + [[eos] * k, [eos] * k]
+    assert generate_module._generated_frames(torch.tensor(rows), stream) == 4  # 6 rows - 2 delay rows
+    assert generate_module._generated_frames(torch.tensor(rows[:-2]), stream) == 4  # stopped by the cap: same
+    assert generate_module._generated_frames(torch.tensor(rows[:5]), stream) == 0  # 2 rows: all delay
 
 
 def test_samples_during_training_and_tensorboard(trained):

@@ -22,7 +22,6 @@ from higgs_train.errors import CheckpointError
 from higgs_train.faults import ENV
 from tests.conftest import REPO, train_args, wait_for_steps
 
-pytestmark = pytest.mark.slow
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 
 
@@ -76,6 +75,7 @@ def test_replica_check_names_the_ranks():
         check_replicas([adapter_digest(a), adapter_digest(b)], 5)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_same_global_batch(synth_manifest, tiny_model, tmp_path):
     common = ["--max_steps", "4", "--save_steps", "2", "--lora_dropout", "0", "--lr", "1e-2"]
     one = CliRunner().invoke(
@@ -107,6 +107,7 @@ def test_two_processes_match_one_with_same_global_batch(synth_manifest, tiny_mod
     assert all(torch.allclose(a[k], b[k], atol=5e-4) for k in a)
 
 
+@pytest.mark.slow
 def test_rank_killed_mid_save_then_resume_is_bitwise(synth_manifest, tiny_model, tmp_path):
     common = ["--max_steps", "6", "--save_steps", "2", "--lr", "5e-3"]
     code, log = finish(launch(train_args(synth_manifest, tmp_path / "a", tiny_model, *common)))
@@ -124,6 +125,7 @@ def test_rank_killed_mid_save_then_resume_is_bitwise(synth_manifest, tiny_model,
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_writer_failure_stops_every_rank(synth_manifest, tiny_model, tmp_path):
     args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--max_steps", "4", "--save_steps", "2")
     start = time.time()
@@ -137,6 +139,7 @@ def test_writer_failure_stops_every_rank(synth_manifest, tiny_model, tmp_path):
     assert not (tmp_path / "run" / "checkpoint-2").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_rank_stops_all_at_the_same_step(synth_manifest, tiny_model, tmp_path):
     out = tmp_path / "run"
     proc = launch(train_args(synth_manifest, out, tiny_model, "--max_steps", "100000", "--save_steps", "100000"))
@@ -151,6 +154,7 @@ def test_sigterm_to_one_rank_stops_all_at_the_same_step(synth_manifest, tiny_mod
     assert log.count(f"stopped by signal at step {step}") == 2, log  # both ranks, the same step
 
 
+@pytest.mark.slow
 def test_fsdp_config_without_gpu_is_refused_not_switched(synth_manifest, tiny_model, tmp_path):
     fsdp_cfg = tmp_path / "fsdp.yaml"
     text = (REPO / "configs/accelerate/fsdp.yaml").read_text()
@@ -172,6 +176,7 @@ def test_fsdp_config_without_gpu_is_refused_not_switched(synth_manifest, tiny_mo
     ) in refused(cmd)
 
 
+@pytest.mark.slow
 def test_cpu_flag_that_starts_one_process_is_refused(synth_manifest, tiny_model, tmp_path):
     cmd = accelerate_cmd(
         "--num_processes", "2", "--cpu", "-m", "higgs_train", *train_args(synth_manifest, tmp_path / "r", tiny_model)
@@ -182,6 +187,7 @@ def test_cpu_flag_that_starts_one_process_is_refused(synth_manifest, tiny_model,
     ) in refused(cmd)
 
 
+@pytest.mark.slow
 def test_resume_with_another_world_size_warns_and_recomputes(synth_manifest, tiny_model, tmp_path):
     args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--save_steps", "2")
     code, log = finish(launch([*args, "--max_steps", "2"]))

@@ -5,8 +5,9 @@ from higgs_train.config import build_config
 from higgs_train.data.collate import TokenLayout, build_example, collate
 from higgs_train.data.manifest import Sample, Turn
 from higgs_train.errors import ConfigError, ModelError
-from higgs_train.model import apply_lora, load_base, trainable_summary
+from higgs_train.model import apply_lora, trainable_summary
 from higgs_train.train import audio_loss_sum
+from tests.conftest import load_base
 
 
 def cfg(**kw):

@@ -13,9 +13,8 @@ from higgs_train.cli import app
 from higgs_train.config import build_config
 from higgs_train.errors import Interrupted
 from higgs_train.faults import ENV
-from higgs_train.model import load_base
 from higgs_train.train import train
-from tests.conftest import signal_on_call, train_args
+from tests.conftest import load_base, signal_on_call, train_args
 
 runner = CliRunner()
 

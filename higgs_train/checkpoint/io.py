@@ -87,5 +87,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def remove_tree(path: Path) -> str | None:
+    """Remove a folder; returns None when it is gone, else why not (the caller says so rather than claim it)."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"{e.strerror or e} ({e.filename or path})"
+    return None

@@ -39,8 +39,9 @@ def clean_stale(root: str | Path, log: Callable[[str], None] = print) -> list[Pa
     if root.is_dir():
         for p in sorted(root.iterdir()):
             if p.is_dir() and layout.is_tmp(p.name):
-                log(f"removing {p.name}: left by an interrupted save")
-                remove_tree(p)
+                problem = remove_tree(p)
+                note = f"; not removed: {problem}" if problem else ""
+                log(f"removing {p.name}: left by an interrupted save{note}")
                 removed.append(p)
     return removed
 

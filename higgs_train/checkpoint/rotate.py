@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from higgs_train.checkpoint import layout
-from higgs_train.checkpoint.io import fsync_dir, remove_tree
+from higgs_train.checkpoint.io import fsync_dir, read_pointer, remove_tree
 from higgs_train.checkpoint.resume import list_checkpoints
 
 
@@ -20,16 +20,18 @@ def rotate(root: str | Path, keep: int, newest: Path, log: Callable[[str], None]
     half-deleted folder under a published name.
     """
     root = Path(root)
-    best = root / layout.BEST
     protected = {newest.resolve()}
-    if best.is_file():
-        protected.add((root / best.read_text().strip()).resolve())
+    if best := read_pointer(root, layout.BEST):
+        protected.add((root / best).resolve())
     candidates = [p for p in list_checkpoints(root) if p.resolve() != newest.resolve()][max(keep - 1, 0) :]
     old = [p for p in candidates if p.resolve() not in protected]
     for path in old:
         doomed = root / f"{path.name}{layout.TMP_MARK}delete-{secrets.token_hex(2)}"
         os.rename(path, doomed)
         fsync_dir(root)
-        remove_tree(doomed)
-        log(f"deleted {path.name} (--save_total_limit {keep})")
+        problem = remove_tree(doomed)
+        if problem:  # unpublished already (renamed to a tmp name): the next start removes what is left
+            log(f"warning: {path.name} is unpublished but not fully deleted: {problem}; removed at the next start")
+        else:
+            log(f"deleted {path.name} (--save_total_limit {keep})")
     return old

@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from higgs_train.errors import ConfigError
+
 GROUP_BATCHES = 64
 
 
@@ -29,7 +31,10 @@ class BatchPlan:
     ):
         per_rank = num_examples // world_size
         if per_rank == 0:
-            raise ValueError(f"{num_examples} examples cannot feed {world_size} processes")
+            raise ConfigError(
+                f"{num_examples} usable rows cannot feed {world_size} processes (each needs at least one); add rows "
+                "or run fewer processes"
+            )
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.seed = seed

@@ -30,7 +30,7 @@ from higgs_train.identity import file_digest, weights_fingerprint
 
 CACHE_SUBDIR = "cache/codes"
 CHECKSUMS = "checksums.json"
-SHARD_CLIPS = int(os.environ.get("HIGGS_TRAIN_SHARD_CLIPS", "256"))  # clips per cache shard: what a kill can lose
+SHARD_CLIPS = 256  # clips per cache shard by default (--cache_shard_clips): what a kill during encoding can lose
 
 
 @dataclass
@@ -174,6 +174,7 @@ def encode_clips(
     progress: Callable[[int, int, float], None] | None = None,
     say: Callable[[str], None] = print,
     should_stop: Callable[[], bool] = lambda: False,
+    shard_clips: int = SHARD_CLIPS,
 ) -> tuple[dict[str, Clip], dict[str, AudioError]]:
     """Codes for every clip, from the cache where present, decoded and encoded (and cached) where not.
 
@@ -185,6 +186,7 @@ def encode_clips(
         progress: optional callable(done, total, seconds of audio so far).
         say: where warnings go (a damaged cache shard).
         should_stop: polled between clips; when true, the clips encoded so far are written to the cache first.
+        shard_clips: clips per cache shard.
 
     Returns:
         (source -> Clip for the good clips, source -> AudioError for clips that are missing, undecodable, hold
@@ -228,7 +230,7 @@ def encode_clips(
                 error = AudioError(f"{by_key[key]}: {e}", e.reason)
         if error is not None:
             errors[by_key[key]] = error
-        if len(pending) >= SHARD_CLIPS:
+        if len(pending) >= shard_clips:
             cache.add(pending)
             found.update(pending)
             pending = {}

@@ -64,6 +64,7 @@ def prepare(
         measure,
         say,
         should_stop,
+        cfg.cache_shard_clips,
     )
     report = data.report
     if report.problems and cfg.on_bad_sample == "error":

@@ -14,7 +14,7 @@ import numpy as np
 
 from higgs_train.checkpoint.io import atomic_write_bytes
 from higgs_train.data.audio import probe_seconds
-from higgs_train.data.codes import Clip, encode_clips
+from higgs_train.data.codes import SHARD_CLIPS, Clip, encode_clips
 from higgs_train.data.manifest import Problem, Sample, load_manifest
 from higgs_train.errors import AudioError, ManifestError
 
@@ -86,6 +86,7 @@ def prepare_data(
     measure: Callable[[Sample, dict[str, Clip]], int] | None = None,
     say: Callable[[str], None] = print,
     should_stop: Callable[[], bool] = lambda: False,
+    shard_clips: int = SHARD_CLIPS,
 ) -> PreparedData:
     """Parse, validate and encode a manifest; write OUTPUT_DIR/data_report.json.
 
@@ -115,6 +116,7 @@ def prepare_data(
         progress,
         say,
         should_stop,
+        shard_clips,
     )
     errors.update(encode_errors)
     good = _keep(samples, problems, lambda s: _check_codes(s, clips, errors, limits, measure))

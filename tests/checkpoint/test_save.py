@@ -14,6 +14,7 @@ from higgs_train.checkpoint.resume import clean_stale, find_resume_point
 from higgs_train.checkpoint.rotate import rotate
 from higgs_train.checkpoint.save import StepExistsError, save_checkpoint
 from higgs_train.checkpoint.verify import verify_checkpoint
+from tests.conftest import raising
 
 
 def quiet(_msg):
@@ -68,15 +69,15 @@ def test_enospc_during_full_save_falls_back_to_adapter_only(tmp_path, snapshot_f
 
 
 def test_fallback_dir_used_when_given(tmp_path, snapshot_factory, monkeypatch):
-    monkeypatch.setattr(save_module, "write_bytes", lambda p, d: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    monkeypatch.setattr(save_module, "write_bytes", raising(OSError(errno.EIO, "I/O error")))
     result = save_checkpoint(tmp_path / "out", snapshot_factory(2), fallback_dir=tmp_path / "fb")
     assert result.path == tmp_path / "fb" / "checkpoint-2" and verify_checkpoint(result.path).ok
 
 
 def test_both_saves_fail_keeps_last_good(tmp_path, snapshot_factory, monkeypatch):
     good = save_checkpoint(tmp_path, snapshot_factory(2))
-    monkeypatch.setattr(save_module, "write_bytes", lambda p, d: (_ for _ in ()).throw(OSError(errno.EACCES, "denied")))
-    monkeypatch.setattr(save_module, "_fallback_files", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    monkeypatch.setattr(save_module, "write_bytes", raising(OSError(errno.EACCES, "denied")))
+    monkeypatch.setattr(save_module, "_fallback_files", raising(OSError(errno.ENOSPC, "full")))
     result = save_checkpoint(tmp_path, snapshot_factory(4))
     assert not result.ok and "denied" in result.error and "fallback failed too" in result.error
     assert not (tmp_path / "checkpoint-4").exists()
@@ -117,7 +118,7 @@ def test_mismatch_between_disk_and_memory_is_caught(tmp_path, snapshot_factory, 
         return st_save({k: v + 1 for k, v in tensors.items()}, metadata=metadata)
 
     monkeypatch.setattr("safetensors.torch.save", corrupting_save)
-    monkeypatch.setattr(save_module, "_fallback_files", lambda *a: (_ for _ in ()).throw(OSError("no fallback")))
+    monkeypatch.setattr(save_module, "_fallback_files", raising(OSError("no fallback")))
     result = save_checkpoint(tmp_path, snapshot_factory(1))
     assert not result.ok and "saved values differ from the trained ones" in result.error
 

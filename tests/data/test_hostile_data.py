@@ -207,11 +207,11 @@ def test_manifests_with_a_utf8_byte_order_mark(tmp_path, kind):
 def test_sigterm_during_the_first_encoding_keeps_the_clips_and_exits_130(
     synth_manifest, tiny_model, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(codes_module, "SHARD_CLIPS", 2)
     real = codes_module._encode
     monkeypatch.setattr(codes_module, "_encode", signal_on_call(real, 3))
     run = tmp_path / "run"
-    result = runner.invoke(app, train_args(synth_manifest, run, tiny_model, "--max_steps", "1"))
+    args = train_args(synth_manifest, run, tiny_model, "--max_steps", "1", "--cache_shard_clips", "2")
+    result = runner.invoke(app, args)
     assert result.exit_code == 130, result.output
     assert f"stopped by signal while encoding: 3 of {len(TEXTS)} clips are in the code cache" in result.output
     assert len(CodeCache(run).shards()) == 2  # a full shard of 2, and the 1 clip flushed at the signal
@@ -229,6 +229,7 @@ def test_resume_by_weights_not_by_path(synth_manifest, tmp_path, monkeypatch):
     result = runner.invoke(app, [*args, "--model", str(model), "--max_steps", "2"])
     assert result.exit_code == 0, result.output
     assert "resumed from" in result.output and CodeCache(run).shards() == shards  # nothing encoded again
+    shutil.rmtree(tmp_path / "tiny")
     build_tiny_model(tmp_path / "tiny", seed=1)  # other weights at the same path
     result = runner.invoke(app, [*args, "--model", "./tiny", "--max_steps", "3"])
     assert result.exit_code == 3

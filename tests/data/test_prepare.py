@@ -150,7 +150,7 @@ def test_prepare_killed_mid_way_resumes_from_finished_shards(tiny_model, tmp_pat
     rows = manifest.read_text().splitlines()
     manifest.write_text("\n".join(rows * 2) + "\n")  # 12 rows, 6 distinct clips
     out = tmp_path / "out"
-    env = {**os.environ, "HIGGS_TRAIN_SHARD_CLIPS": "2", "HIGGS_TRAIN_FAILPOINT": "after_shard@2"}
+    env = {**os.environ, "HIGGS_TRAIN_FAILPOINT": "after_shard@2"}
     cmd = [
         sys.executable,
         "-m",
@@ -162,6 +162,8 @@ def test_prepare_killed_mid_way_resumes_from_finished_shards(tiny_model, tmp_pat
         str(out),
         "--model",
         str(tiny_model),
+        "--cache_shard_clips",
+        "2",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
