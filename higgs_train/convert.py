@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from higgs_train import layouts
+from higgs_train.checkpoint import layout
 from higgs_train.errors import ConfigError, HiggsTrainError, ModelError
 
 DROPPED = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq", "audio_codebook_weights")
@@ -63,7 +63,7 @@ def convert(
     src, out = Path(src), Path(out).absolute()
     if out.exists():
         raise ConfigError(f"{out} already exists; choose a new folder for the converted model")
-    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    tmp = layout.tmp_sibling(out)
     try:
         if layouts.is_original_tokenizer(str(src)):
             _convert_tokenizer(src, tokenizer_config).save_pretrained(tmp)

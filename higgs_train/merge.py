@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 from pathlib import Path
 
 import torch
 
+from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.lock import RunLock
 from higgs_train.errors import CheckpointError, ConfigError, HiggsTrainError
 from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, save_processor
@@ -38,7 +38,7 @@ def merge_adapter(model: str, adapter: str, output: str | Path, max_shard_size: 
         with torch.no_grad():
             expected = with_adapter(**probe).logits
         merged = with_adapter.merge_and_unload()
-        tmp = output.parent / f".{output.name}.tmp-{secrets.token_hex(4)}"
+        tmp = layout.tmp_sibling(output)
         try:
             merged.save_pretrained(tmp, max_shard_size=max_shard_size)
             _save_processor(processor, tmp)

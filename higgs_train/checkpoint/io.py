@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from higgs_train.checkpoint import layout
 from higgs_train.faults import failpoint
 
 
@@ -58,7 +59,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         OSError: with `filename` set to `path`; the temporary file is removed.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = layout.tmp_sibling(path, str(os.getpid()))
     try:
         write_bytes(tmp, data)
         os.replace(tmp, path)

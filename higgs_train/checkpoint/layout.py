@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import secrets
+from pathlib import Path
 
 PREFIX = "checkpoint-"
 TMP_MARK = ".tmp-"  # checkpoint-N.tmp-XXXX: a save in progress, never read, removed at start-up
@@ -51,6 +53,12 @@ def parse_step(name: str) -> int | None:
     """The step of a published checkpoint folder name, or None for anything else (tmp folders included)."""
     match = _NAME.match(name)
     return int(match.group(1)) if match else None
+
+
+def tmp_sibling(path: Path, tag: str | None = None) -> Path:
+    """A hidden temporary name beside `path` for writing it whole before a rename (never read as `path`)."""
+    path = Path(path)
+    return path.parent / f".{path.name}{TMP_MARK}{tag or secrets.token_hex(4)}"
 
 
 def is_tmp(name: str) -> bool:

@@ -9,7 +9,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from higgs_train.config import FORMATS  # noqa: F401  (the formats this module reads)
 from higgs_train.errors import ManifestError
 
 EMBEDDED = "hfds:"  # audio held inside a saved dataset: "hfds:DIR::ROW::COLUMN"
@@ -21,7 +20,7 @@ Row = tuple[str, object, Path]  # (where, row dict or a ManifestError for an unr
 
 
 def detect_format(path: Path) -> str:
-    """The format of a manifest path, from what is in it (see FORMATS)."""
+    """The format of a manifest path, from what is in it (see config.FORMATS)."""
     if path.is_dir():
         if (path / "metadata.json").is_file():
             return "folder"
@@ -42,7 +41,7 @@ def detect_format(path: Path) -> str:
 
 
 def iter_rows(path: str | Path, fmt: str = "auto") -> Iterator[Row]:
-    """Rows of any supported manifest format (`fmt` one of FORMATS; auto detects it).
+    """Rows of any supported manifest format (`fmt` one of config.FORMATS; auto detects it).
 
     Raises:
         ManifestError: the path is missing, of no known format, or unreadable as a whole.
