@@ -234,6 +234,10 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
     if not 0 <= cfg.eval_fraction < 1:
         problems.append(f"--eval_fraction must be in [0, 1), got {cfg.eval_fraction}")
+    if cfg.resume not in RESUME_MODES and not Path(cfg.resume).is_dir():
+        problems.append(
+            f"--resume {cfg.resume!r} is neither {' nor '.join(RESUME_MODES)} nor a checkpoint folder; pass one of them"
+        )
     if cfg.eval_manifest and cfg.eval_fraction:
         problems.append("--eval_manifest and --eval_fraction both given; choose one")
     if cfg.report_to not in ("none", "tensorboard"):

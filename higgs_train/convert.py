@@ -273,18 +273,16 @@ def _tokenizer_key(key: str, n_enc: int, n_dec: int) -> str | None:
         return None  # not used by the forward pass
     if m := re.match(r"^encoder\.block\.(\d+)\.(.*)$", key):
         i, rest = int(m[1]), m[2]
-        edge = {0: "conv1", n_enc + 1: "snake1", n_enc + 2: "conv2"}
-        if i in edge:
-            return f"acoustic_encoder.{edge[i]}.{rest}"
+        if edge := _edge("acoustic_encoder", i, n_enc, rest):
+            return edge
         if r := re.match(r"^block\.([012])\.block\.([0-3])\.(.*)$", rest):
             return f"acoustic_encoder.block.{i - 1}.res_unit{int(r[1]) + 1}.{INNER[int(r[2])]}.{r[3]}"
         if r := re.match(r"^block\.([34])\.(.*)$", rest):
             return f"acoustic_encoder.block.{i - 1}.{'snake1' if r[1] == '3' else 'conv1'}.{r[2]}"
     if m := re.match(r"^decoder_2\.model\.(\d+)\.(.*)$", key):
         i, rest = int(m[1]), m[2]
-        edge = {0: "conv1", n_dec + 1: "snake1", n_dec + 2: "conv2"}
-        if i in edge:
-            return f"acoustic_decoder.{edge[i]}.{rest}"
+        if edge := _edge("acoustic_decoder", i, n_dec, rest):
+            return edge
         if r := re.match(r"^block\.([01])\.(.*)$", rest):
             return f"acoustic_decoder.block.{i - 1}.{'snake1' if r[1] == '0' else 'conv_t1'}.{r[2]}"
         if r := re.match(r"^block\.([234])\.block\.([0-3])\.(.*)$", rest):
@@ -295,6 +293,12 @@ def _tokenizer_key(key: str, n_enc: int, n_dec: int) -> str | None:
     if key.startswith(("encoder_semantic.", "decoder_semantic.")):
         key = re.sub(r"\.(conv|conv1|conv2)\.conv\.", r".\1.", key)
     return key
+
+
+def _edge(prefix: str, i: int, blocks: int, rest: str) -> str | None:
+    """A DAC stack's first conv (0) and its closing snake and conv (blocks + 1, blocks + 2); None for a block."""
+    edge = {0: "conv1", blocks + 1: "snake1", blocks + 2: "conv2"}
+    return f"{prefix}.{edge[i]}.{rest}" if i in edge else None
 
 
 def dac_sizes(state: dict[str, torch.Tensor]) -> dict:

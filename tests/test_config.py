@@ -36,3 +36,10 @@ def test_presets_in_configs_are_valid():
     assert presets
     for preset in presets:
         build_config({"train_manifest": "m", "output_dir": "o"}, str(preset))
+
+
+def test_resume_must_be_a_mode_or_a_folder(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        build_config({"train_manifest": "m.jsonl", "output_dir": "o", "resume": "autoo"})
+    assert str(e.value) == "--resume 'autoo' is neither auto nor never nor a checkpoint folder; pass one of them"
+    assert build_config({"train_manifest": "m.jsonl", "output_dir": "o", "resume": str(tmp_path)}).resume
