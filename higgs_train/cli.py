@@ -1,10 +1,8 @@
-"""Command line: flags to settings (generated from dataclasses, see options.py), one call per command, typed
-errors to exit codes. Nothing else."""
+"""Command line: flags to settings (see options.py), one call per command, typed errors to exit codes."""
 
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import typer
 from rich.console import Console
@@ -27,7 +25,7 @@ def say(msg: str, to: Console = err) -> None:
     to.print(msg, highlight=False, markup=False)
 
 
-def show(msg: str) -> None:
+def show(msg: str) -> None:  # results go to stdout, progress and warnings to stderr
     say(msg, out)
 
 
@@ -93,6 +91,16 @@ def prepare_command(ctx: typer.Context, config: str | None = None, **flags) -> N
     run_prepare(settings.build_config(flags, config), say=say)
 
 
+@app.command("plan")
+@train_options
+def plan_command(ctx: typer.Context, config: str | None = None, **flags) -> None:
+    """Estimated peak GPU memory by part, and the largest batch per common card (from --model's config.json)."""
+    from higgs_train.plan import plan_for, plan_lines
+
+    cfg = settings.build_config(flags, config, require_data=False)
+    show("\n".join(plan_lines(plan_for(cfg), cfg.batch_size, cfg.gradient_checkpointing)))
+
+
 @command("init-tiny", settings.TinySettings)
 def init_tiny(s: settings.TinySettings) -> None:
     """Write a tiny random-weight Higgs Audio v2 model folder (LM, tokenizers, processor) for offline runs."""
@@ -119,8 +127,7 @@ def checkpoints(r: settings.RunFolder) -> None:
     rows = checkpoint_rows(r.run_dir, {s.step: s for s in read_scores(r.run_dir)})
     if rows:
         out.print(checkpoint_table(rows))
-    for line in checkpoint_notes(rows) or [f"{r.run_dir}: no checkpoints"]:
-        show(line)
+    show("\n".join(checkpoint_notes(rows) or [f"{r.run_dir}: no checkpoints"]))
 
 
 @command("verify", settings.CheckpointFolder)
@@ -165,8 +172,7 @@ def doctor(s: settings.DoctorSettings) -> None:
     from higgs_train.doctor import run_checks
 
     checks = run_checks(s.output_dir, s.model)
-    for c in checks:
-        show(f"{'ok  ' if c.ok else 'FIX '} {c.name}: {c.detail}")
+    show("\n".join(f"{'ok  ' if c.ok else 'FIX '} {c.name}: {c.detail}" for c in checks))
     raise typer.Exit(0 if all(c.ok for c in checks) else 1)
 
 
@@ -190,7 +196,3 @@ def score(s: settings.ScoreSettings) -> None:
 
 def main() -> None:
     app(prog_name="higgs-train")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,6 +22,7 @@ BASE_MODEL = "eustlb/higgs-audio-v2-generation-3B-base"
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 MIXED_PRECISION = ("no", "bf16", "fp16")
 RESUME_MODES = ("auto", "never")
+AUTO = 0  # --batch_size auto, until the run resolves it (train.setup)
 ON_SAVE_ERROR = ("stop", "continue")
 ON_BAD_SAMPLE = ("error", "skip")
 ATTENTION = ("sdpa", "flash_attention_2", "flex_attention", "eager")
@@ -89,7 +90,13 @@ class TrainConfig:
         OPTIM,
     )
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this (0 disables clipping).", OPTIM)
-    batch_size: int = _f(1, "Samples per micro-batch per process.", OPTIM)
+    batch_size: int = _f(
+        1,
+        "Samples per micro-batch per process, or auto: the largest that fits (the memory plan, tried for real on a "
+        "GPU), with --grad_accum raised to keep the global batch; recorded, so a resume uses the same.",
+        OPTIM,
+        auto=True,
+    )
     grad_accum: int = _f(1, "Micro-batches per optimizer step.", OPTIM)
     max_steps: int | None = _f(None, "Optimizer steps to train (overrides --num_epochs).", RUN)
     num_epochs: float = _f(1.0, "Epochs to train when --max_steps is not given.", RUN)
@@ -153,7 +160,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def build_config(flags: dict[str, Any], yaml_path: str | None = None) -> TrainConfig:
+def build_config(flags: dict[str, Any], yaml_path: str | None = None, require_data: bool = True) -> TrainConfig:
     """Merge defaults < YAML preset < flags given on the command line (None = not given), then validate.
 
     Raises:
@@ -170,7 +177,7 @@ def build_config(flags: dict[str, Any], yaml_path: str | None = None) -> TrainCo
     if problems:
         raise ConfigError("; ".join(problems))
     cfg = TrainConfig(**values)
-    validate(cfg)
+    validate(cfg, require_data)
     return cfg
 
 
@@ -180,6 +187,8 @@ def _type_name(name: str) -> str:
 
 def _coerce(name: str, value: Any) -> Any:
     kind = _type_name(name)
+    if FIELDS[name].metadata.get("auto") and str(value).strip().lower() == "auto":
+        return AUTO
     if kind == "bool":
         if isinstance(value, bool):
             return value
@@ -193,8 +202,9 @@ def _coerce(name: str, value: Any) -> Any:
     return str(value)
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Check every value and combination; report all problems in one ConfigError."""
+def validate(cfg: TrainConfig, require_data: bool = True) -> None:
+    """Check every value and combination; report all problems in one ConfigError (`require_data` False: a command
+    such as `plan` that needs no manifest or run folder)."""
     problems = []
     for f in fields(cfg):
         value = getattr(cfg, f.name)
@@ -202,14 +212,15 @@ def validate(cfg: TrainConfig) -> None:
             problems.append(f"--{f.name} must be a finite number, got {value}")
     if math.isnan(cfg.max_duration):
         problems.append("--max_duration must be a number, got nan")
-    if not cfg.train_manifest:
+    if require_data and not cfg.train_manifest:
         problems.append("--train_manifest is required: the JSONL manifest of clips to train on")
-    if not cfg.output_dir:
+    if require_data and not cfg.output_dir:
         problems.append("--output_dir is required: the folder for checkpoints and logs")
+    if cfg.batch_size < 0:
+        problems.append(f"--batch_size must be at least 1 or auto, got {cfg.batch_size}")
     positive = (
         "lora_r",
         "lora_alpha",
-        "batch_size",
         "grad_accum",
         "save_steps",
         "log_steps",

@@ -44,7 +44,26 @@ def run_checks(output_dir: str | None = None, model: str = BASE_MODEL) -> list[C
     checks += [_cache_check("model", model), _cache_check("audio tokenizer", tokenizer)]
     if layouts.original_lm_config(model) is not None:
         checks.append(Check("model layout", False, layouts.convert_hint("--model", model)))
+    checks += _plan_checks(model)
     return checks
+
+
+def _plan_checks(model: str) -> list[Check]:
+    """The memory plan's verdict for each GPU found, at the defaults (batch 1, bf16, the model's longest row)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    from higgs_train.config import build_config
+    from higgs_train.errors import HiggsTrainError
+    from higgs_train.plan import gpu_verdicts, plan_for
+
+    cfg = build_config({"model": model, "mixed_precision": "bf16"}, require_data=False)
+    try:
+        plan = plan_for(cfg)
+    except HiggsTrainError as e:
+        return [Check("plan", False, str(e))]
+    return [Check(name, ok, detail) for name, ok, detail in gpu_verdicts(plan, 1, False)]
 
 
 def _gpu_checks() -> list[Check]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -208,6 +209,18 @@ def apply_lora(model: torch.nn.Module, cfg: TrainConfig):
     if cfg.gradient_checkpointing:
         peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return peft_model
+
+
+def meta_counts(config, cfg: TrainConfig) -> tuple[int, int]:
+    """(base parameters, LoRA parameters) of a model config under --lora_r / --lora_targets, counted on the meta
+    device: nothing is allocated, so the released shape counts anywhere."""
+    from transformers import HiggsAudioV2ForConditionalGeneration
+
+    with torch.device("meta"):
+        model = HiggsAudioV2ForConditionalGeneration(config, use_text_head=cfg.text_loss_weight > 0)
+        base = sum(p.numel() for p in model.parameters())
+        lora = apply_lora(model, replace(cfg, gradient_checkpointing=False))
+        return base, sum(p.numel() for p in lora.parameters() if p.requires_grad)
 
 
 def trainable_summary(model: torch.nn.Module) -> tuple[int, int]:

@@ -21,6 +21,7 @@ def param(f: dataclasses.Field, train: bool = False) -> inspect.Parameter:
     names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
     if kind == "bool":
         names = [f"{n}/--no-{n[2:]}" for n in names]
+    kind = "str" if f.metadata.get("auto") else kind  # a number or the word auto
     annotation = TYPES.get(kind, str) | None if (train or "None" in str(f.type)) else TYPES.get(kind, str)
     required = f.default is dataclasses.MISSING
     default = None if train else (... if required else f.default)

@@ -9,9 +9,10 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import psutil
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +24,7 @@ from higgs_train.checkpoint.preflight import check_output_dir
 from higgs_train.checkpoint.resume import choose_resume, restore
 from higgs_train.checkpoint.save import SaveResult
 from higgs_train.checkpoint.state import TrainingProgress, capture_rng, restore_rng
-from higgs_train.config import TrainConfig
+from higgs_train.config import AUTO, TrainConfig
 from higgs_train.data.batches import BatchPlan
 from higgs_train.data.collate import IGNORE, collate
 from higgs_train.data.pipeline import TrainingData, build_training_data, encoding_progress
@@ -174,14 +175,17 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=torch.cuda.is_available())
+    if cfg.compile:  # in place (nn.Module.compile): parameter and state-dict names stay those of the PEFT model
+        model.compile(dynamic=True)  # sequence lengths vary batch to batch
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.batch_size == AUTO:
+        cfg = _auto_batch(cfg, model, data, accelerator, resume_path, say)
+        on_main(accelerator, _record_config, cfg, say)  # the resolved sizes are what the checkpoints record
     plan = _plan(cfg, data, accelerator, cfg.seed)
     max_steps = cfg.max_steps or plan.steps_for_epochs(cfg.num_epochs, cfg.grad_accum)
     scheduler = WarmupCosine(optimizer, cfg.warmup_steps, max_steps)
     for warning in stats_warnings(data.stats, cfg.batch_size * cfg.grad_accum * accelerator.num_processes, max_steps):
         say(f"warning: {warning}")
-    if cfg.compile:  # in place (nn.Module.compile): parameter and state-dict names stay those of the PEFT model
-        model.compile(dynamic=True)  # sequence lengths vary batch to batch
-    model, optimizer = accelerator.prepare(model, optimizer)
 
     progress = TrainingProgress(data_seed=cfg.seed, world_size=accelerator.num_processes)
     if resume_path is not None:
@@ -304,6 +308,41 @@ def _plan(cfg: TrainConfig, data: TrainingData, accelerator, seed: int) -> Batch
     lengths = [len(e.input_ids) for e in data.train] if cfg.group_by_length else None
     rank, world = accelerator.process_index, accelerator.num_processes
     return BatchPlan(len(data.train), cfg.batch_size, seed, rank, world, lengths)
+
+
+def _auto_batch(cfg: TrainConfig, model, data: TrainingData, accelerator, resume_path, say) -> TrainConfig:
+    """--batch_size auto: a resume takes the checkpoint's sizes; otherwise the memory plan at the longest row for
+    this device's free memory (host memory on the CPU), tried for real on a GPU; every process takes the smallest."""
+    from accelerate.utils import gather_object
+
+    from higgs_train.checkpoint.resume import read_trainer_state
+    from higgs_train.plan import GIB, auto_batch, memory_plan
+
+    saved = read_trainer_state(resume_path)["config"] if resume_path is not None else {}
+    if saved.get("batch_size", AUTO) != AUTO:
+        say(f"--batch_size auto: the checkpoint's batch {saved['batch_size']} x --grad_accum {saved['grad_accum']}")
+        return replace(cfg, batch_size=saved["batch_size"], grad_accum=saved["grad_accum"])
+    longest = max(data.train, key=lambda e: len(e.input_ids))
+    config = accelerator.unwrap_model(model).config
+    mem = memory_plan(config, cfg, seq_len=len(longest.input_ids))
+    rows, trial = len(data.train) // accelerator.num_processes, None
+    if accelerator.device.type == "cuda":
+        capacity = torch.cuda.mem_get_info()[0] + torch.cuda.memory_allocated()
+
+        def trial(batch: int) -> None:  # one forward and backward at the longest row, no gradient sync
+            tensors = {k: v.to(accelerator.device) for k, v in collate([longest] * batch, data.layout).items()}
+            with accelerator.no_sync(model):
+                audio_loss_sum(model, tensors, config.codebook_size).backward()
+            model.zero_grad(set_to_none=True)
+    else:
+        capacity = psutil.virtual_memory().available + psutil.Process().memory_info().rss
+    batch, accum = auto_batch(mem, capacity, cfg.gradient_checkpointing, rows, cfg.grad_accum, trial, say)
+    batch, accum = min(gather_object([batch])), max(gather_object([accum]))
+    say(
+        f"--batch_size auto: {batch} rows of up to {mem.seq_len} tokens per process x --grad_accum {accum} "
+        f"(plan for {capacity / GIB:.1f} GiB on {accelerator.device.type})"
+    )
+    return replace(cfg, batch_size=batch, grad_accum=accum)
 
 
 def _record_config(cfg: TrainConfig, say) -> None:

@@ -1,0 +1,175 @@
+"""How much GPU memory a run needs, by part, and the largest batch that fits a given card: before anything loads
+(the model is built on the meta device from its config.json alone, so the released 3B shape plans on a laptop).
+
+The activation model counts the tensors a decoder layer keeps for the backward pass, per token: the attention block
+(the normed input, q, k, v after rotary, the attention output), ONE feed-forward block (each token runs the
+text or the audio FFN: the normed input, gate, up, the activation and the product), the copies the DualFFN layer
+makes when it gathers and scatters tokens by kind, and what LoRA keeps (a dropout copy of each adapted input and
+its rank-r projection). With gradient checkpointing each layer's input is kept, one layer's activations are rebuilt
+at a time, and the gradients of that layer's input and output are alive. The audio head runs only at labelled
+positions: its logits (in the compute dtype), their float32 copy and its gradient. `ACTIVATION_CALIBRATION` scales
+the count to what was measured (BENCHMARKS.md: the released widths, 2 layers, on the CPU).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from higgs_train.errors import ConfigError
+
+GIB = 1024**3
+CARDS_GB = (24, 40, 48, 80, 141)  # common cards: 4090/L4-class, A100-40, L40S/A6000, A100/H100-80, H200
+CUDA_CONTEXT = 1.0 * GIB  # CUDA context, cuBLAS workspaces and kernels
+ALLOCATOR_SLACK = 0.10  # fragmentation in PyTorch's caching allocator
+LABELLED_SHARE = 0.5  # share of a row's tokens whose next audio frame is labelled (the target clip)
+ACTIVATION_CALIBRATION = 1.0  # measured / counted activation bytes (see BENCHMARKS.md)
+DTYPE_BYTES = {"no": 4, "bf16": 2, "fp16": 2}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes by part for one process; `total(batch, gc)` adds them up for a batch at `seq_len`."""
+
+    seq_len: int
+    base_weights: float
+    lora_state: float  # LoRA weights, their gradients and AdamW's two moments, all float32
+    act_per_token: float  # activations per token, whole depth, no gradient checkpointing
+    act_per_token_gc: float  # with gradient checkpointing (layer inputs + one layer rebuilt)
+    head_per_token: float  # the audio head at labelled positions, per token of the row
+
+    def activations(self, batch: int, gc: bool) -> float:
+        tokens = batch * self.seq_len
+        return tokens * ((self.act_per_token_gc if gc else self.act_per_token) + self.head_per_token)
+
+    def total(self, batch: int, gc: bool) -> float:
+        used = self.base_weights + self.lora_state + self.activations(batch, gc)
+        return used * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT
+
+    def largest_batch(self, capacity: float, gc: bool) -> int:
+        """The largest batch whose total fits `capacity` bytes (0 when not even one row fits)."""
+        fixed = (self.base_weights + self.lora_state) * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT
+        per_row = self.activations(1, gc) * (1 + ALLOCATOR_SLACK)
+        return max(0, math.floor((capacity - fixed) / per_row))
+
+    def parts(self, batch: int, gc: bool) -> dict[str, float]:
+        used = self.base_weights + self.lora_state + self.activations(batch, gc)
+        return {
+            "frozen base weights": self.base_weights,
+            "LoRA weights + grads + AdamW": self.lora_state,
+            "activations" + (" (checkpointed)" if gc else ""): batch
+            * self.seq_len
+            * (self.act_per_token_gc if gc else self.act_per_token),
+            "audio head at labelled positions": batch * self.seq_len * self.head_per_token,
+            "CUDA context + allocator slack": used * ALLOCATOR_SLACK + CUDA_CONTEXT,
+        }
+
+
+def memory_plan(config, cfg, seq_len: int | None = None) -> MemoryPlan:
+    """The plan for a model config (a `HiggsAudioV2Config`) under a TrainConfig, at `seq_len` tokens per row
+    (default: the model's max_position_embeddings, the longest row `prepare` lets through)."""
+    from higgs_train.model import meta_counts
+
+    base_params, lora_params = meta_counts(config, cfg)
+    lora_rank, act = cfg.lora_r, DTYPE_BYTES[cfg.mixed_precision]
+    seq_len = seq_len or config.max_position_embeddings
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    q = config.num_attention_heads * config.head_dim
+    kv = config.num_key_value_heads * config.head_dim
+    attention = 2 * h + 2 * q + 2 * kv + q  # norm in/out, q and k after rotary, v, attention output
+    ffn = 2 * h + 4 * i  # norm in/out, gate, up, activation, product
+    routing = 4 * h  # the DualFFN layer gathers and scatters the hidden state by token kind: copies of it
+    lora = 7 * h + lora_rank * 7  # dropout copies of the adapted inputs and their rank-r projections, float32
+    per_layer = (attention + ffn + routing) * act + lora * 4
+    per_token = layers * per_layer * ACTIVATION_CALIBRATION + 2 * h * act  # + embeddings and the final norm
+    # checkpointed: each layer's input, one layer rebuilt, and the gradients of its input and output
+    per_token_gc = layers * h * act + (per_layer + 2 * h * act) * ACTIVATION_CALIBRATION + 2 * h * act
+    head = LABELLED_SHARE * config.num_codebooks * config.codebook_size * (act + 4 + 4)
+    return MemoryPlan(
+        seq_len=seq_len,
+        base_weights=base_params * act,
+        lora_state=lora_params * 16,
+        act_per_token=per_token,
+        act_per_token_gc=per_token_gc,
+        head_per_token=head,
+    )
+
+
+def plan_lines(plan: MemoryPlan, batch: int, gc: bool, cards_gb=CARDS_GB) -> list[str]:
+    """The table `higgs-train plan` prints: parts at this batch, then the largest batch per card."""
+    lines = [f"estimated peak GPU memory at batch {batch} x {plan.seq_len} tokens per process:"]
+    for name, size in plan.parts(batch, gc).items():
+        lines.append(f"  {name:<36} {size / GIB:8.2f} GiB")
+    lines.append(f"  {'total':<36} {plan.total(batch, gc) / GIB:8.2f} GiB")
+    lines.append(f"largest batch at {plan.seq_len} tokens:        plain    checkpointed")
+    for gb in cards_gb:
+        plain, ckpt = plan.largest_batch(gb * 1e9, False), plan.largest_batch(gb * 1e9, True)
+        need = "fits" if plain >= batch else ("needs --gradient_checkpointing" if ckpt >= batch else "does not fit")
+        lines.append(f"  {gb:>4} GB card                    {plain:>6} {ckpt:>14}   batch {batch}: {need}")
+    return lines
+
+
+def plan_for(cfg, seq_len: int | None = None) -> MemoryPlan:
+    """The plan of a run's settings: --model's config.json alone is read (a folder holding only it is enough)."""
+    from higgs_train.model import load_lm_config, quiet_libraries
+
+    quiet_libraries()
+    return memory_plan(load_lm_config(cfg.model), cfg, seq_len)
+
+
+def gpu_verdicts(plan: MemoryPlan, batch: int, gc: bool) -> list[tuple[str, bool, str]]:
+    """(name, fits, detail) for each GPU this machine has, by its free memory now."""
+    import torch
+
+    out = []
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        free, total = torch.cuda.mem_get_info(i)
+        need = plan.total(batch, gc)
+        best = plan.largest_batch(free, gc)
+        detail = f"batch {batch} x {plan.seq_len} needs {need / GIB:.1f} GiB of {free / GIB:.1f} free; largest {best}"
+        out.append((f"plan gpu {i}", need <= free, detail + ("" if gc else " (more with --gradient_checkpointing)")))
+    return out
+
+
+def probe_batch(trial: Callable[[int], None], start: int, say: Callable[[str], None] = print) -> int:
+    """The largest batch from `start` down that `trial(batch)` (one real forward and backward) runs without
+    running out of memory; each failure steps down by a quarter, and nothing of the failed try is kept alive.
+
+    Raises:
+        ConfigError: not even a batch of 1 fits.
+    """
+    import gc
+
+    import torch
+
+    batch = start
+    while batch >= 1:
+        try:
+            trial(batch)
+            return batch
+        except torch.OutOfMemoryError as e:
+            e.__traceback__ = None  # the traceback's frames hold the failed try's tensors
+            say(f"--batch_size auto: batch {batch} ran out of memory; trying {batch * 3 // 4 or 0}")
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        batch = batch * 3 // 4
+    raise ConfigError(
+        "--batch_size auto: not even one row of the longest length fits; use --gradient_checkpointing, "
+        "--mixed_precision bf16 or a lower --max_duration"
+    )
+
+
+def auto_batch(plan: MemoryPlan, capacity: float, gc: bool, rows: int, grad_accum: int, trial=None, say=print):
+    """(batch per process, grad_accum) for --batch_size auto: the plan's largest batch for `capacity` bytes (never
+    more than the rows each process gets), tried for real when `trial` is given (on a GPU); when the tried batch
+    is smaller than planned, --grad_accum grows so that the global batch stays the planned one."""
+    planned = min(plan.largest_batch(capacity, gc), rows)
+    if planned < 1:
+        raise ConfigError(
+            f"--batch_size auto: one row of {plan.seq_len} tokens needs {plan.total(1, gc) / GIB:.1f} GiB, more than "
+            f"the {capacity / GIB:.1f} GiB here; use --gradient_checkpointing or --mixed_precision bf16"
+        )
+    batch = probe_batch(trial, planned, say) if trial else planned
+    return batch, math.ceil(planned * grad_accum / batch)
