@@ -106,7 +106,7 @@ def init_tiny(s: settings.TinySettings) -> None:
     """Write a tiny random-weight Higgs Audio v2 model folder (LM, tokenizers, processor) for offline runs."""
     from higgs_train.tiny import build_tiny_model
 
-    show(f"tiny model written to {build_tiny_model(s.directory, s.seed)}; train with --model {s.directory}")
+    show(f"model written to {build_tiny_model(s.directory, s.seed, s.full_shape)}; train with --model {s.directory}")
 
 
 @command("convert", settings.ConvertSettings)

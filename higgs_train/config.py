@@ -354,6 +354,9 @@ class ScoreSettings:
 class TinySettings:
     directory: Path = setting("Folder to write the tiny random-weight model into.", argument=True)
     seed: int = setting("Seed for the random weights.", 0)
+    full_shape: bool = setting(
+        "The released 3B shape (11.6 GB in bf16) instead of the tiny one, for GPU checks.", False
+    )
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,6 @@ from higgs_train.errors import ConfigError, HiggsTrainError, ModelError
 
 DROPPED = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq", "audio_codebook_weights")
 UNUSED_PREFIXES = ("audio_tower.", "audio_encoder_proj.")  # the audio-understanding tower: not part of v2
-RELEASED_TOKENIZER = {  # the released audio tokenizer's DAC settings (its own config.json is incomplete)
-    "encoder_hidden_size": 64,
-    "downsampling_ratios": [8, 5, 4, 2, 3],
-    "decoder_hidden_size": 1024,
-    "upsampling_ratios": [8, 5, 4, 2, 3],
-    "hidden_size": 256,
-}
 INNER = ("snake1", "conv1", "snake2", "conv2")  # the layers of one DAC residual unit, in order
 
 
@@ -234,7 +227,7 @@ def _convert_tokenizer(src: Path, config_json: str | None):
     if config_json:
         config = HiggsAudioV2TokenizerConfig.from_json_file(config_json)
     else:
-        config = HiggsAudioV2TokenizerConfig(acoustic_model_config={**RELEASED_TOKENIZER, **dac_sizes(state)})
+        config = HiggsAudioV2TokenizerConfig(acoustic_model_config={**layouts.RELEASED_TOKENIZER, **dac_sizes(state)})
     with torch.device("meta"):
         model = HiggsAudioV2TokenizerModel(config)
     _load_strict(model, state, str(file))

@@ -21,6 +21,15 @@ ORIGINAL_KEY_PREFIXES = ("audio_codebook_embeddings.", "audio_decoder_proj.", "e
 AUDIO_TOKENIZER_SUBDIR = "audio_tokenizer"  # a model folder's own audio tokenizer (written by init-tiny, convert)
 
 
+RELEASED_TOKENIZER = {  # the released audio tokenizer's DAC settings (its own config.json is incomplete)
+    "encoder_hidden_size": 64,
+    "downsampling_ratios": [8, 5, 4, 2, 3],
+    "decoder_hidden_size": 1024,
+    "upsampling_ratios": [8, 5, 4, 2, 3],
+    "hidden_size": 256,
+}
+
+
 def chat_template() -> str:
     """The Higgs Audio v2 chat template that higgs-train ships (the transformers package does not carry one)."""
     return resources.files("higgs_train").joinpath("templates/chat_template.jinja").read_text()

@@ -16,7 +16,13 @@ import soundfile as sf
 import torch
 
 from higgs_train.errors import ConfigError
-from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, chat_template, save_processor
+from higgs_train.layouts import (
+    AUDIO_TOKENIZER_SUBDIR,
+    RELEASED_TOKENIZER,
+    chat_template,
+    released_lm_config,
+    save_processor,
+)
 
 # Text-side special tokens of Higgs Audio v2 (Llama-3 headers plus the audio markers).
 SPECIAL_TOKENS = [
@@ -69,30 +75,36 @@ def _text_tokenizer():
     )
 
 
-def _audio_tokenizer():
+def _audio_tokenizer(full_shape: bool = False):
     from transformers import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel
 
-    config = HiggsAudioV2TokenizerConfig(
-        # 8 quantizers at 25 frames/s: 2 kbps / (25 * log2(64) bits) = 13 -> the last bandwidth picks 8 (1.2 kbps)
-        target_bandwidths=[0.6, 1.2],
-        codebook_size=TINY_CODEBOOK_SIZE,
-        codebook_dim=8,
-        acoustic_model_config={
-            "encoder_hidden_size": 4,
-            "downsampling_ratios": [8, 5, 4, 6],  # product 960 at 24 kHz = 25 frames/s, as released
-            "upsampling_ratios": [8, 5, 4, 6],
-            "decoder_hidden_size": 16,
-            "hidden_size": 16,
-        },
-        semantic_model_config={
-            "hidden_size": 16,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "intermediate_size": 32,
-            "conv_dim": [8] * 7,
-            "num_conv_pos_embeddings": 16,
-            "num_conv_pos_embedding_groups": 2,
-        },
+    # the released codec's shape: 8 quantizers of 1024 codes at 25 frames/s = 2 kbps at the last bandwidth
+    released = HiggsAudioV2TokenizerConfig(acoustic_model_config=RELEASED_TOKENIZER, target_bandwidths=[0.5, 1.0, 2.0])
+    config = (
+        released
+        if full_shape
+        else HiggsAudioV2TokenizerConfig(
+            # 8 quantizers at 25 frames/s: 2 kbps / (25 * log2(64) bits) = 13 -> the last bandwidth picks 8 (1.2 kbps)
+            target_bandwidths=[0.6, 1.2],
+            codebook_size=TINY_CODEBOOK_SIZE,
+            codebook_dim=8,
+            acoustic_model_config={
+                "encoder_hidden_size": 4,
+                "downsampling_ratios": [8, 5, 4, 6],  # product 960 at 24 kHz = 25 frames/s, as released
+                "upsampling_ratios": [8, 5, 4, 6],
+                "decoder_hidden_size": 16,
+                "hidden_size": 16,
+            },
+            semantic_model_config={
+                "hidden_size": 16,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 32,
+                "conv_dim": [8] * 7,
+                "num_conv_pos_embeddings": 16,
+                "num_conv_pos_embedding_groups": 2,
+            },
+        )
     )
     model = HiggsAudioV2TokenizerModel(config).eval()
     # The class initialises every codebook to zeros, which maps all audio to code 0; spread them out so that
@@ -123,12 +135,14 @@ def tiny_lm_config(**token_ids):
     )
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_model(out_dir: str | Path, seed: int = 0, full_shape: bool = False) -> Path:
     """Write a random-weight Higgs Audio v2 model folder (LM, tokenizers, processor, chat template).
 
     Args:
         out_dir: the folder to write; created if missing.
         seed: seeds the random weights, so the same seed gives the same model.
+        full_shape: the released shape instead (LM 5.8B parameters in bfloat16, about 11.6 GB, and the released
+            codec's shape), for checks on a GPU where nothing can be downloaded.
 
     Returns:
         The folder, loadable with `--model` (the same `from_pretrained` code as a hub id).
@@ -148,18 +162,31 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     tokenizer = _text_tokenizer()
-    audio_tokenizer = _audio_tokenizer()
+    audio_tokenizer = _audio_tokenizer(full_shape)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
-    config = tiny_lm_config(
-        vocab_size=len(tokenizer),
-        audio_token_id=ids["<|AUDIO_OUT|>"],
-        audio_bos_token_id=ids["<|audio_out_bos|>"],
-        audio_delay_token_id=ids["<|reserved_special_token_6|>"],
-        pad_token_id=ids["<|end_of_text|>"],
-        bos_token_id=ids["<|begin_of_text|>"],
-        eos_token_id=ids["<|eot_id|>"],
-    )
-    HiggsAudioV2ForConditionalGeneration(config, use_text_head=True).save_pretrained(out)
+    token_ids = {
+        "audio_token_id": ids["<|AUDIO_OUT|>"],
+        "audio_bos_token_id": ids["<|audio_out_bos|>"],
+        "audio_delay_token_id": ids["<|reserved_special_token_6|>"],
+        "pad_token_id": ids["<|end_of_text|>"],
+        "bos_token_id": ids["<|begin_of_text|>"],
+        "eos_token_id": ids["<|eot_id|>"],
+    }
+    if full_shape:  # the released shape (its 128256-row vocabulary too), in bfloat16, built where it is fastest
+        config = released_lm_config(**token_ids)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            with torch.device(device):
+                lm = HiggsAudioV2ForConditionalGeneration(config, use_text_head=True)
+        finally:
+            torch.set_default_dtype(default)
+    else:
+        config = tiny_lm_config(vocab_size=len(tokenizer), **token_ids)
+        lm = HiggsAudioV2ForConditionalGeneration(config, use_text_head=True)
+    lm.save_pretrained(out)
+    del lm
     audio_tokenizer.save_pretrained(out / AUDIO_TOKENIZER_SUBDIR)
     processor = HiggsAudioV2Processor(
         DacFeatureExtractor(sampling_rate=audio_tokenizer.config.sample_rate, hop_length=960),

@@ -43,6 +43,8 @@ from higgs_train.train import optimizer_step  # noqa: E402
 def model_config(preset: str):
     if preset == "full":
         return released_lm_config()
+    if preset == "slice":  # the released widths (head and vocabulary included), 2 layers: runs on a CPU
+        return released_lm_config(num_hidden_layers=2)
     return tiny_lm_config(
         vocab_size=512, audio_token_id=300, audio_bos_token_id=301, audio_delay_token_id=302, pad_token_id=303
     )
@@ -211,7 +213,7 @@ def save_stall(model, optimizer, scheduler) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=["tiny", "full"], default="tiny")
+    p.add_argument("--preset", choices=["tiny", "slice", "full"], default="tiny")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--seq_len", type=int, default=512)
