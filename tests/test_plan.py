@@ -94,3 +94,16 @@ def test_batch_size_auto_on_the_cpu_is_recorded_and_kept_on_resume(synth_manifes
     assert json.loads((run / "config.json").read_text())["batch_size"] == 6
     again = runner.invoke(app, [*args, "--max_steps", "2"])
     assert again.exit_code == 0 and "--batch_size auto: the checkpoint's batch 6 x --grad_accum 1" in again.output
+
+
+def test_doctor_gives_the_plans_verdict_for_each_gpu(tiny_model, monkeypatch):
+    from higgs_train.doctor import _plan_checks
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: ((40 if i == 0 else 0.5) * GIB, 80 * GIB))
+    big, small = _plan_checks(str(tiny_model))
+    assert (
+        big.name == "plan gpu 0" and big.ok and "batch 1 x 4096 needs 1.1 GiB of 40.0 free; largest 743" in big.detail
+    )
+    assert small.name == "plan gpu 1" and not small.ok and "needs 1.1 GiB of 0.5 free; largest 0" in small.detail
