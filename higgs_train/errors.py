@@ -43,6 +43,12 @@ class ModelError(HiggsTrainError):
     """A model folder or hub id that cannot be loaded."""
 
 
+class PeerError(HiggsTrainError):
+    """Another process of a multi-process run stopped answering or died; the published checkpoints are intact."""
+
+    exit_code = 4
+
+
 class Interrupted(HiggsTrainError):
     """SIGTERM or SIGINT: the run saved at the current step and stopped; rerun the command to resume."""
 

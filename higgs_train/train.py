@@ -6,6 +6,7 @@ every `--save_steps` optimizer steps, at the last step and on a stop signal.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from higgs_train import faults
+from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.hook import CheckpointHook, enforce_save_policy
 from higgs_train.checkpoint.io import atomic_write_text
 from higgs_train.checkpoint.lock import RunLock
@@ -30,7 +32,7 @@ from higgs_train.data.collate import IGNORE, collate
 from higgs_train.data.pipeline import TrainingData, build_training_data, encoding_progress
 from higgs_train.data.prepare import stats_warnings
 from higgs_train.distributed import any_rank, global_sum, make_accelerator, on_main
-from higgs_train.errors import Interrupted
+from higgs_train.errors import Interrupted, PeerError
 from higgs_train.identity import weights_fingerprint
 from higgs_train.listening import make_scorer, sample_now, score_now
 from higgs_train.metrics import MetricsLog
@@ -111,9 +113,23 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     with contextlib.ExitStack() as held:
         on_main(accelerator, lambda: held.enter_context(RunLock(cfg.output_dir, "training", say=log)) and None)
         stop = held.enter_context(StopSignal(log))
-        run = setup(cfg, accelerator, stop, log, progress_bar)
-        with contextlib.closing(run.hook):
-            _loop(run, progress_bar)
+        run = None
+        try:
+            run = setup(cfg, accelerator, stop, log, progress_bar)
+            with contextlib.closing(run.hook):
+                _loop(run, progress_bar)
+        except Interrupted as e:
+            if accelerator.is_main_process:  # no collective here: another rank may be elsewhere
+                _mark_stopped(run.cfg if run else cfg, str(e))
+            raise
+        except RuntimeError as e:  # gloo reports a timed-out peer as a plain RuntimeError; NCCL as a DistError
+            if accelerator.num_processes == 1 or not _peer_failure(e):
+                raise
+            raise PeerError(
+                f"a collective did not finish within --dist_timeout_s {cfg.dist_timeout_s}: another process stopped "
+                f"answering or died ({str(e).strip().splitlines()[-1][:160]}); the published checkpoints are "
+                "intact, rerun the same command to resume (raise --dist_timeout_s for slow steps or saves)"
+            ) from None
         if run.metrics:
             run.metrics.close()
         accelerator.wait_for_everyone()
@@ -345,8 +361,25 @@ def _auto_batch(cfg: TrainConfig, model, data: TrainingData, accelerator, resume
     return replace(cfg, batch_size=batch, grad_accum=accum)
 
 
+def _peer_failure(e: BaseException) -> bool:
+    text = str(e).lower()
+    signs = ("timed out", "timeout", "connection closed by peer", "connection reset by peer", "broken pipe")
+    return isinstance(e, torch.distributed.DistError) or any(s in text for s in signs)
+
+
+def _mark_stopped(cfg: TrainConfig, reason: str) -> None:
+    """OUTPUT_DIR/STOPPED: a clean stop after a save, for job scripts (`accelerate launch` returns 1 whatever the
+    ranks' exit codes); removed when the run starts again."""
+    from higgs_train.checkpoint.io import read_pointer
+
+    note = {"reason": reason, "latest": read_pointer(Path(cfg.output_dir), layout.LATEST), "time": time.time()}
+    atomic_write_text(Path(cfg.output_dir) / layout.STOPPED, json.dumps(note) + "\n")
+
+
 def _record_config(cfg: TrainConfig, say) -> None:
-    """Write the resolved config to the run folder and print only what differs from the defaults."""
+    """Write the resolved config to the run folder and print only what differs from the defaults; a STOPPED marker
+    of an earlier stop goes (this start continues that run)."""
+    (Path(cfg.output_dir) / layout.STOPPED).unlink(missing_ok=True)
     atomic_write_text(Path(cfg.output_dir) / CONFIG_FILE, cfg.to_json() + "\n")
     changed = ", ".join(f"--{k} {v}" for k, v in cfg.changed().items() if k not in ("train_manifest", "output_dir"))
     say(f"config: {cfg.train_manifest} -> {cfg.output_dir}; {changed or 'defaults'} (all: {CONFIG_FILE})")

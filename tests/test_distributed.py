@@ -133,8 +133,9 @@ def test_writer_failure_stops_every_rank(synth_manifest, tiny_model, tmp_path):
     assert code != 0 and time.time() - start < 180
     # every rank learns the outcome through the broadcast and stops with the error, none waits at a barrier
     assert "error: save at step 2 failed (OSError: [Errno 28] No space left on device (injected)" in log, log
-    assert "exitcode  : 3" in log
-    assert "No space left on device (injected)" in log
+    # torchrun names the first rank to end: rank 0's exit 3, or (seen once under heavy load) the other rank
+    # aborting in gloo's teardown after rank 0 had left; either way every rank stopped and nothing was published
+    assert "exitcode  : 3" in log or "Signal 6 (SIGABRT)" in log, log
     # with --async_save the step-2 failure is learnt at the step-4 save, which completes before the run stops
     assert not (tmp_path / "run" / "checkpoint-2").exists()
 
@@ -198,3 +199,30 @@ def test_resume_with_another_world_size_warns_and_recomputes(synth_manifest, tin
     state = json.loads((tmp_path / "run/checkpoint-3/trainer_state.json").read_text())["progress"]
     assert state["world_size"] == 1 and state["samples_seen"] == 2 * 2 + 1
     assert state["micro_batches"] == 4 + 1  # 4 samples seen = 4 micro-batches of 1 at world size 1, then one more
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_of_the_job_saves(synth_manifest, tiny_model, tmp_path):
+    """What Slurm's scancel and systemd do: SIGTERM to the launcher and to each rank at once (each rank also gets
+    the launcher's forwarded copy). One stop request: the run saves and leaves the STOPPED marker."""
+    import psutil
+
+    out = tmp_path / "run"
+    proc = launch(train_args(synth_manifest, out, tiny_model, "--max_steps", "100000", "--save_steps", "100000"))
+    wait_for_steps(out, 2)
+    ranks = [p.pid for p in psutil.Process(proc.pid).children(recursive=True) if "higgs_train" in " ".join(p.cmdline())]
+    assert len(ranks) == 2
+    for pid in [*ranks, proc.pid, *ranks]:  # every rank twice: directly and again, as torchrun forwards it
+        os.kill(pid, signal.SIGTERM)
+    code, log = finish(proc)
+    saved = list(out.glob("checkpoint-*"))
+    assert len(saved) == 1 and verify_checkpoint(saved[0]).ok, log
+    assert (out / "STOPPED").is_file()  # (a pending duplicate may be merged by the kernel: no message to assert)
+
+
+@pytest.mark.slow
+def test_a_hung_peer_is_one_line_naming_the_timeout(synth_manifest, tiny_model, tmp_path):
+    args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--max_steps", "20", "--dist_timeout_s", "5")
+    code, log = finish(launch(args, env_extra={"HIGGS_TRAIN_FAILPOINT": "micro_batch@3:hang:1"}), timeout=180)
+    assert code != 0
+    assert "error: a collective did not finish within --dist_timeout_s 5: another process stopped answering" in log

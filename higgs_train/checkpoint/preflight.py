@@ -23,7 +23,9 @@ def check_output_dir(path: Path) -> None:
             os.fsync(f.fileno())
         probe.unlink()
     except OSError as e:
-        why = "no permission" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else e.strerror
+        why = {errno.EROFS: "a read-only file system", errno.EACCES: "no permission", errno.EPERM: "no permission"}.get(
+            e.errno, e.strerror
+        )
         raise OutputDirError(
             f"--output_dir {path}: cannot write there ({why}); choose a folder you can write to"
         ) from e

@@ -38,7 +38,9 @@ def clean_stale(root: str | Path, log: Callable[[str], None] = print) -> list[Pa
     removed = []
     if root.is_dir():
         for p in sorted(root.iterdir()):
-            if p.is_dir() and layout.is_tmp(p.name):
+            if p.is_file() and p.name.startswith(".") and layout.TMP_MARK in p.name:  # an atomic write cut short
+                p.unlink(missing_ok=True)
+            elif p.is_dir() and layout.is_tmp(p.name):
                 problem = remove_tree(p)
                 note = f"; not removed: {problem}" if problem else ""
                 log(f"removing {p.name}: left by an interrupted save{note}")

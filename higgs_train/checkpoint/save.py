@@ -105,7 +105,7 @@ def _publish(root: Path, snapshot: Snapshot, kind: str, write_files) -> Path:
         failpoint("before_write")
         write_files(tmp, snapshot, kind)  # writes the integrity manifest last
         fsync_dir(tmp)
-        result = verify_checkpoint(tmp, expected_adapter=snapshot.adapter)
+        result = verify_checkpoint(tmp, expected_adapter=snapshot.adapter, unpublished=True)
         if not result.ok:
             raise CheckpointError("post-save validation failed: " + "; ".join(result.problems))
         failpoint("before_rename")

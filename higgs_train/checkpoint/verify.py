@@ -32,15 +32,21 @@ class VerifyResult:
         return f"{self.path}: invalid: " + "; ".join(self.problems)
 
 
-def verify_checkpoint(path: str | Path, expected_adapter: dict[str, torch.Tensor] | None = None) -> VerifyResult:
+def verify_checkpoint(
+    path: str | Path, expected_adapter: dict[str, torch.Tensor] | None = None, unpublished: bool = False
+) -> VerifyResult:
     """Check the integrity manifest (every file present, sizes and sha256 equal, nothing extra), the adapter
     (more than 0 tensors, all finite, equal to `expected_adapter` when given), every state file (loads the way
-    resume loads it, without running code) and the trainer state (its step matches the folder name).
+    resume loads it, without running code) and the trainer state (its step matches the folder name). A temporary
+    folder of a save in progress is never valid, except to the save itself (`unpublished`), before its rename.
     """
     path = Path(path)
     result = VerifyResult(path, step=layout.parse_step(path.name))
     if not path.is_dir():
         result.problems.append("not a folder")
+        return result
+    if not unpublished and (layout.is_tmp(path.name) or path.name.startswith(".")):
+        result.problems.append("an unfinished save (a temporary folder), never a valid checkpoint")
         return result
     try:
         integrity = json.loads((path / layout.INTEGRITY).read_text())

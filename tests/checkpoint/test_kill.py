@@ -63,3 +63,29 @@ def test_stop_signal_saves_and_exits_130(synth_manifest, tiny_model, tmp_path, s
     saved = list(out.glob("checkpoint-*"))
     assert len(saved) == 1 and verify_checkpoint(saved[0]).ok
     assert f"stopped by signal at step {saved[0].name.split('-')[1]}; rerun the same command to resume" in log
+
+
+def test_a_stop_leaves_a_marker_for_job_scripts_and_duplicates_do_not_quit(synth_manifest, tiny_model, tmp_path):
+    """SIGTERM, then SIGTERM and SIGHUP again while the stop-save is being written (a scheduler signals every
+    process, the launcher forwards): one stop request, the save in flight is published; STOPPED says so, and the
+    next start removes it."""
+    import json
+    import time
+
+    out = tmp_path / "run"
+    args = train_args(synth_manifest, out, tiny_model, "--max_steps", "100000", "--save_steps", "100000")
+    proc = launch(args, {ENV: "before_write:sleep"})  # every save takes 2 s more: a slow disk
+    wait_for_steps(out, 2)
+    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGHUP):
+        proc.send_signal(sig)
+        time.sleep(0.5)  # a signal still pending when its twin arrives is merged into one by the kernel
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, log
+    assert "SIGTERM again: the same stop request; the save goes on (Ctrl-C again to quit now)" in log
+    (saved,) = out.glob("checkpoint-*")
+    assert verify_checkpoint(saved).ok
+    marker = json.loads((out / "STOPPED").read_text())
+    assert marker["latest"] == saved.name and marker["reason"].startswith("stopped by signal at step")
+    result = CliRunner().invoke(app, [*args[:-4], "--max_steps", str(int(saved.name.split("-")[1]) + 1)])
+    assert result.exit_code == 0, result.output
+    assert not (out / "STOPPED").exists()
