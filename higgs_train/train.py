@@ -31,7 +31,14 @@ from higgs_train.data.batches import BatchPlan
 from higgs_train.data.collate import IGNORE, collate
 from higgs_train.data.pipeline import TrainingData, build_training_data, encoding_progress
 from higgs_train.data.prepare import stats_warnings
-from higgs_train.distributed import any_rank, global_sum, make_accelerator, on_main
+from higgs_train.distributed import (
+    any_rank,
+    check_same_settings,
+    global_sum,
+    main_first,
+    make_accelerator,
+    on_main,
+)
 from higgs_train.errors import Interrupted, PeerError
 from higgs_train.identity import weights_fingerprint
 from higgs_train.listening import make_scorer, sample_now, score_now
@@ -162,6 +169,7 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     plan, checkpoint hook and metrics; restores the checkpoint when resuming."""
     main = accelerator.is_main_process
     say = log if main else (lambda _msg: None)
+    check_same_settings(accelerator, _identity(cfg))
     on_main(accelerator, _record_config, cfg, say)
     say(f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value} on {accelerator.device.type})")
     roots = [Path(cfg.output_dir)] + ([Path(cfg.fallback_dir)] if cfg.fallback_dir else [])
@@ -171,15 +179,20 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     lm_config = load_lm_config(cfg.model)  # a folder that is not Higgs Audio v2 stops here, before anything loads
     processor = load_processor(cfg.model, cfg.audio_tokenizer)  # small: the data is validated before the LM loads
     processor.audio_tokenizer.to(accelerator.device)
-    with accelerator.main_process_first(), encoding_progress(main and show) as encoding:  # rank 0 encodes first
-        num_codebooks = processor.audio_tokenizer.config.num_quantizers
-        positions = lm_config.max_position_embeddings
-        data = build_training_data(cfg, processor, num_codebooks, say, encoding, lambda: stop.requested, positions)
+    num_codebooks = processor.audio_tokenizer.config.num_quantizers
+    positions = lm_config.max_position_embeddings
+
+    def build(progress) -> TrainingData:
+        return build_training_data(cfg, processor, num_codebooks, say, progress, lambda: stop.requested, positions)
+
+    with encoding_progress(main and show) as encoding:
+        data = main_first(accelerator, lambda: build(encoding), lambda: build(None), Path(cfg.output_dir))
     processor.audio_tokenizer.to("cpu")
     scorer = make_scorer(cfg, accelerator, processor, data)  # before the LM: a missing ASR model fails fast
     lm = load_lm(cfg.model, cfg.mixed_precision, cfg.attn_implementation, use_text_head=cfg.text_loss_weight > 0)
     check_pair(lm, processor, cfg.model)
     fingerprint = weights_fingerprint(lm)  # what the adapter is trained on, whatever path or hub id named it
+    check_same_settings(accelerator, {"base model weights": fingerprint}, "base models")
 
     torch.manual_seed(cfg.seed)
     model = apply_lora(lm, cfg)
@@ -359,6 +372,18 @@ def _auto_batch(cfg: TrainConfig, model, data: TrainingData, accelerator, resume
         f"(plan for {capacity / GIB:.1f} GiB on {accelerator.device.type})"
     )
     return replace(cfg, batch_size=batch, grad_accum=accum)
+
+
+def _identity(cfg: TrainConfig) -> dict:
+    """The settings every process must share, with the manifests' content (not only their paths)."""
+    from higgs_train.identity import file_digest
+
+    values = {f"--{k}": v for k, v in cfg.to_dict().items()}
+    for flag in ("train_manifest", "eval_manifest"):
+        path = Path(getattr(cfg, flag) or "")
+        if path.is_file():
+            values[f"{flag} content"] = file_digest(path)
+    return values
 
 
 def _peer_failure(e: BaseException) -> bool:

@@ -226,3 +226,35 @@ def test_a_hung_peer_is_one_line_naming_the_timeout(synth_manifest, tiny_model, 
     code, log = finish(launch(args, env_extra={"HIGGS_TRAIN_FAILPOINT": "micro_batch@3:hang:1"}), timeout=180)
     assert code != 0
     assert "error: a collective did not finish within --dist_timeout_s 5: another process stopped answering" in log
+
+
+@pytest.mark.slow
+def test_an_encode_longer_than_the_collective_timeout_does_not_fail_the_run(synth_manifest, tiny_model, tmp_path):
+    """Rank 0 encodes alone (12 s here: 6 shards of 1 clip, each slowed by 2 s) while the other waits, without a
+    collective: --dist_timeout_s 5 bounds the collectives of training, not data preparation."""
+    args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--max_steps", "2", "--dist_timeout_s", "5")
+    args += ["--cache_shard_clips", "1"]
+    code, log = finish(launch(args, env_extra={ENV: "after_shard:sleep"}), timeout=240)
+    assert code == 0, log
+    assert log.count("done: step 2") == 1
+
+
+@pytest.mark.slow
+def test_ranks_started_with_different_settings_stop_naming_the_field(synth_manifest, tiny_model, tmp_path):
+    """A node started with another --seed (a hand-written multi-node launch): every rank stops before training."""
+    wrapper = tmp_path / "rank1_other_seed.py"
+    wrapper.write_text(
+        "import os, sys\n"
+        "from higgs_train.cli import main\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    sys.argv += ['--seed', '7']\n"
+        "main()\n"
+    )
+    args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--max_steps", "2")
+    code, log = finish(launch(args, script=(str(wrapper),)), timeout=180)
+    assert code != 0
+    assert (
+        "error: the processes were started with different settings: --seed differ between rank 0 and rank(s) [1] "
+        "(e.g. --seed: 42 on rank 0, 7 on rank 1); start every process with the same command and files"
+    ) in log
+    assert not (tmp_path / "run" / "checkpoint-2").exists()
