@@ -162,3 +162,13 @@ def test_a_model_with_a_missing_renamed_or_reshaped_tensor_never_trains_from_ran
     }[damage]
     one_line_error(result, 2, f"--model {model}: ", expected, "Likely cause:")
     assert not (tmp_path / "r" / "checkpoint-1").exists()
+
+
+def test_a_read_only_file_system_is_named_as_such(synth_manifest, tiny_model, small_disk):
+    import subprocess
+
+    disk = small_disk(256)
+    if subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("cannot remount the tmpfs read-only here")
+    result = runner.invoke(app, train_args(synth_manifest, disk / "run", tiny_model, "--max_steps", "1"))
+    one_line_error(result, 2, f"--output_dir {disk / 'run'}: cannot write there (a read-only file system)")

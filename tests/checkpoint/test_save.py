@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -25,10 +26,10 @@ def test_publish_protocol_tmp_then_rename(tmp_path, snapshot_factory, monkeypatc
     seen = {}
     real_verify = save_module.verify_checkpoint
 
-    def spy(path, expected_adapter=None):
-        seen["tmp_exists"] = path.exists() and layout.TMP_MARK in path.name
+    def spy(path, expected_adapter=None, unpublished=False):
+        seen["tmp_exists"] = path.exists() and layout.TMP_MARK in path.name and unpublished
         seen["final_exists"] = (tmp_path / "checkpoint-5").exists()
-        return real_verify(path, expected_adapter)
+        return real_verify(path, expected_adapter, unpublished)
 
     monkeypatch.setattr(save_module, "verify_checkpoint", spy)
     result = save_checkpoint(tmp_path, snapshot_factory(5))
@@ -207,3 +208,16 @@ def test_tensor_values_roundtrip(tmp_path, snapshot_factory):
 
     loaded = load_file(path / "adapter_model.safetensors")
     assert all(torch.equal(loaded[k], v) for k, v in snap.adapter.items())
+
+
+def test_verify_never_calls_a_tmp_folder_valid_and_start_up_cleans_atomic_leftovers(tmp_path, snapshot_factory):
+    good = save_checkpoint(tmp_path, snapshot_factory(3)).path
+    tmp = tmp_path / f"checkpoint-3{layout.TMP_MARK}abcd"
+    shutil.copytree(good, tmp)  # complete and intact, but never published
+    assert verify_checkpoint(good).ok
+    assert (
+        verify_checkpoint(tmp).summary().endswith("an unfinished save (a temporary folder), never a valid checkpoint")
+    )
+    (tmp_path / f".latest{layout.TMP_MARK}4242").write_text("checkpoint-9\n")  # an atomic write cut short
+    clean_stale(tmp_path, quiet)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3", "latest"]
