@@ -202,3 +202,23 @@ def check_same_settings(accelerator, settings: dict[str, Any], what: str = "sett
             f"rank(s) {ranks} (e.g. {name}: {first.get(name)!r} on rank 0, {example.get(name)!r} on rank "
             f"{everyone.index(example)}); start every process with the same command and files"
         )
+
+
+def peer_failure(e: BaseException) -> bool:
+    """Whether an error means another process stopped answering or died (gloo reports a timed-out peer as a plain
+    RuntimeError, NCCL as a DistError)."""
+    text = str(e).lower()
+    signs = ("timed out", "timeout", "connection closed by peer", "connection reset by peer", "broken pipe")
+    return isinstance(e, torch.distributed.DistError) or any(s in text for s in signs)
+
+
+def settings_identity(cfg) -> dict[str, Any]:
+    """The settings every process must share, with the manifests' content (not only their paths)."""
+    from higgs_train.identity import file_digest
+
+    values = {f"--{k}": v for k, v in cfg.to_dict().items()}
+    for flag in ("train_manifest", "eval_manifest"):
+        path = Path(getattr(cfg, flag) or "")
+        if path.is_file():
+            values[f"{flag} content"] = file_digest(path)
+    return values

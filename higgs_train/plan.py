@@ -173,3 +173,44 @@ def auto_batch(plan: MemoryPlan, capacity: float, gc: bool, rows: int, grad_accu
         )
     batch = probe_batch(trial, planned, say) if trial else planned
     return batch, math.ceil(planned * grad_accum / batch)
+
+
+def resolve_auto_batch(cfg, model, data, accelerator, resume_path, loss_sum, say):
+    """--batch_size auto: a resume takes the checkpoint's sizes; otherwise the memory plan at the longest row for
+    this device's free memory (host memory on the CPU), tried for real on a GPU with `loss_sum` (the training
+    loss); every process takes the smallest. Returns the TrainConfig with the sizes resolved."""
+    from dataclasses import replace
+
+    import psutil
+    import torch
+    from accelerate.utils import gather_object
+
+    from higgs_train.checkpoint.resume import read_trainer_state
+    from higgs_train.config import AUTO
+    from higgs_train.data.collate import collate
+
+    saved = read_trainer_state(resume_path)["config"] if resume_path is not None else {}
+    if saved.get("batch_size", AUTO) != AUTO:
+        say(f"--batch_size auto: the checkpoint's batch {saved['batch_size']} x --grad_accum {saved['grad_accum']}")
+        return replace(cfg, batch_size=saved["batch_size"], grad_accum=saved["grad_accum"])
+    longest = max(data.train, key=lambda e: len(e.input_ids))
+    config = accelerator.unwrap_model(model).config
+    mem = memory_plan(config, cfg, seq_len=len(longest.input_ids))
+    rows, trial = len(data.train) // accelerator.num_processes, None
+    if accelerator.device.type == "cuda":
+        capacity = torch.cuda.mem_get_info()[0] + torch.cuda.memory_allocated()
+
+        def trial(batch: int) -> None:  # one forward and backward at the longest row, no gradient sync
+            tensors = {k: v.to(accelerator.device) for k, v in collate([longest] * batch, data.layout).items()}
+            with accelerator.no_sync(model):
+                loss_sum(model, tensors, config.codebook_size).backward()
+            model.zero_grad(set_to_none=True)
+    else:
+        capacity = psutil.virtual_memory().available + psutil.Process().memory_info().rss
+    batch, accum = auto_batch(mem, capacity, cfg.gradient_checkpointing, rows, cfg.grad_accum, trial, say)
+    batch, accum = min(gather_object([batch])), max(gather_object([accum]))
+    say(
+        f"--batch_size auto: {batch} rows of up to {mem.seq_len} tokens per process x --grad_accum {accum} "
+        f"(plan for {capacity / GIB:.1f} GiB on {accelerator.device.type})"
+    )
+    return replace(cfg, batch_size=batch, grad_accum=accum)

@@ -10,10 +10,9 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +37,8 @@ from higgs_train.distributed import (
     main_first,
     make_accelerator,
     on_main,
+    peer_failure,
+    settings_identity,
 )
 from higgs_train.errors import Interrupted, PeerError
 from higgs_train.identity import weights_fingerprint
@@ -53,6 +54,7 @@ from higgs_train.model import (
     quiet_libraries,
     trainable_summary,
 )
+from higgs_train.plan import resolve_auto_batch
 from higgs_train.progress import progress_bar
 from higgs_train.schedule import WarmupCosine
 from higgs_train.signals import StopSignal
@@ -130,7 +132,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
                 _mark_stopped(run.cfg if run else cfg, str(e))
             raise
         except RuntimeError as e:  # gloo reports a timed-out peer as a plain RuntimeError; NCCL as a DistError
-            if accelerator.num_processes == 1 or not _peer_failure(e):
+            if accelerator.num_processes == 1 or not peer_failure(e):
                 raise
             raise PeerError(
                 f"a collective did not finish within --dist_timeout_s {cfg.dist_timeout_s}: another process stopped "
@@ -169,7 +171,7 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     plan, checkpoint hook and metrics; restores the checkpoint when resuming."""
     main = accelerator.is_main_process
     say = log if main else (lambda _msg: None)
-    check_same_settings(accelerator, _identity(cfg))
+    check_same_settings(accelerator, settings_identity(cfg))
     on_main(accelerator, _record_config, cfg, say)
     say(f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value} on {accelerator.device.type})")
     roots = [Path(cfg.output_dir)] + ([Path(cfg.fallback_dir)] if cfg.fallback_dir else [])
@@ -208,7 +210,7 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
         model.compile(dynamic=True)  # sequence lengths vary batch to batch
     model, optimizer = accelerator.prepare(model, optimizer)
     if cfg.batch_size == AUTO:
-        cfg = _auto_batch(cfg, model, data, accelerator, resume_path, say)
+        cfg = resolve_auto_batch(cfg, model, data, accelerator, resume_path, audio_loss_sum, say)
         on_main(accelerator, _record_config, cfg, say)  # the resolved sizes are what the checkpoints record
     plan = _plan(cfg, data, accelerator, cfg.seed)
     max_steps = cfg.max_steps or plan.steps_for_epochs(cfg.num_epochs, cfg.grad_accum)
@@ -337,59 +339,6 @@ def _plan(cfg: TrainConfig, data: TrainingData, accelerator, seed: int) -> Batch
     lengths = [len(e.input_ids) for e in data.train] if cfg.group_by_length else None
     rank, world = accelerator.process_index, accelerator.num_processes
     return BatchPlan(len(data.train), cfg.batch_size, seed, rank, world, lengths)
-
-
-def _auto_batch(cfg: TrainConfig, model, data: TrainingData, accelerator, resume_path, say) -> TrainConfig:
-    """--batch_size auto: a resume takes the checkpoint's sizes; otherwise the memory plan at the longest row for
-    this device's free memory (host memory on the CPU), tried for real on a GPU; every process takes the smallest."""
-    from accelerate.utils import gather_object
-
-    from higgs_train.checkpoint.resume import read_trainer_state
-    from higgs_train.plan import GIB, auto_batch, memory_plan
-
-    saved = read_trainer_state(resume_path)["config"] if resume_path is not None else {}
-    if saved.get("batch_size", AUTO) != AUTO:
-        say(f"--batch_size auto: the checkpoint's batch {saved['batch_size']} x --grad_accum {saved['grad_accum']}")
-        return replace(cfg, batch_size=saved["batch_size"], grad_accum=saved["grad_accum"])
-    longest = max(data.train, key=lambda e: len(e.input_ids))
-    config = accelerator.unwrap_model(model).config
-    mem = memory_plan(config, cfg, seq_len=len(longest.input_ids))
-    rows, trial = len(data.train) // accelerator.num_processes, None
-    if accelerator.device.type == "cuda":
-        capacity = torch.cuda.mem_get_info()[0] + torch.cuda.memory_allocated()
-
-        def trial(batch: int) -> None:  # one forward and backward at the longest row, no gradient sync
-            tensors = {k: v.to(accelerator.device) for k, v in collate([longest] * batch, data.layout).items()}
-            with accelerator.no_sync(model):
-                audio_loss_sum(model, tensors, config.codebook_size).backward()
-            model.zero_grad(set_to_none=True)
-    else:
-        capacity = psutil.virtual_memory().available + psutil.Process().memory_info().rss
-    batch, accum = auto_batch(mem, capacity, cfg.gradient_checkpointing, rows, cfg.grad_accum, trial, say)
-    batch, accum = min(gather_object([batch])), max(gather_object([accum]))
-    say(
-        f"--batch_size auto: {batch} rows of up to {mem.seq_len} tokens per process x --grad_accum {accum} "
-        f"(plan for {capacity / GIB:.1f} GiB on {accelerator.device.type})"
-    )
-    return replace(cfg, batch_size=batch, grad_accum=accum)
-
-
-def _identity(cfg: TrainConfig) -> dict:
-    """The settings every process must share, with the manifests' content (not only their paths)."""
-    from higgs_train.identity import file_digest
-
-    values = {f"--{k}": v for k, v in cfg.to_dict().items()}
-    for flag in ("train_manifest", "eval_manifest"):
-        path = Path(getattr(cfg, flag) or "")
-        if path.is_file():
-            values[f"{flag} content"] = file_digest(path)
-    return values
-
-
-def _peer_failure(e: BaseException) -> bool:
-    text = str(e).lower()
-    signs = ("timed out", "timeout", "connection closed by peer", "connection reset by peer", "broken pipe")
-    return isinstance(e, torch.distributed.DistError) or any(s in text for s in signs)
 
 
 def _mark_stopped(cfg: TrainConfig, reason: str) -> None:
