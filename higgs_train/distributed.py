@@ -214,11 +214,11 @@ def peer_failure(e: BaseException) -> bool:
 
 def settings_identity(cfg) -> dict[str, Any]:
     """The settings every process must share, with the manifests' content (not only their paths)."""
-    from higgs_train.identity import file_digest
+    from higgs_train.checkpoint.io import sha256_file
 
     values = {f"--{k}": v for k, v in cfg.to_dict().items()}
     for flag in ("train_manifest", "eval_manifest"):
         path = Path(getattr(cfg, flag) or "")
         if path.is_file():
-            values[f"{flag} content"] = file_digest(path)
+            values[f"{flag} content"] = sha256_file(path)
     return values

@@ -1,21 +1,50 @@
-"""Identity by content, never by path: what a clip, a model or a cache shard holds decides whether it is the same.
+"""Identity by content, never by path: what a clip or a model holds decides whether it is the same.
 
-A clip rewritten in place (same size, mtime restored) gets a new digest; the same model reached as `./tiny` or by
-its absolute path keeps its fingerprint.
+A clip is known by the sha256 of its bytes, read again only when its stat changes (`FileDigests`); a model by a
+sample of its weights, so the same model reached as `./tiny` or by its absolute path keeps its fingerprint.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
 
 import torch
 
+from higgs_train.checkpoint.io import atomic_write_text, sha256_file
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (audio files are small next to their decoding cost)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+
+class FileDigests:
+    """sha256 of files, remembered in a JSON file by (size, mtime, ctime, inode): a file is read again only when one
+    of them changes. A rewrite in place always changes ctime, which no tool can set back, so a memo never hides
+    new content; a copy elsewhere is read once and, having the same bytes, keeps its key."""
+
+    def __init__(self, memo: Path):
+        self.memo = Path(memo)
+        try:
+            self._known: dict[str, str] = json.loads(self.memo.read_text())
+        except (OSError, ValueError):
+            self._known = {}
+        self._changed = False
+
+    def __call__(self, path: str | Path) -> str:
+        st = os.stat(path)
+        stamp = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+        if stamp not in self._known:
+            self._known[stamp] = sha256_file(path)
+            self._changed = True
+        return self._known[stamp]
+
+    def save(self) -> None:
+        """Best effort: without the memo the next start reads the files again, nothing worse."""
+        if self._changed:
+            try:
+                self.memo.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(self.memo, json.dumps(self._known))
+            except OSError:
+                pass
 
 
 def weights_fingerprint(module: torch.nn.Module, samples: int = 4096) -> str:

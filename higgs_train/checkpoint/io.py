@@ -80,12 +80,9 @@ def read_pointer(folder: Path, name: str) -> str | None:
     return file.read_text().strip() or None if file.is_file() else None
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def remove_tree(path: Path) -> str | None:

@@ -13,9 +13,9 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from higgs_train.checkpoint.io import sha256_file
 from higgs_train.data.formats import EMBEDDED
 from higgs_train.errors import AudioError
-from higgs_train.identity import file_digest
 
 
 @functools.lru_cache(maxsize=4)
@@ -30,9 +30,10 @@ def _embedded_bytes(source: str) -> bytes:
     return _saved_dataset(folder, column)[int(row)][column]["bytes"]
 
 
-def source_identity(source: str) -> str:
+def source_identity(source: str, digest=sha256_file) -> str:
     """What a clip holds: the sha256 of a file's bytes (not its path, size or mtime, which a rewrite in place can
-    keep); the dataset's fingerprint, row and column when embedded.
+    keep; `digest` may remember it, see identity.FileDigests); the dataset's fingerprint, row and column when
+    embedded.
 
     Raises:
         OSError: the file cannot be read.
@@ -40,7 +41,7 @@ def source_identity(source: str) -> str:
     if source.startswith(EMBEDDED):
         folder, row, column = source[len(EMBEDDED) :].split("::")
         return f"{_saved_dataset(folder, column)._fingerprint}|{row}|{column}"
-    return file_digest(source)
+    return digest(source)
 
 
 def source_exists(source: str) -> bool:

@@ -24,12 +24,14 @@ import numpy as np
 import torch
 
 from higgs_train import faults
+from higgs_train.checkpoint.io import sha256_file
 from higgs_train.data.audio import load_audio, source_identity
 from higgs_train.errors import AudioError, Interrupted, OutputDirError
-from higgs_train.identity import file_digest, weights_fingerprint
+from higgs_train.identity import FileDigests, weights_fingerprint
 
 CACHE_SUBDIR = "cache/codes"
 CHECKSUMS = "checksums.json"
+DIGESTS = "digests.json"  # clip file digests remembered by stat (identity.FileDigests)
 SHARD_CLIPS = 256  # clips per cache shard by default (--cache_shard_clips): what a kill during encoding can lose
 
 
@@ -50,8 +52,8 @@ def tokenizer_fingerprint(audio_tokenizer) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def clip_key(source: str, fingerprint: str) -> str:
-    return hashlib.sha256(f"{source_identity(source)}|{fingerprint}".encode()).hexdigest()
+def clip_key(source: str, fingerprint: str, digest=sha256_file) -> str:
+    return hashlib.sha256(f"{source_identity(source, digest)}|{fingerprint}".encode()).hexdigest()
 
 
 class CodeCache:
@@ -114,7 +116,7 @@ class CodeCache:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             table.save_to_disk(str(tmp))
-            sums = {p.name: file_digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1))
             tmp.rename(self.root / name)
         except OSError as e:
@@ -146,7 +148,7 @@ def _shard_problem(shard: Path) -> str | None:
     if present != set(sums):
         return "has missing or extra files"
     for name, digest in sums.items():
-        if file_digest(shard / name) != digest:
+        if sha256_file(shard / name) != digest:
             return f"fails its checksum ({name} truncated or changed)"
     return None
 
@@ -199,15 +201,13 @@ def encode_clips(
     fingerprint = tokenizer_fingerprint(audio_tokenizer)
     errors: dict[str, AudioError] = {}
     keys: dict[str, str] = {}
+    digests = FileDigests(Path(output_dir) / CACHE_SUBDIR / DIGESTS)
     for source in dict.fromkeys(clips):
         try:
-            keys[source] = clip_key(source, fingerprint)
-        except OSError:
-            try:
-                load_audio(source, 0)
-                raise AudioError(f"cannot read audio file {source}; check its permissions", "unreadable audio")
-            except AudioError as e:
-                errors[source] = e
+            keys[source] = clip_key(source, fingerprint, digests)
+        except OSError as e:  # missing clips were dropped from the header check; this one cannot be read
+            errors[source] = AudioError(f"cannot read audio file {source} ({e.strerror}); check it", "unreadable audio")
+    digests.save()
     cache = CodeCache(output_dir, say)
     cache.clean()
     found = cache.load(set(keys.values()))
