@@ -49,8 +49,11 @@ def prepare(
     tokenizer = processor.tokenizer
     layout = TokenLayout.from_processor(processor, processor.audio_tokenizer.config.num_quantizers)
 
+    built = {}  # the length check builds every row's tokens: kept, so training does not build them again
+
     def measure(sample: Sample, clips) -> int:
-        return len(build_example(sample, {p: clips[p].codes for p in sample.audio_paths}, layout).input_ids)
+        built[sample.source] = build_example(sample, {p: clips[p].codes for p in sample.audio_paths}, layout)
+        return len(built[sample.source].input_ids)
 
     data = prepare_data(
         manifest,
@@ -78,6 +81,7 @@ def prepare(
         raise ManifestError(f"{manifest}: no usable rows left; see {REPORT_FILE} in --output_dir", "no data")
     for line in stats_lines(report.stats):
         say(line)
+    data.examples = built
     return data
 
 
@@ -108,19 +112,24 @@ def build_training_data(
 ) -> TrainingData:
     layout = TokenLayout.from_processor(processor, num_codebooks)
     train = prepare(cfg, cfg.train_manifest, processor, say, progress, should_stop, max_positions)
-    samples, eval_samples, clips = train.samples, [], dict(train.clips)
+    samples, eval_samples, clips, built = train.samples, [], dict(train.clips), dict(train.examples)
     if cfg.eval_manifest:
         held = prepare(cfg, cfg.eval_manifest, processor, say, progress, should_stop, max_positions)
         eval_samples = held.samples
         clips.update(held.clips)
+        built.update(held.examples)
     elif cfg.eval_fraction:
         if len(samples) < 2:
             raise ManifestError(f"--eval_fraction {cfg.eval_fraction} needs at least 2 usable rows", "no data")
         samples, eval_samples = split_eval(samples, cfg.seed, cfg.eval_fraction)
     codes = {source: clip.codes for source, clip in clips.items()}
+
+    def example(sample: Sample):
+        return built.get(sample.source) or build_example(sample, codes, layout)
+
     return TrainingData(
-        train=[build_example(s, codes, layout) for s in samples],
-        eval=[build_example(s, codes, layout) for s in eval_samples],
+        train=[example(s) for s in samples],
+        eval=[example(s) for s in eval_samples],
         layout=layout,
         eval_samples=eval_samples,
         chars_per_second=train.report.chars_per_second,

@@ -63,6 +63,7 @@ class PreparedData:
     samples: list[Sample]
     clips: dict[str, Clip]
     report: DataReport
+    examples: dict = field(default_factory=dict)  # Sample.source -> its Example, when the length check built it
 
 
 @dataclass(frozen=True)

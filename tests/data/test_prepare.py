@@ -201,3 +201,17 @@ def test_bad_eval_settings():
 
     with pytest.raises(ConfigError, match="--eval_manifest and --eval_fraction both given"):
         build_config({"train_manifest": "m", "output_dir": "o", "eval_manifest": "e", "eval_fraction": 0.1})
+
+
+def test_each_rows_tokens_are_built_once(synth_manifest, tiny_model, tmp_path, monkeypatch):
+    """The length check builds every row's example; training reuses it instead of building it again."""
+    import higgs_train.data.pipeline as pipeline
+    from higgs_train.config import build_config
+    from higgs_train.model import load_processor
+
+    calls = []
+    real = pipeline.build_example
+    monkeypatch.setattr(pipeline, "build_example", lambda *a: calls.append(1) or real(*a))
+    cfg = build_config({"train_manifest": str(synth_manifest), "output_dir": str(tmp_path), "model": str(tiny_model)})
+    data = pipeline.build_training_data(cfg, load_processor(str(tiny_model)), 8, lambda m: None, max_positions=4096)
+    assert len(data.train) == 6 and len(calls) == 6
