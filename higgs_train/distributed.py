@@ -71,21 +71,30 @@ def make_accelerator(cfg: TrainConfig):
             f"the launcher was asked for {asked} processes but {accelerator.num_processes} joined the run; on a "
             f"machine without GPU use `accelerate launch --multi_gpu --num_processes {asked}` (gloo on the CPU)"
         )
+    if accelerator.num_processes > 1 and not cpu:
+        # Stop requests and label counts are host numbers: agreeing on them over NCCL would need device tensors
+        # and a sync of the CUDA stream at every micro-batch; a gloo group beside it needs neither.
+        accelerator.control_group = torch.distributed.new_group(backend="gloo", timeout=timeout.timeout)
     return accelerator
+
+
+def _all_reduce(accelerator, value: torch.Tensor, op) -> torch.Tensor:
+    """Reduce a CPU tensor over the control group (the default group, gloo, on the CPU): no device round trip."""
+    torch.distributed.all_reduce(value, op=op, group=getattr(accelerator, "control_group", None))
+    return value
 
 
 def any_rank(accelerator, flag: bool) -> bool:
     """True on every rank when it is true on any (e.g. a signal that reached one rank)."""
     if accelerator.num_processes == 1:
         return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(value, "max").item())
+    return bool(_all_reduce(accelerator, torch.tensor([int(flag)]), torch.distributed.ReduceOp.MAX).item())
 
 
 def global_sum(accelerator, value: float) -> float:
     if accelerator.num_processes == 1:
         return value
-    return float(accelerator.reduce(torch.tensor([value], dtype=torch.float64, device=accelerator.device), "sum"))
+    return float(_all_reduce(accelerator, torch.tensor([value], dtype=torch.float64), torch.distributed.ReduceOp.SUM))
 
 
 def from_main(accelerator, obj: Any) -> Any:
