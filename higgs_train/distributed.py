@@ -157,12 +157,13 @@ def main_first(accelerator, on_main_fn, then_fn, folder: Path, poll_s: float = 0
     import secrets
     import time
 
+    from higgs_train.checkpoint import layout
     from higgs_train.checkpoint.io import atomic_write_text
     from higgs_train.errors import HiggsTrainError
 
     if accelerator.num_processes == 1:
         return on_main_fn()
-    marker = folder / f".main-first-{from_main(accelerator, secrets.token_hex(4))}"
+    marker = layout.tmp_sibling(folder / "main-first", from_main(accelerator, secrets.token_hex(4)))
     if accelerator.is_main_process:
         try:
             value = on_main_fn()

@@ -175,7 +175,7 @@ def check_adapter_folder(adapter: str) -> None:
     folder = Path(adapter)
     looks_local = folder.exists() or adapter.startswith((".", "/", "~")) or adapter.count("/") != 1
     if not looks_local:
-        return  # a hub id: PeftModel downloads it
+        return  # a hub id: attach_adapter fetches it
     if not folder.is_dir():
         raise CheckpointError(f"--adapter {adapter}: no such folder; pass a checkpoint folder of a run")
     missing = [n for n in (layout.ADAPTER_CONFIG, layout.ADAPTER_WEIGHTS) if not (folder / n).is_file()]

@@ -77,7 +77,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def read_pointer(folder: Path, name: str) -> str | None:
     """The checkpoint name a pointer file (layout.LATEST, layout.BEST) holds, or None."""
     file = Path(folder) / name
-    return file.read_text().strip() or None if file.is_file() else None
+    return (file.read_text().strip() or None) if file.is_file() else None
 
 
 def sha256_file(path: str | Path) -> str:

@@ -32,12 +32,10 @@ def checkpoint_rows(run_dir: str | Path, scores: dict | None = None) -> list[Che
 
     `scores` maps a step to its score (from scores.jsonl, read by the caller), shown beside the checkpoint.
     """
-    scores = scores or {}
-    if not Path(run_dir).is_dir():
+    scores, run_dir = scores or {}, Path(run_dir)
+    if not run_dir.is_dir():
         raise OutputDirError(f"{run_dir}: no such run folder; pass a run's --output_dir")
-    run_dir = Path(run_dir)
-    paths = list_checkpoints(run_dir)
-    paths += sorted(p for p in run_dir.iterdir() if p.is_dir() and layout.is_tmp(p.name)) if run_dir.is_dir() else []
+    paths = list_checkpoints(run_dir) + sorted(p for p in run_dir.iterdir() if p.is_dir() and layout.is_tmp(p.name))
     rows = []
     for path in paths:
         result = verify_checkpoint(path)

@@ -267,8 +267,7 @@ def _audio_problem(sample: Sample, errors) -> Problem | None:
     for source in sample.audio_paths:
         if source in errors:
             e = errors[source]
-            message = str(e) if str(e).startswith(sample.source) else f"{sample.source}: {e}"
-            return Problem(sample.source, e.reason, message)
+            return Problem(sample.source, e.reason, f"{sample.source}: {e}")
     return None
 
 
