@@ -192,23 +192,33 @@ def native_step(model, optimizer, accelerator, batch, layout) -> None:
 
 
 def save_stall(model, optimizer, scheduler) -> float:
+    """Seconds the loop stands still for a synchronous save: the adapter's copy to the CPU, then the guarded save."""
     from peft import get_peft_model_state_dict
 
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        adapter = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+    start = time.perf_counter()
+    adapter = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+    copy_s = time.perf_counter() - start
+    return copy_s + timed_save(adapter, optimizer.state_dict(), scheduler.state_dict())[0]
+
+
+def timed_save(adapter, optimizer_state, scheduler_state, folder=None, fallback: bool = False) -> tuple[float, int]:
+    """(seconds, bytes) of one guarded save of this state (write, fsync, verify from disk, rename) into a temporary
+    folder under `folder`; `fallback`: the adapter-only fallback writer instead of the full save."""
+    from higgs_train.checkpoint import layout
+    from higgs_train.checkpoint.save import _fallback_files, _publish
+
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
         snap = Snapshot(
-            TrainingProgress(step=1),
-            adapter,
-            {"r": 1},
-            {},
-            optimizer.state_dict(),
-            scheduler.state_dict(),
-            rng={0: capture_rng()},
+            TrainingProgress(step=1), adapter, {"r": 1}, {}, optimizer_state, scheduler_state, rng={0: capture_rng()}
         )
-        result = save_checkpoint(tmp, snap)
-        assert result.kind == "full", result.error
-        return time.perf_counter() - start
+        start = time.perf_counter()
+        if fallback:
+            _publish(Path(tmp), snap, layout.KIND_FALLBACK, _fallback_files)
+        else:
+            result = save_checkpoint(tmp, snap)
+            assert result.kind == "full", result.error
+        seconds = time.perf_counter() - start
+        return seconds, sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
 
 
 def main() -> None:

@@ -11,18 +11,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from higgs_train.checkpoint import layout  # noqa: E402
-from higgs_train.checkpoint.save import _fallback_files, _publish, save_checkpoint  # noqa: E402
-from higgs_train.checkpoint.state import Snapshot, TrainingProgress, capture_rng  # noqa: E402
+from bench import timed_save  # noqa: E402
+
 from higgs_train.config import build_config  # noqa: E402
 from higgs_train.layouts import released_lm_config  # noqa: E402
 from higgs_train.model import apply_lora  # noqa: E402
@@ -42,20 +40,9 @@ def main() -> None:
     optimizer = {"state": state, "param_groups": [{"lr": 1e-4, "params": list(state)}]}
     out = {"lora_tensors": len(adapter)}
     for kind in ("full", "fallback"):
-        seconds, size = [], 0
-        for attempt in range(2):
-            with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
-                snap = Snapshot(TrainingProgress(step=attempt + 1), adapter, {"r": cfg.lora_r}, cfg.to_dict(),
-                                optimizer, {"last_epoch": 1}, rng={0: capture_rng()})  # fmt: skip
-                start = time.perf_counter()
-                if kind == "full":
-                    result = save_checkpoint(tmp, snap)
-                    assert result.kind == "full", result.error
-                else:
-                    _publish(Path(tmp), snap, layout.KIND_FALLBACK, _fallback_files)
-                seconds.append(round(time.perf_counter() - start, 2))
-                size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
-        out[kind] = {"seconds": seconds, "bytes": size}
+        tries = [timed_save(adapter, optimizer, {"last_epoch": 1}, os.environ.get("BENCH_DIR"), kind == "fallback")
+                 for _ in range(2)]  # fmt: skip
+        out[kind] = {"seconds": [round(t, 2) for t, _ in tries], "bytes": tries[0][1]}
     print(json.dumps(out, indent=2))
 
 
