@@ -7,6 +7,7 @@ Each point counts in its own scope, set by the code that owns it:
 - save (the step being saved): before_write (tmp folder made, nothing written), mid_file (half of a file
   written), before_rename (everything written and verified), after_rename (published, `latest` not yet updated);
 - cache (shards written so far): after_shard;
+- clip (clips encoded so far): encoded;
 - data (micro-batches taken so far): micro_batch.
 Unset, a point costs one dictionary lookup.
 """
@@ -25,6 +26,7 @@ SCOPES = {
     "before_rename": "save",
     "after_rename": "save",
     "after_shard": "cache",
+    "encoded": "clip",
     "micro_batch": "data",
 }
 _counters: dict[str, int] = {}

@@ -131,21 +131,6 @@ def fill_disk(folder: Path) -> Path:
     return filler
 
 
-def signal_on_call(fn, n: int, sig=None):
-    """`fn` wrapped to send this process a real signal (SIGTERM by default) just before its n-th call runs; the
-    wrapper's `calls` counts the calls."""
-    import signal
-
-    def wrapper(*args, **kwargs):
-        wrapper.calls += 1
-        if wrapper.calls == n:
-            os.kill(os.getpid(), sig or signal.SIGTERM)
-        return fn(*args, **kwargs)
-
-    wrapper.calls = 0
-    return wrapper
-
-
 def raising(error: BaseException):
     """A stand-in that raises `error` whatever it is called with (an injected fault)."""
 

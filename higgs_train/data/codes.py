@@ -237,6 +237,8 @@ def encode_clips(
             shards_written += 1
             faults.count("cache", shards_written)
             faults.failpoint("after_shard")
+        faults.count("clip", done)
+        faults.failpoint("encoded")
         if progress:
             progress(done, len(todo), seconds)
         if should_stop() and done < len(todo):

@@ -17,8 +17,9 @@ from higgs_train.cli import app
 from higgs_train.data.codes import CHECKSUMS, CodeCache, tokenizer_fingerprint
 from higgs_train.data.manifest import load_manifest
 from higgs_train.data.prepare import DataLimits, prepare_data
+from higgs_train.faults import ENV
 from higgs_train.tiny import TEXTS, build_tiny_model, synth_clip
-from tests.conftest import signal_on_call, train_args
+from tests.conftest import train_args
 
 runner = CliRunner()
 LIMITS = DataLimits(min_duration=0.0, max_duration=5.0, reserved_tokens=("<|AUDIO_OUT|>", "<|eot_id|>"))
@@ -207,15 +208,14 @@ def test_manifests_with_a_utf8_byte_order_mark(tmp_path, kind):
 def test_sigterm_during_the_first_encoding_keeps_the_clips_and_exits_130(
     synth_manifest, tiny_model, tmp_path, monkeypatch
 ):
-    real = codes_module._encode
-    monkeypatch.setattr(codes_module, "_encode", signal_on_call(real, 3))
+    monkeypatch.setenv(ENV, "encoded@3:sigterm")  # a real SIGTERM after the 3rd clip: one shard written, one pending
     run = tmp_path / "run"
     args = train_args(synth_manifest, run, tiny_model, "--max_steps", "1", "--cache_shard_clips", "2")
     result = runner.invoke(app, args)
     assert result.exit_code == 130, result.output
     assert f"stopped by signal while encoding: 3 of {len(TEXTS)} clips are in the code cache" in result.output
     assert len(CodeCache(run).shards()) == 2  # a full shard of 2, and the 1 clip flushed at the signal
-    monkeypatch.setattr(codes_module, "_encode", real)
+    monkeypatch.delenv(ENV)
     assert runner.invoke(app, train_args(synth_manifest, run, tiny_model, "--max_steps", "1")).exit_code == 0
 
 
