@@ -124,6 +124,12 @@ class TrainConfig:
     async_save: bool = _f(True, "Write, verify and publish checkpoints in a background thread.", CKPT)
     fallback_dir: str | None = _f(None, "Where the adapter-only fallback goes when a save fails.", CKPT)
     min_free_disk_gb: float = _f(1.0, "Free disk to keep beyond a checkpoint's estimated size.", CKPT)
+    stop_save_s: float = _f(
+        20.0,
+        "After a stop signal, publish a checkpoint within N seconds: the adapter alone (written first) when the full "
+        "save is not done by then (torchrun kills 30 s after its SIGTERM). 0: always wait for the full save.",
+        CKPT,
+    )
     dist_timeout_s: int = _f(1800, "Seconds a process waits for the others at a collective before failing.", RUN)
 
     def to_dict(self) -> dict[str, Any]:

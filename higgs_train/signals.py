@@ -34,6 +34,13 @@ class StopSignal:
             self.log(self._notes.pop(0))
         return self._requested
 
+    def deadline(self, seconds: float) -> float | None:
+        """When a stop-save must be published (time.monotonic()): `seconds` after this process's first stop signal,
+        or from now when the stop came from another rank; None when `seconds` is 0 (wait for the full save)."""
+        if seconds <= 0:
+            return None
+        return (self._first_at if self._requested else time.monotonic()) + seconds
+
     def __enter__(self) -> StopSignal:
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)

@@ -315,7 +315,8 @@ def maybe_save(run: Run, stopping: bool) -> None:
     if step_no % run.cfg.save_steps and not final:
         return
     t0 = time.perf_counter()
-    run.result.saves += run.hook(run.model, run.optimizer, run.scheduler, run.progress, final)
+    deadline = run.stop.deadline(run.cfg.stop_save_s) if stopping else None
+    run.result.saves += run.hook(run.model, run.optimizer, run.scheduler, run.progress, final, deadline)
     run.result.save_stalls.append(time.perf_counter() - t0)
     enforce_save_policy(run.cfg, run.result.saves)
 
@@ -368,7 +369,8 @@ def _stop_mid_window(run: Run, window) -> list[SaveResult]:
     resumed = run.result.resumed_from is not None and not run.result.losses  # the resumed checkpoint is this step
     if run.hook.last_step == run.progress.step or resumed or run.progress.step == 0:
         return run.hook.finish()  # this step is saved (or being saved) already
-    return run.hook(run.model, run.optimizer, run.scheduler, run.progress, final=True)
+    deadline = run.stop.deadline(run.cfg.stop_save_s)
+    return run.hook(run.model, run.optimizer, run.scheduler, run.progress, final=True, deadline=deadline)
 
 
 def audio_loss_sum(model, batch: dict[str, torch.Tensor], codebook_size: int) -> torch.Tensor:

@@ -201,9 +201,10 @@ def save_stall(model, optimizer, scheduler) -> float:
     return copy_s + timed_save(adapter, optimizer.state_dict(), scheduler.state_dict())[0]
 
 
-def timed_save(adapter, optimizer_state, scheduler_state, folder=None, fallback: bool = False) -> tuple[float, int]:
+def timed_save(adapter, optimizer_state, scheduler_state, folder=None, kind: str = "full") -> tuple[float, int]:
     """(seconds, bytes) of one guarded save of this state (write, fsync, verify from disk, rename) into a temporary
-    folder under `folder`; `fallback`: the adapter-only fallback writer instead of the full save."""
+    folder under `folder`. `kind`: full, fallback (the adapter-only writer alone) or stop (a stop-save: the adapter
+    staged first, then the full save, published within a 60 s deadline)."""
     from higgs_train.checkpoint import layout
     from higgs_train.checkpoint.save import _fallback_files, _publish
 
@@ -212,10 +213,10 @@ def timed_save(adapter, optimizer_state, scheduler_state, folder=None, fallback:
             TrainingProgress(step=1), adapter, {"r": 1}, {}, optimizer_state, scheduler_state, rng={0: capture_rng()}
         )
         start = time.perf_counter()
-        if fallback:
+        if kind == "fallback":
             _publish(Path(tmp), snap, layout.KIND_FALLBACK, _fallback_files)
         else:
-            result = save_checkpoint(tmp, snap)
+            result = save_checkpoint(tmp, snap, deadline=time.monotonic() + 60 if kind == "stop" else None)
             assert result.kind == "full", result.error
         seconds = time.perf_counter() - start
         return seconds, sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())

@@ -1,9 +1,10 @@
 """What a stop-save costs at the released size: the guarded save (write, fsync, verify from disk, rename) of a
 checkpoint with the released model's LoRA and AdamW tensors (r=16 on the default targets: 560 tensors, 474 MB),
-and of the adapter-only fallback (158 MB). The tensors are random: a save's cost depends on their sizes alone.
+of the adapter-only fallback (158 MB), and of a stop-save (the adapter staged first, then the full save; what is
+published when --stop_save_s passes first). The tensors are random: a save's cost depends on their sizes alone.
 The device-to-host copy of the state before it is not included (it needs the GPU).
 
-  python scripts/bench_stop_save.py      # about 20 s; prints one JSON (two tries of each)
+  python scripts/bench_stop_save.py      # about 30 s; prints one JSON (two tries of each)
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def main() -> None:
              for i, s in enumerate(shapes.values())}  # fmt: skip
     optimizer = {"state": state, "param_groups": [{"lr": 1e-4, "params": list(state)}]}
     out = {"lora_tensors": len(adapter)}
-    for kind in ("full", "fallback"):
-        tries = [timed_save(adapter, optimizer, {"last_epoch": 1}, os.environ.get("BENCH_DIR"), kind == "fallback")
+    for kind in ("full", "fallback", "stop"):
+        tries = [timed_save(adapter, optimizer, {"last_epoch": 1}, os.environ.get("BENCH_DIR"), kind)
                  for _ in range(2)]  # fmt: skip
         out[kind] = {"seconds": [round(t, 2) for t, _ in tries], "bytes": tries[0][1]}
     print(json.dumps(out, indent=2))

@@ -221,6 +221,30 @@ def test_sigterm_to_every_process_of_the_job_saves(synth_manifest, tiny_model, t
 
 
 @pytest.mark.slow
+def test_a_stop_save_slower_than_the_grace_publishes_the_adapter_in_time(synth_manifest, tiny_model, tmp_path):
+    """SIGTERM to the launcher while rank 0's disk is slow (each file of the full save takes 2 s more, about 15 s in
+    all; torchrun's grace is 30 s, here --stop_save_s 3 stands for it): the adapter-only checkpoint is published by
+    the bound, the ranks stop cleanly (STOPPED), and a rerun on one process resumes from it."""
+    out = tmp_path / "run"
+    args = train_args(synth_manifest, out, tiny_model, "--max_steps", "100000", "--save_steps", "100000")
+    proc = launch([*args, "--stop_save_s", "3"], env_extra={ENV: "mid_file:sleep:0"})
+    wait_for_steps(out, 2)
+    proc.send_signal(signal.SIGTERM)
+    code, log = finish(proc)
+    (saved,) = [p for p in out.glob("checkpoint-*") if ".tmp-" not in p.name]  # the dropped full folder is a tmp
+    check = verify_checkpoint(saved)
+    assert check.ok and check.kind == "fallback", log
+    assert "the full save was not done within --stop_save_s of the stop signal" in log
+    assert json.loads((out / "STOPPED").read_text())["latest"] == saved.name
+    step = int(saved.name.split("-")[1])
+    result = CliRunner().invoke(app, [*args[:-4], "--max_steps", str(step + 1), "--save_steps", "100000"])
+    assert result.exit_code == 0, result.output
+    assert f"{saved.name} is an adapter-only fallback: resuming with a fresh optimizer state" in result.output
+    assert verify_checkpoint(out / f"checkpoint-{step + 1}").kind == "full"
+    assert not list(out.glob("*.tmp-*"))  # the rerun removed the dropped folder
+
+
+@pytest.mark.slow
 def test_a_hung_peer_is_one_line_naming_the_timeout(synth_manifest, tiny_model, tmp_path):
     args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--max_steps", "20", "--dist_timeout_s", "5")
     code, log = finish(launch(args, env_extra={"HIGGS_TRAIN_FAILPOINT": "micro_batch@3:hang:1"}), timeout=180)

@@ -39,9 +39,12 @@ class CheckpointHook:
         self._pending: Future | None = None
         self.last_step: int | None = None  # the step of the last save asked for
 
-    def __call__(self, model, optimizer, scheduler, progress: TrainingProgress, final: bool) -> list[SaveResult]:
+    def __call__(
+        self, model, optimizer, scheduler, progress: TrainingProgress, final: bool, deadline: float | None = None
+    ) -> list[SaveResult]:
         """Save at this step. Returns the saves that completed during this call (with --async_save, the previous
-        one; the current one too when `final`), the same list on every rank."""
+        one; the current one too when `final`), the same list on every rank. `deadline` (a stop-save): see
+        save_checkpoint."""
         from accelerate.utils import DistributedType, gather_object
         from peft import get_peft_model_state_dict
 
@@ -80,7 +83,7 @@ class CheckpointHook:
             done = self._wait()
             snap = snapshot()
             if self._pool is None or final:
-                done.append(self._save(snap))
+                done.append(self._save(snap, deadline))
             else:
                 self._pending = self._pool.submit(self._save, snap)
             return done
@@ -104,9 +107,11 @@ class CheckpointHook:
         future, self._pending = self._pending, None
         return [future.result()]
 
-    def _save(self, snap: Snapshot) -> SaveResult:
+    def _save(self, snap: Snapshot, deadline: float | None = None) -> SaveResult:
         cfg = self.cfg
-        result = save_checkpoint(self.out, snap, fallback_dir=cfg.fallback_dir, min_free_disk_gb=cfg.min_free_disk_gb)
+        result = save_checkpoint(
+            self.out, snap, fallback_dir=cfg.fallback_dir, min_free_disk_gb=cfg.min_free_disk_gb, deadline=deadline
+        )
         report_save(result, self.say)
         if result.ok and cfg.save_total_limit and result.path.parent == self.out:
             rotate(self.out, cfg.save_total_limit, result.path, self.say)

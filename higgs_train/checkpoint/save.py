@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,10 +65,12 @@ def save_checkpoint(
     *,
     fallback_dir: str | Path | None = None,
     min_free_disk_gb: float = 0.0,
+    deadline: float | None = None,
 ) -> SaveResult:
     """Save `snapshot` as OUTPUT_DIR/checkpoint-STEP, or a fallback, or nothing (with the reason).
 
-    Never raises for a failed write: the result says what was published.
+    Never raises for a failed write: the result says what was published. With `deadline` (a stop-save), what is
+    published by then: see _save_by_deadline.
 
     Raises:
         StepExistsError: a valid checkpoint of the same step exists (a committed step is never overwritten).
@@ -76,6 +79,10 @@ def save_checkpoint(
     start = time.perf_counter()
     step = snapshot.progress.step
     count("save", step)
+    if deadline is not None:
+        result = _save_by_deadline(output_dir, snapshot, deadline, start, min_free_disk_gb)
+        if result is not None:
+            return result  # else the adapter could not even be staged: the usual path, with its fallback folder
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         check_free_space(output_dir, estimate_bytes(snapshot), min_free_disk_gb)
@@ -96,9 +103,15 @@ def save_checkpoint(
 
 
 def _publish(root: Path, snapshot: Snapshot, kind: str, write_files) -> Path:
-    step = snapshot.progress.step
-    final = root / layout.checkpoint_name(step)
+    final = root / layout.checkpoint_name(snapshot.progress.step)
     _make_room(final, root)
+    _commit(_stage(root, final, snapshot, kind, write_files), final, root)
+    return final
+
+
+def _stage(root: Path, final: Path, snapshot: Snapshot, kind: str, write_files) -> Path:
+    """Write `final`'s files into a fresh tmp sibling, fsync and verify them from disk; the tmp folder is returned
+    unpublished (or moved to .failed/ on any error)."""
     tmp = root / f"{final.name}{layout.TMP_MARK}{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
@@ -108,6 +121,15 @@ def _publish(root: Path, snapshot: Snapshot, kind: str, write_files) -> Path:
         result = verify_checkpoint(tmp, expected_adapter=snapshot.adapter, unpublished=True)
         if not result.ok:
             raise CheckpointError("post-save validation failed: " + "; ".join(result.problems))
+    except BaseException as e:
+        _move_aside(tmp, root, e)
+        raise
+    return tmp
+
+
+def _commit(tmp: Path, final: Path, root: Path) -> None:
+    """Publish a staged folder: one rename, then `latest`."""
+    try:
         failpoint("before_rename")
         os.rename(tmp, final)
         fsync_dir(root)
@@ -116,7 +138,73 @@ def _publish(root: Path, snapshot: Snapshot, kind: str, write_files) -> Path:
         _move_aside(tmp, root, e)
         raise
     atomic_write_text(root / layout.LATEST, final.name + "\n")
-    return final
+
+
+class _PublishOnce:
+    """Of a stop-save's two staged folders (adapter-only, full), the first claimed and committed is published."""
+
+    def __init__(self, final: Path, root: Path):
+        self.final, self.root = final, root
+        self.winner: str | None = None
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+
+    def claim(self, kind: str, tmp: Path) -> bool:
+        with self._lock:
+            if self.winner is not None:
+                return False
+            try:
+                _commit(tmp, self.final, self.root)
+            except Exception as e:  # moved aside by _commit; the other folder may still be published
+                self.errors.append(f"publishing the {kind} checkpoint failed: {type(e).__name__}: {e}")
+                return False
+            self.winner = kind
+            return True
+
+
+def _save_by_deadline(
+    output_dir: Path, snapshot: Snapshot, deadline: float, start: float, min_free_disk_gb: float
+) -> SaveResult | None:
+    """A stop-save that must be published by `deadline` (time.monotonic()): a launcher kills the process at the end of
+    its grace period. The adapter alone is written and verified first (a tenth of the bytes), then the full
+    checkpoint in a writer thread; if that is not published by the deadline, the adapter-only folder is, this
+    returns at once (so the run still stops cleanly, exit 130 and STOPPED) and the full folder is dropped. None when
+    the adapter alone could not be written."""
+    step = snapshot.progress.step
+    final = output_dir / layout.checkpoint_name(step)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _make_room(final, output_dir)
+        adapter_tmp = _stage(output_dir, final, snapshot, layout.KIND_FALLBACK, _fallback_files)
+    except StepExistsError:
+        raise
+    except Exception:
+        return None
+    once = _PublishOnce(final, output_dir)
+
+    def write_full() -> None:
+        try:
+            check_free_space(output_dir, estimate_bytes(snapshot), min_free_disk_gb)
+            tmp = _stage(output_dir, final, snapshot, layout.KIND_FULL, _full_files)
+        except Exception as e:
+            once.errors.append(f"{type(e).__name__}: {e}")
+            return
+        if not once.claim(layout.KIND_FULL, tmp):
+            remove_tree(tmp)  # too late: the adapter-only folder is published
+
+    writer = threading.Thread(target=write_full, name="stop-save", daemon=True)
+    writer.start()
+    writer.join(timeout=max(0.0, deadline - time.monotonic()))
+    if not once.claim(layout.KIND_FALLBACK, adapter_tmp):
+        remove_tree(adapter_tmp)
+    seconds = time.perf_counter() - start
+    if once.winner == layout.KIND_FULL:
+        return SaveResult(step, final, layout.KIND_FULL, seconds)
+    errors = "; ".join(once.errors)
+    if once.winner is None:
+        return SaveResult(step, None, None, seconds, errors)
+    late = "the full save was not done within --stop_save_s of the stop signal"
+    return SaveResult(step, final, layout.KIND_FALLBACK, seconds, errors or late)
 
 
 def _make_room(final: Path, root: Path) -> None:

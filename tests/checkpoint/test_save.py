@@ -221,3 +221,67 @@ def test_verify_never_calls_a_tmp_folder_valid_and_start_up_cleans_atomic_leftov
     (tmp_path / f".latest{layout.TMP_MARK}4242").write_text("checkpoint-9\n")  # an atomic write cut short
     clean_stale(tmp_path, quiet)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3", "latest"]
+
+
+def _stop_save_writer_done():
+    import threading
+
+    for t in threading.enumerate():
+        if t.name == "stop-save":
+            t.join(10)
+
+
+def test_stop_save_publishes_the_adapter_alone_when_the_full_save_misses_the_deadline(
+    tmp_path, snapshot_factory, monkeypatch
+):
+    """A launcher SIGKILLs at the end of its grace period: what is ready by --stop_save_s is published, and the
+    save returns then, not when a stalled disk comes back."""
+    import threading
+    import time
+
+    disk_back = threading.Event()
+    real_write = save_module.write_bytes
+
+    def stalled(path, data):
+        disk_back.wait(20)
+        real_write(path, data)
+
+    monkeypatch.setattr(save_module, "write_bytes", stalled)
+    t0 = time.monotonic()
+    result = save_checkpoint(tmp_path, snapshot_factory(7), deadline=t0 + 0.5)
+    returned_after = time.monotonic() - t0
+    try:
+        assert returned_after < 15  # the full save is still stuck: the save did not wait for it
+        assert result.kind == "fallback" and result.path == tmp_path / "checkpoint-7"
+        assert "--stop_save_s" in result.error
+        assert verify_checkpoint(result.path).ok and verify_checkpoint(result.path).kind == "fallback"
+        assert (tmp_path / layout.LATEST).read_text() == "checkpoint-7\n"
+    finally:
+        disk_back.set()
+    _stop_save_writer_done()  # the full folder, done late, is dropped; checkpoint-7 stays as published
+    assert not [p for p in tmp_path.iterdir() if layout.TMP_MARK in p.name]
+    assert json.loads((result.path / layout.TRAINER_STATE).read_text())["kind"] == "fallback"
+
+
+def test_stop_save_within_the_deadline_is_full_and_leaves_nothing_else(tmp_path, snapshot_factory):
+    import time
+
+    result = save_checkpoint(tmp_path, snapshot_factory(3), deadline=time.monotonic() + 60)
+    assert result.kind == "full" and result.error is None and verify_checkpoint(result.path).ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3", "latest"]
+
+
+def test_stop_save_on_a_full_disk_publishes_the_adapter_without_waiting(tmp_path, snapshot_factory, monkeypatch):
+    import time
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(save_module, "write_bytes", full_disk)
+    t0 = time.monotonic()
+    result = save_checkpoint(tmp_path, snapshot_factory(4), deadline=t0 + 30)
+    assert time.monotonic() - t0 < 20  # did not sit out the deadline
+    assert result.kind == "fallback" and "No space left on device" in result.error
+    assert verify_checkpoint(result.path).ok
+    _stop_save_writer_done()
+    assert not [p for p in tmp_path.iterdir() if layout.TMP_MARK in p.name]
