@@ -102,7 +102,11 @@ class TrainConfig:
     num_epochs: float = _f(1.0, "Epochs to train when --max_steps is not given.", RUN)
     seed: int = _f(42, "Seed for weights init, data order and dropout.", RUN)
     log_steps: int = _f(1, "Write metrics.jsonl every N optimizer steps.", RUN)
-    report_to: str = _f("none", "Also log to: tensorboard (OUTPUT_DIR/tensorboard) or none.", RUN)
+    report_to: str = _f(
+        "none",
+        "Also log to trackers, comma-separated: tensorboard (OUTPUT_DIR/tensorboard), wandb, mlflow; or none.",
+        RUN,
+    )
     sample_steps: int | None = _f(None, "Write OUTPUT_DIR/samples/step-N.wav every N steps (needs --sample_text).", RUN)
     sample_text: str | None = _f(None, "The text spoken in the samples.", RUN)
     sample_ref_audio: str | None = _f(None, "Reference clip for voice-cloning samples.", RUN)
@@ -208,6 +212,30 @@ def _coerce(name: str, value: Any) -> Any:
     return str(value)
 
 
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> the pip extra it needs
+
+
+def report_to_names(value: str) -> list[str]:
+    """The trackers --report_to names ("none" or a comma-separated list)."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    return [] if names == ["none"] else names
+
+
+def tracker_problems(value: str) -> list[str]:
+    """Unknown tracker names, and trackers whose package is not installed (one line naming the extra)."""
+    import importlib.util
+
+    names = report_to_names(value)
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown or not names and value.strip() != "none":
+        return [f"--report_to takes none or any of {', '.join(TRACKERS)} (comma-separated), got {value!r}"]
+    return [
+        f"--report_to {name}: the {name} package is not installed; pip install -e '.[{TRACKERS[name]}]'"
+        for name in names
+        if importlib.util.find_spec(name) is None
+    ]
+
+
 def validate(cfg: TrainConfig, require_data: bool = True) -> None:
     """Check every value and combination; report all problems in one ConfigError (`require_data` False: a command
     such as `plan` that needs no manifest or run folder)."""
@@ -257,8 +285,7 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         )
     if cfg.eval_manifest and cfg.eval_fraction:
         problems.append("--eval_manifest and --eval_fraction both given; choose one")
-    if cfg.report_to not in ("none", "tensorboard"):
-        problems.append(f"--report_to must be tensorboard or none, got {cfg.report_to!r}")
+    problems += tracker_problems(cfg.report_to)
     if cfg.sample_steps is not None and (cfg.sample_steps < 1 or not cfg.sample_text):
         problems.append("--sample_steps needs a positive N and --sample_text with the words to speak")
     if bool(cfg.sample_ref_audio) != bool(cfg.sample_ref_text):

@@ -78,7 +78,7 @@ def sample_now(cfg: TrainConfig, model, processor, step: int, metrics, say) -> N
         )
         path = write_wav(speech, Path(cfg.output_dir) / "samples" / f"step-{step}.wav")
         if metrics:
-            metrics.audio("sample", speech.wave, speech.sample_rate, step)
+            metrics.audio("sample", speech.wave, speech.sample_rate, step, path)
         say(f"sample: {path} ({len(speech.wave) / speech.sample_rate:.2f}s)")
     except Exception as e:  # a sample is a convenience: report it, keep training
         say(f"warning: sample at step {step} failed ({type(e).__name__}: {e}); training goes on")

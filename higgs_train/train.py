@@ -223,6 +223,11 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
         progress = restore(resume_path, cfg.to_dict(), accelerator, model, optimizer, scheduler, fingerprint, say)
         if progress.data_seed != cfg.seed:  # the checkpoint's data order wins
             plan = _plan(cfg, data, accelerator, progress.data_seed)
+    metrics = {}  # a tracker that cannot start stops every rank, before training
+    on_main(
+        accelerator,
+        lambda: metrics.update(log=MetricsLog(cfg.output_dir, progress.step, cfg.report_to, say, cfg.to_dict())),
+    )
     if data.eval:
         say(f"eval set: {len(data.eval)} rows")
     say(f"training {len(data.train)} samples for {max_steps} steps ({plan.batches_per_epoch} batches per epoch)")
@@ -242,7 +247,7 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
         hook=CheckpointHook(cfg, accelerator, say, fingerprint),
         progress=progress,
         result=RunResult(progress, resumed_from=resume_path),
-        metrics=MetricsLog(cfg.output_dir, progress.step, cfg.report_to, say) if main else None,
+        metrics=metrics.get("log"),
         codebook_size=accelerator.unwrap_model(model).config.codebook_size,
         text_loss=text_loss,
         scorer=scorer,
