@@ -166,6 +166,14 @@ def plot(r: settings.RunFolder) -> None:
     show(f"wrote {plot_run(r.run_dir)}")
 
 
+@command("report", settings.RunFolder)
+def report(r: settings.RunFolder) -> None:
+    """Write RUN_DIR/report.html: data, curves, scores with the best marked, and players to compare steps by ear."""
+    from higgs_train.report import write_report
+
+    show(f"wrote {write_report(r.run_dir)}")
+
+
 @command("doctor", settings.DoctorSettings)
 def doctor(s: settings.DoctorSettings) -> None:
     """Versions, GPUs and free memory, disk and a write test, local model cache: each line ok or the fix."""

@@ -3,8 +3,6 @@ ever stops training or touches a save, and both leave the random state as they f
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from higgs_train.checkpoint.state import capture_rng, restore_rng
 from higgs_train.config import TrainConfig
 from higgs_train.distributed import on_main
@@ -33,11 +31,11 @@ def make_scorer(cfg: TrainConfig, accelerator, processor, data):
 def score_now(cfg: TrainConfig, scorer, model, step: int, eval_loss, metrics, say) -> None:
     """Score the current adapter, log it, move the `best` pointer; a failure is logged and training goes on."""
     from higgs_train.checkpoint.layout import checkpoint_name
-    from higgs_train.scoring.score import append_score, mark_best
+    from higgs_train.scoring.score import append_score, mark_best, scored_clips_dir
 
     saved = capture_rng()
     try:
-        row = scorer[0].score(model, scorer[1], step, eval_loss)
+        row = scorer[0].score(model, scorer[1], step, eval_loss, keep=scored_clips_dir(cfg.output_dir, step))
         row.checkpoint = checkpoint_name(step)
         append_score(cfg.output_dir, row)
         if metrics:
@@ -65,6 +63,7 @@ def score_now(cfg: TrainConfig, scorer, model, step: int, eval_loss, metrics, sa
 def sample_now(cfg: TrainConfig, model, processor, step: int, metrics, say) -> None:
     """Write OUTPUT_DIR/samples/step-N.wav; a failure is logged and never stops the run or touches a save."""
     from higgs_train.generate import generate_speech, write_wav
+    from higgs_train.scoring.score import sample_file
 
     try:
         speech = generate_speech(
@@ -76,9 +75,19 @@ def sample_now(cfg: TrainConfig, model, processor, step: int, metrics, say) -> N
             max_new_frames=cfg.sample_max_frames,
             seed=cfg.seed,
         )
-        path = write_wav(speech, Path(cfg.output_dir) / "samples" / f"step-{step}.wav")
+        path = write_wav(speech, sample_file(cfg.output_dir, step))
         if metrics:
             metrics.audio("sample", speech.wave, speech.sample_rate, step, path)
         say(f"sample: {path} ({len(speech.wave) / speech.sample_rate:.2f}s)")
     except Exception as e:  # a sample is a convenience: report it, keep training
         say(f"warning: sample at step {step} failed ({type(e).__name__}: {e}); training goes on")
+
+
+def refresh_report(run_dir, say) -> None:
+    """Rewrite RUN/report.html after a score or sample; a failure is logged and training goes on."""
+    from higgs_train.report import write_report
+
+    try:
+        write_report(run_dir)
+    except Exception as e:  # the report is a view of the run folder: it never stops training
+        say(f"warning: report.html not updated ({type(e).__name__}: {e}); training goes on")

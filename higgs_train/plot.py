@@ -13,14 +13,19 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / METRICS_FILE).is_file():
         raise HiggsTrainError(f"{run_dir}: no {METRICS_FILE}; pass the --output_dir of a run")
-    rows = read_metrics(run_dir)
+    out = Path(out) if out else run_dir / "curves.png"
+    return plot_panels(training_panels(read_metrics(run_dir)), out, title=str(run_dir))
+
+
+def training_panels(rows: list[dict]) -> dict[str, list[tuple[float, float | None]]]:
+    """Loss, eval loss, learning rate and gradient norm against the step, from metrics rows."""
     titles = {"loss": "loss", "eval_loss": "eval loss", "lr": "learning rate", "grad_norm": "gradient norm"}
-    panels = {title: [(r["step"], r.get(key)) for r in rows] for key, title in titles.items()}
-    return plot_panels(panels, Path(out) if out else run_dir / "curves.png", title=str(run_dir))
+    return {title: [(r["step"], r.get(key)) for r in rows] for key, title in titles.items()}
 
 
-def plot_panels(panels: dict[str, list[tuple[float, float | None]]], out: Path, title: str | None = None) -> Path:
-    """Four (title -> [(step, value)]) panels in a 2x2 PNG; None values are left out, an empty panel says so."""
+def plot_panels(panels: dict[str, list[tuple[float, float | None]]], out, title: str | None = None):
+    """Four (title -> [(step, value)]) panels in a 2x2 PNG written to `out` (a path or a binary file); None values
+    are left out, an empty panel says so."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,6 +44,6 @@ def plot_panels(panels: dict[str, list[tuple[float, float | None]]], out: Path, 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=100, format="png")
     plt.close(fig)
     return out

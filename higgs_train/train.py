@@ -42,7 +42,7 @@ from higgs_train.distributed import (
 )
 from higgs_train.errors import Interrupted, PeerError
 from higgs_train.identity import weights_fingerprint
-from higgs_train.listening import make_scorer, sample_now, score_now
+from higgs_train.listening import make_scorer, refresh_report, sample_now, score_now
 from higgs_train.metrics import MetricsLog
 from higgs_train.model import (
     TextLoss,
@@ -58,8 +58,6 @@ from higgs_train.plan import resolve_auto_batch
 from higgs_train.progress import progress_bar
 from higgs_train.schedule import WarmupCosine
 from higgs_train.signals import StopSignal
-
-CONFIG_FILE = "config.json"  # the resolved config of the latest start, in the run folder
 
 
 @dataclass
@@ -329,12 +327,16 @@ def maybe_save(run: Run, stopping: bool) -> None:
 def maybe_score_and_sample(run: Run) -> None:
     cfg, step_no, main = run.cfg, run.progress.step, run.accelerator.is_main_process
     model = run.accelerator.unwrap_model(run.model)
-    if cfg.score_steps and step_no % cfg.score_steps == 0:
+    scored = cfg.score_steps and step_no % cfg.score_steps == 0
+    sampled = cfg.sample_steps and step_no % cfg.sample_steps == 0
+    if scored:
         run.result.saves += run.hook.finish()  # the score may name this step's checkpoint: it must exist
         if main:
             score_now(cfg, run.scorer, model, step_no, run.last_eval, run.metrics, run.say)
-    if main and cfg.sample_steps and step_no % cfg.sample_steps == 0:
+    if main and sampled:
         sample_now(cfg, model, run.processor, step_no, run.metrics, run.say)
+    if main and (scored or sampled):
+        refresh_report(cfg.output_dir, run.say)
 
 
 def _tok_s(run: Run, s: StepStats) -> float:
@@ -360,9 +362,9 @@ def _record_config(cfg: TrainConfig, say) -> None:
     """Write the resolved config to the run folder and print only what differs from the defaults; a STOPPED marker
     of an earlier stop goes (this start continues that run)."""
     (Path(cfg.output_dir) / layout.STOPPED).unlink(missing_ok=True)
-    atomic_write_text(Path(cfg.output_dir) / CONFIG_FILE, cfg.to_json() + "\n")
+    atomic_write_text(Path(cfg.output_dir) / layout.CONFIG_FILE, cfg.to_json() + "\n")
     changed = ", ".join(f"--{k} {v}" for k, v in cfg.changed().items() if k not in ("train_manifest", "output_dir"))
-    say(f"config: {cfg.train_manifest} -> {cfg.output_dir}; {changed or 'defaults'} (all: {CONFIG_FILE})")
+    say(f"config: {cfg.train_manifest} -> {cfg.output_dir}; {changed or 'defaults'} (all: {layout.CONFIG_FILE})")
 
 
 def _stop_mid_window(run: Run, window) -> list[SaveResult]:

@@ -23,6 +23,14 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> Path:
+    """A random-weight tiny Whisper: scoring runs end to end (its words are noise)."""
+    from higgs_train.tiny import build_tiny_whisper
+
+    return build_tiny_whisper(tmp_path_factory.mktemp("whisper") / "model")
+
+
+@pytest.fixture(scope="session")
 def synth_manifest(tmp_path_factory) -> Path:
     from higgs_train.tiny import make_dataset
 

@@ -11,6 +11,7 @@ TMP_MARK = ".tmp-"  # checkpoint-N.tmp-XXXX: a save in progress, never read, rem
 FAILED_DIR = ".failed"  # partial saves moved aside, each with an error.txt
 LATEST = "latest"  # a one-line file naming the newest published checkpoint folder
 BEST = "best"  # a one-line file naming the best-scoring checkpoint folder (never rotated away)
+CONFIG_FILE = "config.json"  # the resolved config of the run's latest start
 STOPPED = "STOPPED"  # written when a run stopped cleanly on a signal after saving; removed when it starts again
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

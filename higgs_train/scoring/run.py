@@ -11,8 +11,16 @@ from higgs_train.checkpoint.resume import list_checkpoints, load_adapter_weights
 from higgs_train.config import DEFAULT_ASR_MODEL, SELECT_BEST_BY, ScoreSettings
 from higgs_train.data.prepare import DEFAULT_CHARS_PER_SECOND, REPORT_FILE
 from higgs_train.errors import CheckpointError, ConfigError
+from higgs_train.listening import refresh_report
 from higgs_train.scoring.best import ScoreRow
-from higgs_train.scoring.score import Scorer, append_score, items_from_samples, mark_best, read_scores
+from higgs_train.scoring.score import (
+    Scorer,
+    append_score,
+    items_from_samples,
+    mark_best,
+    read_scores,
+    scored_clips_dir,
+)
 
 
 def _rows_to_score(config: dict, score_manifest: str | None):
@@ -55,12 +63,14 @@ def score_run(settings: ScoreSettings, say: Callable[[str], None] = print) -> tu
     for path in valid:
         load_adapter_weights(model, load_file(str(path / layout.ADAPTER_WEIGHTS)), path)
         step = layout.parse_step(path.name) or 0
-        row = scorer.score(model, items, step, eval_losses.get(step))
+        row = scorer.score(model, items, step, eval_losses.get(step), keep=scored_clips_dir(run_dir, step))
         row.checkpoint = path.name
         append_score(run_dir, row)
         rows.append(row)
         say(f"scored {path.name}")
-    return rows, mark_best(run_dir, settings.select_best_by)
+    best = mark_best(run_dir, settings.select_best_by)
+    refresh_report(run_dir, say)
+    return rows, best
 
 
 def _eval_losses(run_dir: Path) -> dict[int, float]:
@@ -75,11 +85,14 @@ def plot_scores(run_dir: str | Path) -> Path:
     """scores.png: WER, similarity, duration ratio and trailing share against the step."""
     from higgs_train.plot import plot_panels
 
-    rows = read_scores(run_dir)
+    return plot_panels(score_panels(read_scores(run_dir)), Path(run_dir) / "scores.png")
+
+
+def score_panels(rows: list[ScoreRow]) -> dict[str, list[tuple[float, float | None]]]:
+    """WER, similarity, duration ratio and trailing share against the step."""
     titles = {"wer": "WER", "similarity": "speaker similarity", "duration_ratio": "duration ratio"}
     titles["trailing_share"] = "trailing non-speech share"
-    panels = {title: [(r.step, getattr(r, key)) for r in rows] for key, title in titles.items()}
-    return plot_panels(panels, Path(run_dir) / "scores.png")
+    return {title: [(r.step, getattr(r, key)) for r in rows] for key, title in titles.items()}
 
 
 def score_table(rows: list[ScoreRow], best: ScoreRow | None):

@@ -15,6 +15,16 @@ from higgs_train.errors import AudioError
 from higgs_train.scoring.best import ScoreRow
 
 SCORES_FILE = "scores.jsonl"
+SAMPLES_DIR = "samples"  # samples/step-N.wav (--sample_steps), samples/step-N/item-I.wav + items.json (scores)
+SCORED_ITEMS = "items.json"
+
+
+def scored_clips_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / SAMPLES_DIR / f"step-{step}"
+
+
+def sample_file(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / SAMPLES_DIR / f"step-{step}.wav"
 
 
 @dataclass(frozen=True)
@@ -84,13 +94,18 @@ class Scorer:
             self._speaker[path] = embed(load_audio(path, rate), rate, self.speaker_model)
         return self._speaker[path]
 
-    def score(self, model, items: list[ScoreItem], step: int, eval_loss: float | None = None) -> ScoreRow:
-        from higgs_train.generate import generate_speech
+    def score(
+        self, model, items: list[ScoreItem], step: int, eval_loss: float | None = None, keep: Path | None = None
+    ) -> ScoreRow:
+        """Score `model` on `items`; with `keep`, each generated clip goes to KEEP/item-I.wav and what it was asked
+        and how it scored to KEEP/items.json (the listening report reads them)."""
+        from higgs_train.checkpoint.io import atomic_write_text
+        from higgs_train.generate import generate_speech, write_wav
         from higgs_train.scoring.speaker import embed, similarity
         from higgs_train.scoring.stopping import duration_ratio, trailing_share
         from higgs_train.scoring.text import error_rates
 
-        per_item = []
+        per_item, kept = [], []
         codec = self.processor.audio_tokenizer.config
         fps = codec.sample_rate / codec.hop_length
         for item in items:
@@ -109,6 +124,10 @@ class Scorer:
             mine = embed(speech.wave, speech.sample_rate, self.speaker_model)
             voice = similarity(mine, self._speaker_embedding(item.speaker_audio))
             seconds = len(speech.wave) / speech.sample_rate
+            if keep is not None:
+                name = write_wav(speech, Path(keep) / f"item-{len(kept)}.wav").name
+                kept.append({"file": name, "text": item.text, "target_audio": item.speaker_audio, "wer": wer})
+                kept[-1].update(ref_audio=item.ref_audio, ref_text=item.ref_text, similarity=voice, seconds=seconds)
             per_item.append(
                 (
                     wer,
@@ -118,6 +137,8 @@ class Scorer:
                     trailing_share(speech.wave, speech.sample_rate),
                 )
             )
+        if keep is not None:
+            atomic_write_text(Path(keep) / SCORED_ITEMS, json.dumps(kept, indent=1, default=float) + "\n")
         wer, cer, voice, ratio, trail = (float(np.mean(col)) for col in zip(*per_item, strict=True))
         return ScoreRow(step, wer, cer, voice, ratio, trail, eval_loss)
 

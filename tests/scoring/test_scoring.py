@@ -17,13 +17,6 @@ from tests.conftest import train_args
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def tiny_whisper(tmp_path_factory):
-    from higgs_train.tiny import build_tiny_whisper
-
-    return build_tiny_whisper(tmp_path_factory.mktemp("whisper") / "model")
-
-
 def test_wer_cer_on_normalised_text():
     assert normalise("  Hello, WORLD!  ") == "hello world"
     assert error_rates("Hello, world!", "hello world") == (0.0, 0.0)
@@ -90,7 +83,7 @@ def test_scoring_in_the_run_marks_best_and_rotation_keeps_it(
 
     steps = iter([0.5, 0.9, 0.8])  # step 2 is best by WER, then worse ones
 
-    def fake_score(self, model, items, step, eval_loss=None):
+    def fake_score(self, model, items, step, eval_loss=None, keep=None):
         return ScoreRow(
             step, wer=next(steps), cer=0.1, similarity=0.5, duration_ratio=1.0, trailing_share=0.0, eval_loss=eval_loss
         )
