@@ -26,7 +26,8 @@ AUTO = 0  # --batch_size auto, until the run resolves it (train.setup)
 ON_SAVE_ERROR = ("stop", "continue")
 ON_BAD_SAMPLE = ("error", "skip")
 ATTENTION = ("sdpa", "flash_attention_2", "flex_attention", "eager")
-FORMATS = ("auto", "jsonl", "json", "folder", "hf", "ljspeech", "csv", "pairs")  # manifest formats (data/formats.py)
+# manifest formats (data/formats.py)
+FORMATS = ("auto", "jsonl", "json", "folder", "hf", "parquet", "hub", "ljspeech", "csv", "pairs")
 SELECT_BEST_BY = ("wer", "similarity", "loss", "combined")
 DEFAULT_ASR_MODEL = "openai/whisper-small"
 
@@ -46,9 +47,15 @@ def setting(help: str, default: Any = dataclasses.MISSING, argument: bool = Fals
 
 @dataclass(frozen=True)
 class TrainConfig:
-    train_manifest: str | None = _f(None, "JSONL or JSON-array manifest of training clips.", DATA)
+    train_manifest: str | None = _f(
+        None, "Training clips: a JSONL/JSON manifest, a folder, parquet shards or hf://OWNER/NAME[:SPLIT].", DATA
+    )
     output_dir: str | None = _f(None, "Run folder: checkpoints, metrics.jsonl, code cache.", DATA)
-    format: str = _f("auto", "Manifest format: auto, jsonl, json, folder, hf, ljspeech, csv or pairs.", DATA)
+    format: str = _f(
+        "auto", "Manifest format: auto, jsonl, json, folder, hf, parquet, hub, ljspeech, csv or pairs.", DATA
+    )
+    text_column: str | None = _f(None, "Datasets: the text column [default: text, transcript, sentence, ...].", DATA)
+    audio_column: str | None = _f(None, "Datasets: the audio column [default: the Audio-typed one, or audio].", DATA)
     eval_manifest: str | None = _f(None, "Held-out manifest for the eval loss.", DATA)
     eval_fraction: float = _f(0.0, "Hold out this share of the training rows for the eval loss instead.", DATA)
     eval_steps: int | None = _f(

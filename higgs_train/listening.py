@@ -12,13 +12,15 @@ def make_scorer(cfg: TrainConfig, accelerator, processor, data):
     """The main process's Scorer and the rows it scores, or None when scoring is off."""
     if not cfg.score_steps:
         return None
+    from higgs_train.data.formats import Columns
     from higgs_train.data.manifest import load_manifest
     from higgs_train.scoring.score import Scorer, items_from_samples
 
     box = {}
 
     def make() -> None:
-        samples = load_manifest(cfg.score_manifest) if cfg.score_manifest else data.eval_samples
+        columns = Columns(cfg.text_column, cfg.audio_column)
+        samples = load_manifest(cfg.score_manifest, columns=columns) if cfg.score_manifest else data.eval_samples
         box["items"] = items_from_samples(samples, cfg.score_samples)
         box["scorer"] = Scorer(
             processor, cfg.asr_model, data.chars_per_second, cfg.sample_max_frames, cfg.speaker_model

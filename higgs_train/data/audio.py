@@ -3,7 +3,6 @@ to mono and resampled with torchaudio."""
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 from pathlib import Path
@@ -14,20 +13,13 @@ import torch
 import torchaudio.functional as AF
 
 from higgs_train.checkpoint.io import sha256_file
-from higgs_train.data.formats import EMBEDDED
+from higgs_train.data.formats import EMBEDDED, undecoded
 from higgs_train.errors import AudioError
 
 
-@functools.lru_cache(maxsize=4)
-def _saved_dataset(folder: str, column: str):
-    import datasets
-
-    return datasets.load_from_disk(folder).cast_column(column, datasets.Audio(decode=False))
-
-
 def _embedded_bytes(source: str) -> bytes:
-    folder, row, column = source[len(EMBEDDED) :].split("::")
-    return _saved_dataset(folder, column)[int(row)][column]["bytes"]
+    spec, row, column = source[len(EMBEDDED) :].split("::")
+    return undecoded(spec, column)[int(row)][column]["bytes"]
 
 
 def source_identity(source: str, digest=sha256_file) -> str:
@@ -39,8 +31,8 @@ def source_identity(source: str, digest=sha256_file) -> str:
         OSError: the file cannot be read.
     """
     if source.startswith(EMBEDDED):
-        folder, row, column = source[len(EMBEDDED) :].split("::")
-        return f"{_saved_dataset(folder, column)._fingerprint}|{row}|{column}"
+        spec, row, column = source[len(EMBEDDED) :].split("::")
+        return f"{undecoded(spec, column)._fingerprint}|{row}|{column}"
     return digest(source)
 
 

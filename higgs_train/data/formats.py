@@ -1,26 +1,46 @@
-"""Where rows come from: a JSONL / JSON-array manifest, a community folder with `metadata.json`, or a Hugging Face
-dataset saved with `datasets.save_to_disk` (an Audio column and a text column). Every row comes with "where"
-(file:line or folder:sample) for error messages, and the folder its relative paths resolve against.
+"""Where rows come from: a JSONL / JSON-array manifest, a community folder with `metadata.json`, LJSpeech, CSV,
+audio/transcript pairs, or a Hugging Face dataset: saved with `datasets.save_to_disk`, parquet shards as a hub
+download leaves them (`data/train-*.parquet`), or `hf://OWNER/NAME[:SPLIT]` through `datasets.load_dataset` (a
+cached copy works offline). Every row comes with "where" (file:line or folder:sample) for error messages, and the
+folder its relative paths resolve against.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from higgs_train.errors import ManifestError
 
-EMBEDDED = "hfds:"  # audio held inside a saved dataset: "hfds:DIR::ROW::COLUMN"
+EMBEDDED = "hfds:"  # audio held inside a dataset: "hfds:SPEC::ROW::COLUMN" (SPEC: see open_dataset)
+HUB = "hf://"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 TRANSCRIPT_SUFFIXES = (".txt", ".lab")
 TEXT_COLUMNS = ("text", "transcript", "transcription", "sentence", "normalized_text")
+AUDIO_COLUMNS = ("audio", "audio_filepath", "audio_file", "path", "file")  # when no column has the Audio type
+SPEAKER_COLUMNS = ("speaker", "speaker_id")
+_HUB_NAME = re.compile(r"hf://([\w.-]+/[\w.-]+)(?::([\w.-]+))?")
+
+
+class Columns(NamedTuple):
+    """--text_column / --audio_column for dataset formats; None: found by type or by the usual names."""
+
+    text: str | None = None
+    audio: str | None = None
+
 
 Row = tuple[str, object, Path]  # (where, row dict or a ManifestError for an unreadable row, base folder)
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: Path | str) -> str:
     """The format of a manifest path, from what is in it (see config.FORMATS)."""
+    if str(path).startswith(HUB):
+        return "hub"
+    path = Path(path)
     if path.is_dir():
         if (path / "metadata.json").is_file():
             return "folder"
@@ -28,6 +48,8 @@ def detect_format(path: Path) -> str:
             return "hf"
         if (path / "metadata.csv").is_file():
             return "ljspeech"
+        if _parquet_files(path):
+            return "parquet"
         if any(p.suffix.lower() in AUDIO_SUFFIXES for p in path.iterdir()):
             return "pairs"
         raise ManifestError(
@@ -37,24 +59,34 @@ def detect_format(path: Path) -> str:
         )
     if path.suffix.lower() in (".csv", ".tsv", ".txt", ".psv"):
         return "csv"
+    if path.suffix.lower() == ".parquet":
+        return "parquet"
     return "json" if path.suffix == ".json" else "jsonl"
 
 
-def iter_rows(path: str | Path, fmt: str = "auto") -> Iterator[Row]:
+def iter_rows(path: str | Path, fmt: str = "auto", columns: Columns = Columns()) -> Iterator[Row]:
     """Rows of any supported manifest format (`fmt` one of config.FORMATS; auto detects it).
 
     Raises:
         ManifestError: the path is missing, of no known format, or unreadable as a whole.
     """
+    if str(path).startswith(HUB) or fmt == "hub":
+        yield from _table_rows(hub_spec(str(path)), str(path), Path.cwd(), columns)
+        return
     path = Path(path)
     if not path.exists():
         raise ManifestError(
             f"{path}: manifest not found; pass an existing .jsonl or .json file to --train_manifest", "no manifest"
         )
     fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "hf":
+        yield from _table_rows(str(path.resolve()), str(path), path, columns)
+        return
+    if fmt == "parquet":
+        yield from _table_rows(f"parquet={path.resolve()}", str(path), path if path.is_dir() else path.parent, columns)
+        return
     readers = {
         "folder": _folder_rows,
-        "hf": _dataset_rows,
         "ljspeech": _ljspeech_rows,
         "pairs": _pair_rows,
         "csv": _csv_rows,
@@ -171,33 +203,92 @@ def _folder_rows(folder: Path) -> Iterator[Row]:
         yield where, {k: v for k, v in row.items() if v is not None}, folder
 
 
-def _dataset_rows(folder: Path) -> Iterator[Row]:
-    """A dataset saved with `datasets`: the Audio column stays undecoded here (bytes are read at encoding)."""
+def hub_spec(value: str) -> str:
+    """The open_dataset spec of an `hf://OWNER/NAME[:SPLIT]` manifest (split: train by default).
+
+    Raises:
+        ManifestError: not of that form.
+    """
+    match = _HUB_NAME.fullmatch(value)
+    if not match:
+        raise ManifestError(
+            f"{value}: a hub dataset is hf://OWNER/NAME or hf://OWNER/NAME:SPLIT, e.g. hf://someone/voices:train",
+            "no manifest",
+        )
+    return f"hub={match.group(1)}:{match.group(2) or 'train'}"
+
+
+def _parquet_files(path: Path) -> list[Path]:
+    """A file, or a folder's parquet shards as a hub download leaves them (top level or data/): the train-* shards
+    when the folder holds several splits."""
+    if path.is_file():
+        return [path]
+    shards = sorted([*path.glob("*.parquet"), *path.glob("data/*.parquet")])
+    return [p for p in shards if p.name.startswith("train")] or shards
+
+
+@functools.lru_cache(maxsize=4)
+def open_dataset(spec: str):
+    """A `datasets.Dataset` from a spec: a folder saved with save_to_disk, `parquet=PATH` (a file or a folder of
+    shards) or `hub=OWNER/NAME:SPLIT` (through load_dataset: the local cache when offline)."""
+    import datasets
+
+    if spec.startswith("parquet="):
+        files = [str(p) for p in _parquet_files(Path(spec[len("parquet=") :]))]
+        return datasets.load_dataset("parquet", data_files={"train": files}, split="train")
+    if spec.startswith("hub="):
+        name, _, split = spec[len("hub=") :].rpartition(":")
+        return datasets.load_dataset(name, split=split)
+    return datasets.load_from_disk(spec)
+
+
+@functools.lru_cache(maxsize=4)
+def undecoded(spec: str, column: str):
+    """The dataset with `column` as {"bytes", "path"} (never decoded by datasets: soundfile decodes it later)."""
+    import datasets
+
+    ds = open_dataset(spec)
+    if isinstance(ds.features.get(column), datasets.Audio):
+        ds = ds.cast_column(column, datasets.Audio(decode=False))
+    return ds
+
+
+def _table_rows(spec: str, label: str, base: Path, columns: Columns) -> Iterator[Row]:
+    """Rows of a dataset: the audio column (Audio-typed, a {bytes, path} struct, or paths) and a text column."""
     import datasets
 
     try:
-        ds = datasets.load_from_disk(str(folder))
-    except Exception as e:  # datasets raises several types for a folder it cannot read
-        raise ManifestError(f"{folder}: cannot load the saved dataset ({e})", "unreadable manifest") from e
+        ds = open_dataset(spec)
+    except Exception as e:  # datasets raises many types for a source it cannot read
+        hint = ""
+        if spec.startswith("hub="):
+            hint = "; without network it must be in the local datasets cache (load it once where there is network)"
+        message = f"{label}: cannot load the dataset ({type(e).__name__}: {e}){hint}"
+        raise ManifestError(message, "unreadable manifest") from e
     if isinstance(ds, datasets.DatasetDict):
+        message = f"{label}: a DatasetDict; pass one split's folder, e.g. {label}/train"
+        raise ManifestError(message, "unreadable manifest")
+    names = list(ds.features)
+    audio_col = columns.audio or next(
+        (n for n, f in ds.features.items() if isinstance(f, datasets.Audio)),
+        next((n for n in AUDIO_COLUMNS if n in names), None),
+    )
+    text_col = columns.text or next((n for n in TEXT_COLUMNS if n in names), None)
+    if audio_col not in names or text_col not in names:
         raise ManifestError(
-            f"{folder}: a DatasetDict; pass one split's folder, e.g. {folder}/train", "unreadable manifest"
-        )
-    audio_cols = [name for name, f in ds.features.items() if isinstance(f, datasets.Audio)]
-    text_cols = [name for name in TEXT_COLUMNS if name in ds.features]
-    if not audio_cols or not text_cols:
-        raise ManifestError(
-            f"{folder}: the dataset needs an Audio column and a text column ({', '.join(TEXT_COLUMNS)}); "
-            f"it has {', '.join(ds.features)}",
+            f"{label}: the dataset needs an audio column ({', '.join(AUDIO_COLUMNS)}, or --audio_column) and a text "
+            f"column ({', '.join(TEXT_COLUMNS)}, or --text_column); it has {', '.join(names)}",
             "unreadable manifest",
         )
-    audio_col, text_col = audio_cols[0], text_cols[0]
-    plain = ds.cast_column(audio_col, datasets.Audio(decode=False))
-    speaker_col = next((c for c in ("speaker", "speaker_id") if c in ds.features), None)
-    for i, item in enumerate(plain.select_columns([c for c in (audio_col, text_col, speaker_col) if c])):
-        audio = item[audio_col] or {}
-        source = f"{EMBEDDED}{folder.resolve()}::{i}::{audio_col}" if audio.get("bytes") else audio.get("path")
+    raw = undecoded(spec, audio_col)
+    speaker_col = next((c for c in SPEAKER_COLUMNS if c in names), None)
+    for i, item in enumerate(raw.select_columns([c for c in (audio_col, text_col, speaker_col) if c])):
+        audio = item[audio_col]
+        if isinstance(audio, dict):
+            source = f"{EMBEDDED}{spec}::{i}::{audio_col}" if audio.get("bytes") else audio.get("path")
+        else:
+            source = audio
         row = {"audio_filepath": source, "text": item[text_col]}
         if speaker_col and item.get(speaker_col) is not None:
             row["speaker"] = str(item[speaker_col])
-        yield f"{folder}:row {i}", row, folder
+        yield f"{label}:row {i}", row, base

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from higgs_train.data.formats import EMBEDDED, iter_rows
+from higgs_train.data.formats import EMBEDDED, Columns, iter_rows
 from higgs_train.errors import ManifestError
 
 DEFAULT_SYSTEM_PROMPT = "Generate audio following instruction."
@@ -58,12 +58,14 @@ class Problem:
     message: str
 
 
-def load_manifest(path: str | Path, problems: list[Problem] | None = None, fmt: str = "auto") -> list[Sample]:
+def load_manifest(
+    path: str | Path, problems: list[Problem] | None = None, fmt: str = "auto", columns: Columns = Columns()
+) -> list[Sample]:
     """Read a manifest of any supported format (see `formats.py`).
 
     Args:
-        path: a .jsonl / .json file, a folder with metadata.json, or a saved `datasets` folder; relative audio
-            paths resolve against the manifest's folder.
+        path: any format of formats.py (a file, a folder, hf://OWNER/NAME[:SPLIT]); relative audio paths
+            resolve against the manifest's folder.
         problems: when given, bad rows are appended to it and skipped; when None, the first bad row raises.
 
     Returns:
@@ -74,7 +76,7 @@ def load_manifest(path: str | Path, problems: list[Problem] | None = None, fmt: 
             the message names file, line and field.
     """
     samples = []
-    for where, row, base in iter_rows(path, fmt):
+    for where, row, base in iter_rows(path, fmt, columns):
         try:
             if isinstance(row, ManifestError):
                 raise row

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from higgs_train.config import TrainConfig
 from higgs_train.data.collate import Example, TokenLayout, build_example
+from higgs_train.data.formats import Columns
 from higgs_train.data.manifest import Sample
 from higgs_train.data.prepare import REPORT_FILE, DataLimits, PreparedData, bad_data_error, prepare_data, stats_lines
 from higgs_train.errors import ManifestError
@@ -68,6 +69,7 @@ def prepare(
         say,
         should_stop,
         cfg.cache_shard_clips,
+        Columns(cfg.text_column, cfg.audio_column),
     )
     report = data.report
     if report.problems and cfg.on_bad_sample == "error":

@@ -15,6 +15,7 @@ import numpy as np
 from higgs_train.checkpoint.io import atomic_write_bytes
 from higgs_train.data.audio import probe_seconds
 from higgs_train.data.codes import SHARD_CLIPS, Clip, encode_clips
+from higgs_train.data.formats import Columns
 from higgs_train.data.manifest import Problem, Sample, load_manifest
 from higgs_train.errors import AudioError, ManifestError
 
@@ -88,6 +89,7 @@ def prepare_data(
     say: Callable[[str], None] = print,
     should_stop: Callable[[], bool] = lambda: False,
     shard_clips: int = SHARD_CLIPS,
+    columns: Columns = Columns(),
 ) -> PreparedData:
     """Parse, validate and encode a manifest; write OUTPUT_DIR/data_report.json.
 
@@ -103,7 +105,7 @@ def prepare_data(
         Interrupted: `should_stop` turned true while encoding (the finished clips are cached).
     """
     problems: list[Problem] = []
-    samples = load_manifest(manifest, problems, fmt)
+    samples = load_manifest(manifest, problems, fmt, columns)
     rows = len(samples) + len(problems)
     start = time.perf_counter()
     samples = _keep(samples, problems, lambda s: _check_text(s, count_tokens, limits))

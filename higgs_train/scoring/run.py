@@ -24,10 +24,12 @@ from higgs_train.scoring.score import (
 
 
 def _rows_to_score(config: dict, score_manifest: str | None):
+    from higgs_train.data.formats import Columns
     from higgs_train.data.manifest import load_manifest
 
     manifest = score_manifest or config.get("score_manifest") or config.get("eval_manifest")
-    return load_manifest(manifest or config["train_manifest"])
+    columns = Columns(config.get("text_column"), config.get("audio_column"))
+    return load_manifest(manifest or config["train_manifest"], columns=columns)
 
 
 def score_run(settings: ScoreSettings, say: Callable[[str], None] = print) -> tuple[list[ScoreRow], ScoreRow | None]:
