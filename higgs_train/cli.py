@@ -174,6 +174,15 @@ def report(r: settings.RunFolder) -> None:
     show(f"wrote {write_report(r.run_dir)}")
 
 
+@command("export", settings.ExportSettings)
+def export(s: settings.ExportSettings) -> None:
+    """Copy the best (else newest valid) adapter out of RUN_DIR with a model card and its samples; --push_to_hub."""
+    from higgs_train.export import export_adapter
+
+    out, _ = export_adapter(s, say=say)
+    show(f"wrote {out}")
+
+
 @command("doctor", settings.DoctorSettings)
 def doctor(s: settings.DoctorSettings) -> None:
     """Versions, GPUs and free memory, disk and a write test, local model cache: each line ok or the fix."""

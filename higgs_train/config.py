@@ -391,6 +391,16 @@ class ScoreSettings:
 
 
 @dataclass(frozen=True)
+class ExportSettings:
+    run_dir: Path = setting("A run's --output_dir.", argument=True)
+    output: Path = setting("New folder for the adapter, its model card and samples.", argument=True)
+    checkpoint: str | None = setting("Export this checkpoint folder [default: the best, else the newest valid].", None)
+    language: list[str] | None = setting("Language code of the data, for the card (repeatable), e.g. en.", None)
+    push_to_hub: str | None = setting("Upload the folder to this hub repo (OWNER/NAME) with huggingface_hub.", None)
+    private: bool = setting("Create the hub repo private.", False)
+
+
+@dataclass(frozen=True)
 class TinySettings:
     directory: Path = setting("Folder to write the tiny random-weight model into.", argument=True)
     seed: int = setting("Seed for the random weights.", 0)

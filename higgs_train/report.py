@@ -13,13 +13,12 @@ import base64
 import hashlib
 import html
 import io
-import json
 import re
 import time
 from pathlib import Path
 
 from higgs_train.checkpoint import layout
-from higgs_train.checkpoint.io import atomic_write_text, read_pointer
+from higgs_train.checkpoint.io import atomic_write_text, read_json, read_pointer
 from higgs_train.errors import AudioError, HiggsTrainError
 
 REPORT_HTML = "report.html"
@@ -41,8 +40,8 @@ def write_report(run_dir: str | Path) -> Path:
         raise HiggsTrainError(
             f"{run}: not a run folder (no {METRICS_FILE} or {layout.CONFIG_FILE}); pass a run's --output_dir"
         )
-    config = _read_json(run / layout.CONFIG_FILE) or {}
-    data = _read_json(run / REPORT_FILE)
+    config = read_json(run / layout.CONFIG_FILE) or {}
+    data = read_json(run / REPORT_FILE)
     rows = read_metrics(run) if (run / METRICS_FILE).is_file() else []
     scores = read_scores(run)
     best = read_pointer(run, layout.BEST)
@@ -58,13 +57,6 @@ def write_report(run_dir: str | Path) -> Path:
     out = run / REPORT_HTML
     atomic_write_text(out, "\n".join(parts) + "\n")
     return out
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _section(key: str, title: str, body: str) -> str:
@@ -176,7 +168,7 @@ def _listen_section(run: Path, config: dict, best: str | None) -> str:
                 f"<tr><td>{_e(config.get('sample_text', ''))}</td><td>{_player(sample.relative_to(run))}</td>"
                 f"<td>{voice}</td></tr></table>"
             )
-        items = _read_json(samples / f"step-{step}" / SCORED_ITEMS) or []
+        items = read_json(samples / f"step-{step}" / SCORED_ITEMS) or []
         if items:
             rows = []
             for item in items:

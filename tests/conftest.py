@@ -31,6 +31,23 @@ def tiny_whisper(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def listened_run(synth_manifest, tiny_model, tiny_whisper, tmp_path_factory) -> Path:
+    """A 4-step run scored (real Scorer, tiny Whisper) and sampled with a voice prompt at steps 2 and 4."""
+    from typer.testing import CliRunner
+
+    from higgs_train.cli import app
+
+    out = tmp_path_factory.mktemp("listened") / "run"
+    voice = synth_manifest.parent / "clips" / "clip_0.wav"
+    args = train_args(synth_manifest, out, tiny_model, "--max_steps", "4", "--save_steps", "2", "--eval_fraction")
+    args += ["0.34", "--score_steps", "2", "--score_samples", "2", "--asr_model", str(tiny_whisper)]
+    args += ["--sample_steps", "2", "--sample_text", "hello there", "--sample_ref_audio", str(voice)]
+    result = CliRunner().invoke(app, [*args, "--sample_ref_text", "The quick brown fox jumps over the lazy dog."])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
 def synth_manifest(tmp_path_factory) -> Path:
     from higgs_train.tiny import make_dataset
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -78,6 +79,14 @@ def read_pointer(folder: Path, name: str) -> str | None:
     """The checkpoint name a pointer file (layout.LATEST, layout.BEST) holds, or None."""
     file = Path(folder) / name
     return (file.read_text().strip() or None) if file.is_file() else None
+
+
+def read_json(path: str | Path):
+    """A JSON file's value, or None when it is missing or unreadable (for optional files of a run folder)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def sha256_file(path: str | Path) -> str:
