@@ -1,4 +1,6 @@
-"""Transcription through the transformers ASR pipeline (a Whisper checkpoint by default, a hub id or folder)."""
+"""Transcription through the transformers ASR pipeline (a Whisper checkpoint by default, a hub id or folder), or
+`--asr_model pocketsphinx`: CMU PocketSphinx with the US English model its package ships (no download, CPU only,
+far less accurate than Whisper; `pip install -e '.[pocketsphinx]'`)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,21 @@ from higgs_train.config import DEFAULT_ASR_MODEL
 from higgs_train.errors import ModelError
 
 ASR_RATE = 16000
+POCKETSPHINX = "pocketsphinx"
 
 
 class Transcriber:
     def __init__(self, model: str = DEFAULT_ASR_MODEL, max_new_tokens: int = 128):
         import os
+
+        self._sphinx = None
+        if model == POCKETSPHINX:
+            try:
+                from pocketsphinx import Decoder
+            except ImportError as e:
+                raise ModelError("--asr_model pocketsphinx: pip install -e '.[pocketsphinx]'") from e
+            self._sphinx = Decoder(samprate=ASR_RATE)  # the bundled en-us acoustic model, dictionary and LM
+            return
 
         from transformers import AutoConfig, AutoModelForCTC, AutoModelForSpeechSeq2Seq, AutoProcessor, pipeline
 
@@ -47,6 +59,12 @@ class Transcriber:
         if len(wave) == 0:
             return ""
         audio = AF.resample(wave.float(), sample_rate, ASR_RATE).numpy().astype(np.float32)
+        if self._sphinx is not None:
+            self._sphinx.start_utt()
+            self._sphinx.process_raw((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes(), full_utt=True)
+            self._sphinx.end_utt()
+            hyp = self._sphinx.hyp()
+            return hyp.hypstr.strip() if hyp else ""
         out = self._pipe(
             {"raw": audio, "sampling_rate": ASR_RATE}, generate_kwargs={"max_new_tokens": self.max_new_tokens}
         )

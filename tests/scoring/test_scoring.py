@@ -219,3 +219,16 @@ def test_each_row_is_scored_with_its_own_prompt_and_a_cap_sized_from_it(tmp_path
     scorer._speaker = {item.speaker_audio: np.ones(4)}
     scorer.score(None, [item], step=1)
     assert seen == {"max_new_frames": 775, "scene": "A quiet room.", "system": "Speak slowly."}
+
+
+def test_real_speech_recognition_scores_a_real_clip_low_and_a_wrong_transcript_high(voices):
+    """PocketSphinx's bundled English model (a package, no download) on a real recording: the WER scoring computes
+    is low against the clip's own transcript and high against another sentence."""
+    from higgs_train.scoring.asr import Transcriber
+
+    asr = Transcriber("pocketsphinx")
+    wave = load_audio(str(voices / "en_man.wav"), 24000)
+    heard = asr(wave, 24000)
+    own, _ = error_rates((voices / "en_man.txt").read_text(), heard)
+    other, _ = error_rates((voices / "en_woman.txt").read_text(), heard)
+    assert own < 0.2 and other > 0.9, (own, other, heard)
