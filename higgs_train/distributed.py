@@ -50,21 +50,18 @@ def make_accelerator(cfg: TrainConfig):
     Raises:
         ConfigError: fp16 without a GPU, or fewer processes joined than the launcher was asked for.
     """
-    from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
     cpu = not torch.cuda.is_available()
     if cpu and cfg.mixed_precision == "fp16":
         raise ConfigError("--mixed_precision fp16 needs a GPU; use bf16 or no on the CPU")
-    sharded = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"]
-    if cpu and sharded:
-        # accelerate would silently run plain data parallel on the CPU instead: say so rather than switch
-        raise ConfigError(
-            f"the accelerate config asks for {sharded[0]}, which needs GPUs; on a machine without GPU use "
-            "configs/accelerate/cpu2.yaml (data parallel with gloo)"
-        )
     timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, kwargs_handlers=[timeout])
+    accelerator = _new_accelerator(cfg, cpu, timeout)
+    if accelerator.distributed_type.value == "FSDP" and not accelerator.is_fsdp2:
+        raise ConfigError(
+            "the accelerate config asks for FSDP version 1, which higgs-train does not support; set "
+            "fsdp_version: 2 (configs/accelerate/fsdp.yaml)"
+        )
     asked = requested_processes()
     if asked is not None and asked != accelerator.num_processes:
         raise ConfigError(
@@ -76,6 +73,20 @@ def make_accelerator(cfg: TrainConfig):
         # and a sync of the CUDA stream at every micro-batch; a gloo group beside it needs neither.
         accelerator.control_group = torch.distributed.new_group(backend="gloo", timeout=timeout.timeout)
     return accelerator
+
+
+def _new_accelerator(cfg: TrainConfig, cpu: bool, timeout):
+    """The Accelerator itself. (tests/shard_on_cpu.py replaces this to run FSDP and DeepSpeed on the CPU.)"""
+    from accelerate import Accelerator
+
+    sharded = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"]
+    if cpu and sharded:
+        # accelerate would silently run plain data parallel on the CPU instead: say so rather than switch
+        raise ConfigError(
+            f"the accelerate config asks for {sharded[0]}, which needs GPUs; on a machine without GPU use "
+            "configs/accelerate/cpu2.yaml (data parallel with gloo)"
+        )
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, kwargs_handlers=[timeout])
 
 
 def _all_reduce(accelerator, value: torch.Tensor, op) -> torch.Tensor:

@@ -22,7 +22,7 @@ from higgs_train.checkpoint.hook import CheckpointHook, enforce_save_policy
 from higgs_train.checkpoint.io import atomic_write_text
 from higgs_train.checkpoint.lock import RunLock
 from higgs_train.checkpoint.preflight import check_output_dir
-from higgs_train.checkpoint.resume import choose_resume, restore
+from higgs_train.checkpoint.resume import choose_resume, restore_state, restore_weights
 from higgs_train.checkpoint.save import SaveResult
 from higgs_train.checkpoint.state import TrainingProgress, capture_rng, restore_rng
 from higgs_train.config import AUTO, TrainConfig
@@ -57,6 +57,8 @@ from higgs_train.model import (
 from higgs_train.plan import resolve_auto_batch
 from higgs_train.progress import progress_bar
 from higgs_train.schedule import WarmupCosine
+from higgs_train.sharded import backward, configure_deepspeed, whole_models
+from higgs_train.sharded import describe as describe_sharding
 from higgs_train.signals import StopSignal
 
 
@@ -177,7 +179,8 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
 
     quiet_libraries()
     lm_config = load_lm_config(cfg.model)  # a folder that is not Higgs Audio v2 stops here, before anything loads
-    processor = load_processor(cfg.model, cfg.audio_tokenizer)  # small: the data is validated before the LM loads
+    with whole_models(accelerator):
+        processor = load_processor(cfg.model, cfg.audio_tokenizer)  # small: data is validated before the LM loads
     processor.audio_tokenizer.to(accelerator.device)
     num_codebooks = processor.audio_tokenizer.config.num_quantizers
     positions = lm_config.max_position_embeddings
@@ -188,14 +191,18 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     with encoding_progress(main and show) as encoding:
         data = main_first(accelerator, lambda: build(encoding), lambda: build(None), Path(cfg.output_dir))
     processor.audio_tokenizer.to("cpu")
-    scorer = make_scorer(cfg, accelerator, processor, data)  # before the LM: a missing ASR model fails fast
-    lm = load_lm(cfg.model, cfg.mixed_precision, cfg.attn_implementation, use_text_head=cfg.text_loss_weight > 0)
+    with whole_models(accelerator):
+        scorer = make_scorer(cfg, accelerator, processor, data)  # before the LM: a missing ASR model fails fast
+        lm = load_lm(cfg.model, cfg.mixed_precision, cfg.attn_implementation, use_text_head=cfg.text_loss_weight > 0)
     check_pair(lm, processor, cfg.model)
     fingerprint = weights_fingerprint(lm)  # what the adapter is trained on, whatever path or hub id named it
     check_same_settings(accelerator, {"base model weights": fingerprint}, "base models")
 
     torch.manual_seed(cfg.seed)
     model = apply_lora(lm, cfg)
+    loaded = None  # a resume's adapter goes in before accelerate wraps or shards the model
+    if resume_path is not None:
+        loaded = restore_weights(resume_path, cfg.to_dict(), model, fingerprint, say, accelerator.process_index)
     text_loss = TextLoss(model) if cfg.text_loss_weight > 0 else None
     trainable, total = trainable_summary(model)
     say(
@@ -206,7 +213,10 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=torch.cuda.is_available())
     if cfg.compile:  # in place (nn.Module.compile): parameter and state-dict names stay those of the PEFT model
         model.compile(dynamic=True)  # sequence lengths vary batch to batch
+    configure_deepspeed(accelerator, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if line := describe_sharding(accelerator, model):
+        say(line)
     if cfg.batch_size == AUTO:
         cfg = resolve_auto_batch(cfg, model, data, accelerator, resume_path, audio_loss_sum, say)
         on_main(accelerator, _record_config, cfg, say)  # the resolved sizes are what the checkpoints record
@@ -217,8 +227,8 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
         say(f"warning: {warning}")
 
     progress = TrainingProgress(data_seed=cfg.seed, world_size=accelerator.num_processes)
-    if resume_path is not None:
-        progress = restore(resume_path, cfg.to_dict(), accelerator, model, optimizer, scheduler, fingerprint, say)
+    if loaded is not None:
+        progress = restore_state(loaded, cfg.to_dict(), accelerator, model, optimizer, scheduler, say)
         if progress.data_seed != cfg.seed:  # the checkpoint's data order wins
             plan = _plan(cfg, data, accelerator, progress.data_seed)
     metrics = {}  # a tracker that cannot start stops every rank, before training
@@ -442,18 +452,20 @@ def optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codeb
             optimizer.zero_grad(set_to_none=True)
             return None
         batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
-        with contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(model):
+        last = i == len(batches) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
             ce_sum = audio_loss_sum(model, batch, codebook_size)
             total = ce_sum * scale
             if text_loss is not None:
                 text_ce = text_loss(batch["text_labels"])
                 total = total + text_ce * text_scale
                 text_sum = text_sum + text_ce.detach()
-            accelerator.backward(total)
+            backward(accelerator, total, last)
         loss_sum = loss_sum + ce_sum.detach()  # summed on the device: no sync per micro-batch
     grad_norm = None
     if cfg.max_grad_norm > 0:
-        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+        norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)  # DeepSpeed: clipped inside
+        grad_norm = None if norm is None else float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)

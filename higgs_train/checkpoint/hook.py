@@ -45,8 +45,9 @@ class CheckpointHook:
         """Save at this step. Returns the saves that completed during this call (with --async_save, the previous
         one; the current one too when `final`), the same list on every rank. `deadline` (a stop-save): see
         save_checkpoint."""
-        from accelerate.utils import DistributedType, gather_object
-        from peft import get_peft_model_state_dict
+        from accelerate.utils import gather_object
+
+        from higgs_train.sharded import PLAIN, ZERO2, full_adapter, full_optimizer_state, sharding
 
         acc = self.accelerator
         self.last_step = progress.step
@@ -54,13 +55,10 @@ class CheckpointHook:
         if relieve_if_low(memory):
             self.say("memory is low: collected garbage and emptied the CUDA cache before the save")
         unwrapped = acc.unwrap_model(model)
-        full_state = acc.get_state_dict(model)  # FSDP / ZeRO-3: gathered from every rank; DDP: the local state
-        adapter = {
-            k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(unwrapped, full_state).items()
-        }
-        sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        if acc.num_processes > 1 and not sharded:
+        adapter = full_adapter(acc, model)  # FSDP2 / ZeRO-3: gathered by every rank (the adapter alone)
+        if acc.num_processes > 1 and sharding(acc) in (PLAIN, ZERO2):  # replicated weights: they must agree
             check_replicas(gather_object([adapter_digest(adapter)]), progress.step)
+        gathered_optimizer = full_optimizer_state(acc, model, optimizer, progress.step)  # None when not sharded
         rngs = gather_object([(acc.process_index, capture_rng())])
 
         def snapshot() -> Snapshot:
@@ -71,7 +69,7 @@ class CheckpointHook:
                 adapter=adapter,
                 adapter_config=config,
                 config=self.cfg.to_dict(),
-                optimizer=cpu_copy(optimizer.state_dict()),
+                optimizer=gathered_optimizer if gathered_optimizer is not None else cpu_copy(optimizer.state_dict()),
                 scheduler=scheduler.state_dict(),
                 scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
                 rng=dict(rngs),

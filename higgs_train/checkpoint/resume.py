@@ -239,26 +239,38 @@ def choose_resume(resume: str, roots: list[Path], say: Callable[[str], None]) ->
     return result.path
 
 
-def restore(path: Path, config: dict[str, Any], accelerator, model, optimizer, scheduler, fingerprint: str, say):
-    """Load `path` into this run's model, optimizer and scheduler (every rank its own RNG).
-
-    The checkpoint wins for what shapes the state (base weights, LoRA shape: refused when they differ; the data
-    seed: kept, with a warning); the schedule follows this run's --lr and length (`scheduler.jump_to`).
+def restore_weights(path: Path, config: dict[str, Any], model, fingerprint: str, say, rank: int = 0):
+    """Read `path` and put its adapter into the PEFT model, before accelerate wraps or shards it (so every mode
+    shards the restored weights). The checkpoint wins for what shapes the state: another base model or LoRA shape
+    is refused; other changed settings are warned about.
 
     Returns:
-        The restored TrainingProgress, its data position recomputed when the world size changed.
+        The LoadedCheckpoint, for restore_state once the model and optimizer are prepared.
 
     Raises:
         CheckpointError: another base model or LoRA shape, or an adapter missing LoRA tensors.
     """
-    loaded = load_checkpoint(path, accelerator.process_index)
+    loaded = load_checkpoint(path, rank)
     check_same_base(loaded, config["model"], fingerprint)
+    load_adapter_weights(model, loaded.adapter, path)
+    return loaded
+
+
+def restore_state(loaded: LoadedCheckpoint, config: dict[str, Any], accelerator, model, optimizer, scheduler, say):
+    """The rest of a resume, after prepare: optimizer state (gathered form, put back in any mode), schedule (this
+    run's --lr and length, `scheduler.jump_to`), data position and each rank's RNG.
+
+    Returns:
+        The restored TrainingProgress, its data position recomputed when the world size changed.
+    """
+    from higgs_train.sharded import load_optimizer_state
+
+    path = loaded.path
     for warning in check_compatible(loaded.config, config, path):
         say(f"warning: resuming with a changed setting: {warning}")
-    load_adapter_weights(accelerator.unwrap_model(model), loaded.adapter, path)
     progress = loaded.progress
     if loaded.optimizer is not None:
-        optimizer.load_state_dict(loaded.optimizer)
+        load_optimizer_state(accelerator, model, optimizer, loaded.optimizer)
         if loaded.scaler is not None and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(loaded.scaler)
     else:
