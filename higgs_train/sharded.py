@@ -51,7 +51,7 @@ def configure_deepspeed(accelerator, cfg) -> None:
     """DeepSpeed sizes its batch from its own config and no dataloader goes through prepare, so the run's settings
     go in (a ZeRO-2 prepare fails without). Accumulation is 1 in DeepSpeed's eyes: the loop marks each window's
     last micro-batch as the boundary itself (`backward`), so the loss is never divided twice."""
-    if sharding(accelerator) == PLAIN or sharding(accelerator) == FSDP2:
+    if sharding(accelerator) not in (ZERO2, ZERO3):
         return
     ds = accelerator.state.deepspeed_plugin.deepspeed_config
     micro = cfg.batch_size if isinstance(cfg.batch_size, int) else 1

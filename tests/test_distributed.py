@@ -282,3 +282,20 @@ def test_ranks_started_with_different_settings_stop_naming_the_field(synth_manif
         "(e.g. --seed: 42 on rank 0, 7 on rank 1); start every process with the same command and files"
     ) in log
     assert not (tmp_path / "run" / "checkpoint-2").exists()
+
+
+def test_fsdp_version_1_is_refused_naming_the_fix(monkeypatch):
+    """FSDP1 (flat parameters) is not supported: the accelerate config must say fsdp_version: 2. (FSDP1 cannot even
+    start on the CPU, so the Accelerator it would build stands in here.)"""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    import higgs_train.distributed as distributed
+    from higgs_train.config import build_config
+    from higgs_train.errors import ConfigError
+
+    fsdp1 = SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=False, num_processes=1)
+    monkeypatch.setattr(distributed, "_new_accelerator", lambda cfg, cpu, timeout: fsdp1)
+    with pytest.raises(ConfigError, match=r"FSDP version 1, which higgs-train does not support; set fsdp_version: 2"):
+        distributed.make_accelerator(build_config({}, require_data=False))
