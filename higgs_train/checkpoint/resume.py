@@ -99,11 +99,15 @@ def load_adapter_weights(model, tensors: dict[str, torch.Tensor], source: str | 
     """Put an adapter's tensors into a PEFT model, refusing one that lacks any LoRA tensor the model has.
 
     Raises:
-        CheckpointError: naming the first missing tensor.
+        CheckpointError: naming the first missing tensor, or a tensor of another shape.
     """
     from peft import set_peft_model_state_dict
 
-    outcome = set_peft_model_state_dict(model, tensors)
+    try:
+        outcome = set_peft_model_state_dict(model, tensors)
+    except RuntimeError as e:  # torch's size mismatch: another LoRA shape than the settings say
+        reason = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{source}: the adapter does not fit this model ({reason})") from e
     missing = [k for k in outcome.missing_keys if "lora_" in k]
     if missing:
         raise CheckpointError(f"{source}: adapter lacks {len(missing)} LoRA tensors, e.g. {missing[0]}")
@@ -252,6 +256,7 @@ def restore_weights(path: Path, config: dict[str, Any], model, fingerprint: str,
     """
     loaded = load_checkpoint(path, rank)
     check_same_base(loaded, config["model"], fingerprint)
+    check_compatible(loaded.config, config, path)  # refuses another LoRA shape; its warnings come in restore_state
     load_adapter_weights(model, loaded.adapter, path)
     return loaded
 
