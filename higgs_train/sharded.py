@@ -47,6 +47,32 @@ def whole_models(accelerator):
             set_hf_deepspeed_config(registered)
 
 
+def check_supported(accelerator, cfg) -> None:
+    """What sharded parameters rule out. Samples and scores generate on rank 0 alone, and --batch_size auto tries
+    batches per rank: under FSDP2 and ZeRO-3 every forward is a collective of all ranks, so either would hang.
+
+    Raises:
+        ConfigError: naming each flag and what to do instead.
+    """
+    from higgs_train.config import AUTO
+    from higgs_train.errors import ConfigError
+
+    mode = sharding(accelerator)
+    if mode not in (FSDP2, ZERO3):
+        return
+    problems = []
+    if cfg.sample_steps or cfg.score_steps:
+        problems.append(
+            "--sample_steps / --score_steps generate on one process, which sharded parameters cannot: score "
+            "the checkpoints after training (`higgs-train score RUN`)"
+        )
+    if cfg.batch_size == AUTO:
+        problems.append("--batch_size auto tries batches per process: give a number (`higgs-train plan` sizes it)")
+    if problems:
+        name = "FSDP2" if mode == FSDP2 else "ZeRO-3"
+        raise ConfigError(f"under {name}: " + "; ".join(problems) + " (or use DDP or ZeRO-2)")
+
+
 def configure_deepspeed(accelerator, cfg) -> None:
     """DeepSpeed sizes its batch from its own config and no dataloader goes through prepare, so the run's settings
     go in (a ZeRO-2 prepare fails without). Accumulation is 1 in DeepSpeed's eyes: the loop marks each window's

@@ -57,7 +57,7 @@ from higgs_train.model import (
 from higgs_train.plan import resolve_auto_batch
 from higgs_train.progress import progress_bar
 from higgs_train.schedule import WarmupCosine
-from higgs_train.sharded import backward, configure_deepspeed, whole_models
+from higgs_train.sharded import backward, check_supported, configure_deepspeed, whole_models
 from higgs_train.sharded import describe as describe_sharding
 from higgs_train.signals import StopSignal
 
@@ -172,6 +172,7 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     main = accelerator.is_main_process
     say = log if main else (lambda _msg: None)
     check_same_settings(accelerator, settings_identity(cfg))
+    check_supported(accelerator, cfg)
     on_main(accelerator, _record_config, cfg, say)
     say(f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value} on {accelerator.device.type})")
     roots = [Path(cfg.output_dir)] + ([Path(cfg.fallback_dir)] if cfg.fallback_dir else [])
