@@ -25,13 +25,14 @@ def param(f: dataclasses.Field, train: bool = False) -> inspect.Parameter:
     annotation = TYPES.get(kind, str) | None if (train or "None" in str(f.type)) else TYPES.get(kind, str)
     required = f.default is dataclasses.MISSING
     default = None if train else (... if required else f.default)
+    help_text = f.metadata["help"].replace("[", "\\[")  # "[default: ...]" is text, not rich markup
     if f.metadata.get("argument"):
-        default = typer.Argument(default, help=f.metadata["help"])
+        default = typer.Argument(default, help=help_text)
     else:
         panel = {"rich_help_panel": f.metadata["group"]} if "group" in f.metadata else {}
         shown = f.default if f.default not in (None, dataclasses.MISSING) else False
         default = typer.Option(
-            default, *names, help=f.metadata["help"], show_default=str(shown) if shown else False, **panel
+            default, *names, help=help_text, show_default=str(shown) if shown else False, **panel
         )
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 

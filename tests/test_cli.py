@@ -24,6 +24,7 @@ def test_help_subprocess_shows_groups_and_both_spellings():
     for text in ("Data", "LoRA", "Optimisation", "Checkpoints", "--train_manifest", "--train-manifest", "init-tiny"):
         assert text in result.stdout
     assert "Dropout on the LoRA input." in result.stdout
+    assert "[default: --save_steps when there is an eval set]" in result.stdout  # text in brackets is not markup
 
 
 def test_flags_yaml_and_overrides_reach_the_config(tmp_path, monkeypatch):
