@@ -20,6 +20,7 @@ from higgs_train.config import ExportSettings
 from higgs_train.errors import CheckpointError, HiggsTrainError, OutputDirError
 
 CARD = "README.md"
+LICENSE = "boson-higgs-audio-2-community-license"  # the released weights' license, as the hub's license_name
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
@@ -107,7 +108,7 @@ def model_card(run: Path, checkpoint: Path, state: dict, clips: list[dict], lang
     speakers = len((data.get("stats") or {}).get("speakers") or {})
     score = next((r for r in read_scores(run) if r.step == step), None)
     eval_loss = score.eval_loss if score and score.eval_loss is not None else _eval_loss(run, step)
-    meta = ["---", "library_name: peft", "pipeline_tag: text-to-speech", "license: other"]
+    meta = ["---", "library_name: peft", "pipeline_tag: text-to-speech", "license: other", f"license_name: {LICENSE}"]
     if _HUB_ID.fullmatch(base):
         meta.append(f"base_model: {base}")
     meta += ["tags:", "- higgs-audio", "- text-to-speech", "- lora", "- higgs-train"]
@@ -162,7 +163,9 @@ def model_card(run: Path, checkpoint: Path, state: dict, clips: list[dict], lang
         "## License",
         "",
         f"This adapter is a derivative of `{base}` and is bound by that model's license: read its model card "
-        "before you use or share it. The license of the training data applies too.",
+        "before you use or share it. Boson AI releases the Higgs Audio v2 weights under the Boson Higgs Audio 2 "
+        "Community License Agreement (based on the Meta Llama 3 Community License). The license of the training "
+        "data applies too.",
     ]
     return "\n".join(meta + [""] + lines) + "\n"
 

@@ -31,9 +31,7 @@ def param(f: dataclasses.Field, train: bool = False) -> inspect.Parameter:
     else:
         panel = {"rich_help_panel": f.metadata["group"]} if "group" in f.metadata else {}
         shown = f.default if f.default not in (None, dataclasses.MISSING) else False
-        default = typer.Option(
-            default, *names, help=help_text, show_default=str(shown) if shown else False, **panel
-        )
+        default = typer.Option(default, *names, help=help_text, show_default=str(shown) if shown else False, **panel)
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 

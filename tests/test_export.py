@@ -33,6 +33,7 @@ def test_export_takes_the_best_checkpoint_with_a_hub_card_and_its_samples(listen
     _, meta, body = card.split("---\n", 2)
     meta = yaml.safe_load(meta)
     assert meta["library_name"] == "peft" and meta["language"] == ["en"] and "text-to-speech" in meta["tags"]
+    assert (meta["license"], meta["license_name"]) == ("other", "boson-higgs-audio-2-community-license")
     assert "base_model" not in meta  # a local folder is not a hub id: named in the text only
     step = best.name.split("-")[1]
     assert f"checkpoint `{best.name}`" in body and f"- steps: {step} " in body
