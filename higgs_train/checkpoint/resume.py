@@ -189,14 +189,23 @@ def check_same_base(loaded: LoadedCheckpoint, model: str, fingerprint: str) -> N
         )
 
 
-def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> list[str]:
-    """Refuse a checkpoint trained on another base model or LoRA shape; list other differences as warnings."""
+def check_lora_shape(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint of another LoRA shape (its weights would not fit this model).
+
+    Raises:
+        CheckpointError: naming the setting, both values and the fixes.
+    """
     for name in SHAPING_FIELDS:
         if saved.get(name) != current.get(name):
             raise CheckpointError(
                 f"{path} was trained with --{name} {saved.get(name)!r} but this run has {current.get(name)!r}; "
                 f"pass the same --{name}, another --output_dir, or --resume never"
             )
+
+
+def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The settings that differ from the checkpoint's, as warnings (those a resume may change on purpose, like
+    --max_steps or the paths, are left out)."""
     ignore = {
         "model",
         "audio_tokenizer",
@@ -245,8 +254,8 @@ def choose_resume(resume: str, roots: list[Path], say: Callable[[str], None]) ->
 
 def restore_weights(path: Path, config: dict[str, Any], model, fingerprint: str, say, rank: int = 0):
     """Read `path` and put its adapter into the PEFT model, before accelerate wraps or shards it (so every mode
-    shards the restored weights). The checkpoint wins for what shapes the state: another base model or LoRA shape
-    is refused; other changed settings are warned about.
+    shards the restored weights). Another base model or LoRA shape is refused here; other changed settings are
+    warned about in restore_state, once --batch_size auto is resolved.
 
     Returns:
         The LoadedCheckpoint, for restore_state once the model and optimizer are prepared.
@@ -256,14 +265,14 @@ def restore_weights(path: Path, config: dict[str, Any], model, fingerprint: str,
     """
     loaded = load_checkpoint(path, rank)
     check_same_base(loaded, config["model"], fingerprint)
-    check_compatible(loaded.config, config, path)  # refuses another LoRA shape; its warnings come in restore_state
+    check_lora_shape(loaded.config, config, path)
     load_adapter_weights(model, loaded.adapter, path)
     return loaded
 
 
 def restore_state(loaded: LoadedCheckpoint, config: dict[str, Any], accelerator, model, optimizer, scheduler, say):
-    """The rest of a resume, after prepare: optimizer state (gathered form, put back in any mode), schedule (this
-    run's --lr and length, `scheduler.jump_to`), data position and each rank's RNG.
+    """The rest of a resume, after prepare: warnings for changed settings, optimizer state (gathered form, put back
+    in any mode), schedule (this run's --lr and length, `scheduler.jump_to`), data position and each rank's RNG.
 
     Returns:
         The restored TrainingProgress, its data position recomputed when the world size changed.
@@ -271,7 +280,7 @@ def restore_state(loaded: LoadedCheckpoint, config: dict[str, Any], accelerator,
     from higgs_train.sharded import load_optimizer_state
 
     path = loaded.path
-    for warning in check_compatible(loaded.config, config, path):
+    for warning in changed_settings(loaded.config, config):
         say(f"warning: resuming with a changed setting: {warning}")
     progress = loaded.progress
     if loaded.optimizer is not None:
