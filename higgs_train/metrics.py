@@ -52,6 +52,8 @@ class MetricsLog:
 
     def log(self, row: dict) -> None:
         self._append((json.dumps({**row, "time": time.time()}) + "\n").encode())
+        if not self.trackers:
+            return
         values = {_tag(k): v for k, v in row.items() if k != "step" and isinstance(v, int | float)}
         for tracker in self.trackers:
             self._guard(tracker.name, lambda t=tracker: t.log(values, step=row["step"]))

@@ -89,8 +89,9 @@ def configure_deepspeed(accelerator, cfg) -> None:
 
 def backward(accelerator, loss: torch.Tensor, last: bool) -> None:
     """Backward for one micro-batch; under DeepSpeed the optimizer steps inside, on the window's last one."""
-    if sharding(accelerator) in (ZERO2, ZERO3):
-        accelerator.deepspeed_engine_wrapped.backward(loss, sync_gradients=last)
+    engine = getattr(accelerator, "deepspeed_engine_wrapped", None)  # set by prepare under DeepSpeed only
+    if engine is not None:
+        engine.backward(loss, sync_gradients=last)
     else:
         accelerator.backward(loss)
 

@@ -125,6 +125,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
         run = None
         try:
             run = setup(cfg, accelerator, stop, log, progress_bar)
+            if run.metrics:  # trackers finish their runs on a stop or a crash too
+                held.callback(run.metrics.close)
             with contextlib.closing(run.hook):
                 _loop(run, progress_bar)
         except Interrupted as e:
@@ -139,8 +141,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
                 f"answering or died ({str(e).strip().splitlines()[-1][:160]}); the published checkpoints are "
                 "intact, rerun the same command to resume (raise --dist_timeout_s for slow steps or saves)"
             ) from None
-        if run.metrics:
-            run.metrics.close()
         accelerator.wait_for_everyone()
         run.result.model = accelerator.unwrap_model(run.model)
         run.result.is_main = accelerator.is_main_process
