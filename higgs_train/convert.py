@@ -247,8 +247,8 @@ def tokenizer_state_dict(original: dict[str, torch.Tensor]) -> dict[str, torch.T
             value = value * v / v.norm(dim=list(range(1, v.dim())), keepdim=True)
             key = f"{stem}.weight"
         merged[key] = value
-    n_enc = _count_blocks(merged, r"^encoder\.block\.(\d+)\.block\.")
-    n_dec = _count_blocks(merged, r"^decoder_2\.model\.(\d+)\.block\.")
+    n_enc = count_blocks(merged, r"^encoder\.block\.(\d+)\.block\.")
+    n_dec = count_blocks(merged, r"^decoder_2\.model\.(\d+)\.block\.")
     out = {}
     for key, value in merged.items():
         new = _tokenizer_key(key, n_enc, n_dec)
@@ -257,7 +257,8 @@ def tokenizer_state_dict(original: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def _count_blocks(state: dict, pattern: str) -> int:
+def count_blocks(state: dict, pattern: str) -> int:
+    """How many numbered blocks (the first group of `pattern`) the keys of `state` name."""
     return len({m[1] for k in state if (m := re.match(pattern, k))})
 
 
@@ -296,8 +297,8 @@ def _edge(prefix: str, i: int, blocks: int, rest: str) -> str | None:
 
 def dac_sizes(state: dict[str, torch.Tensor]) -> dict:
     """The acoustic model's sizes read off its converted weights (kernel = 2 x stride in DAC's strided convs)."""
-    n_enc = _count_blocks(state, r"^acoustic_encoder\.block\.(\d+)\.")
-    n_dec = _count_blocks(state, r"^acoustic_decoder\.block\.(\d+)\.")
+    n_enc = count_blocks(state, r"^acoustic_encoder\.block\.(\d+)\.")
+    n_dec = count_blocks(state, r"^acoustic_decoder\.block\.(\d+)\.")
     return {
         "encoder_hidden_size": state["acoustic_encoder.conv1.weight"].shape[0],
         "downsampling_ratios": [state[f"acoustic_encoder.block.{i}.conv1.weight"].shape[-1] // 2 for i in range(n_enc)],

@@ -13,7 +13,6 @@ import base64
 import hashlib
 import html
 import io
-import re
 import time
 from pathlib import Path
 
@@ -144,23 +143,17 @@ def _scores_section(scores, best: str | None) -> str:
 
 
 def _listen_section(run: Path, config: dict, best: str | None) -> str:
-    from higgs_train.scoring.score import SAMPLES_DIR, SCORED_ITEMS
+    from higgs_train.scoring.score import SCORED_ITEMS, listened_steps, sample_file, scored_clips_dir
 
-    samples = run / SAMPLES_DIR
-    steps = set()
-    if samples.is_dir():
-        for p in samples.iterdir():
-            match = re.fullmatch(r"step-(\d+)(\.wav)?", p.name)
-            if match and (match.group(2) or (p / SCORED_ITEMS).is_file()):
-                steps.add(int(match.group(1)))
+    steps = listened_steps(run)
     if not steps:
         return _section("listen", "Listen", "<p>No samples or scored clips yet.</p>")
     refs = _References(run)
     articles = []
-    for step in sorted(steps, reverse=True):
+    for step in steps:
         name = layout.checkpoint_name(step)
         parts = [f"<h3>step {step} ({_e(name)}){' &#9733; best' if name == best else ''}</h3>"]
-        sample = samples / f"step-{step}.wav"
+        sample = sample_file(run, step)
         if sample.is_file():
             voice = refs.link(config.get("sample_ref_audio"))
             parts.append(
@@ -168,16 +161,14 @@ def _listen_section(run: Path, config: dict, best: str | None) -> str:
                 f"<tr><td>{_e(config.get('sample_text', ''))}</td><td>{_player(sample.relative_to(run))}</td>"
                 f"<td>{voice}</td></tr></table>"
             )
-        items = read_json(samples / f"step-{step}" / SCORED_ITEMS) or []
-        if items:
-            rows = []
-            for item in items:
-                clip = Path(SAMPLES_DIR) / f"step-{step}" / item["file"]
-                rows.append(
-                    f"<tr><td>{_e(item['text'])}</td><td>{_player(clip)}</td>"
-                    f"<td>{refs.link(item.get('target_audio'))}</td><td>{refs.link(item.get('ref_audio'))}</td>"
-                    f"<td>{item.get('wer', 0):.3f}</td><td>{item.get('similarity', 0):.3f}</td></tr>"
-                )
+        scored = scored_clips_dir(run, step)
+        rows = [
+            f"<tr><td>{_e(item['text'])}</td><td>{_player((scored / item['file']).relative_to(run))}</td>"
+            f"<td>{refs.link(item.get('target_audio'))}</td><td>{refs.link(item.get('ref_audio'))}</td>"
+            f"<td>{item.get('wer', 0):.3f}</td><td>{item.get('similarity', 0):.3f}</td></tr>"
+            for item in read_json(scored / SCORED_ITEMS) or []
+        ]
+        if rows:
             parts.append(
                 "<table><tr><th>target text</th><th>generated</th><th>real clip of the voice</th>"
                 f"<th>voice prompt</th><th>WER</th><th>similarity</th></tr>{''.join(rows)}</table>"

@@ -384,9 +384,11 @@ def _original_codec_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     """The audio tokenizer's tensors under their original names, convolutions as weight-norm pairs."""
     import re
 
-    inner = ("snake1", "conv1", "snake2", "conv2")
-    n_enc = len({m[1] for k in state if (m := re.match(r"^acoustic_encoder\.block\.(\d+)\.", k))})
-    n_dec = len({m[1] for k in state if (m := re.match(r"^acoustic_decoder\.block\.(\d+)\.", k))})
+    from higgs_train.convert import INNER as inner
+    from higgs_train.convert import count_blocks
+
+    n_enc = count_blocks(state, r"^acoustic_encoder\.block\.(\d+)\.")
+    n_dec = count_blocks(state, r"^acoustic_decoder\.block\.(\d+)\.")
     out = {"fc1.weight": torch.zeros(1)}  # the original has an fc1 that the forward pass never uses
     for key, tensor in state.items():
         new = key

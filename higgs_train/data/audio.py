@@ -40,6 +40,17 @@ def source_exists(source: str) -> bool:
     return source.startswith(EMBEDDED) or Path(source).is_file()
 
 
+def _readable(path: str, prefix: str):
+    """What soundfile reads for a source: the file's path, or an embedded clip's bytes.
+
+    Raises:
+        AudioError: the source does not exist.
+    """
+    if not source_exists(path):
+        raise _missing(path, prefix)
+    return io.BytesIO(_embedded_bytes(path)) if path.startswith(EMBEDDED) else path
+
+
 def _missing(path: str, prefix: str) -> AudioError:
     if os.path.islink(path):
         return AudioError(
@@ -57,10 +68,8 @@ def probe_seconds(path: str, where: str = "") -> float:
         AudioError: missing, unreadable or empty, as in `load_audio`.
     """
     prefix = f"{where}: " if where else ""
-    if not source_exists(path):
-        raise _missing(path, prefix)
     try:
-        info = sf.info(io.BytesIO(_embedded_bytes(path)) if path.startswith(EMBEDDED) else path)
+        info = sf.info(_readable(path, prefix))
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError, ValueError) as e:
         raise AudioError(
             f"{prefix}cannot decode audio file {path} ({e}); convert it to WAV or FLAC", "undecodable audio"
@@ -88,11 +97,8 @@ def load_audio(path: str, sample_rate: int, where: str = "") -> torch.Tensor:
             which).
     """
     prefix = f"{where}: " if where else ""
-    if not source_exists(path):
-        raise _missing(path, prefix)
     try:
-        target = io.BytesIO(_embedded_bytes(path)) if path.startswith(EMBEDDED) else path
-        data, file_rate = sf.read(target, dtype="float32", always_2d=True)
+        data, file_rate = sf.read(_readable(path, prefix), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
         raise AudioError(
             f"{prefix}cannot decode audio file {path} ({e}); convert it to WAV or FLAC", "undecodable audio"

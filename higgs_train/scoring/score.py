@@ -27,6 +27,18 @@ def sample_file(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / SAMPLES_DIR / f"step-{step}.wav"
 
 
+def listened_steps(run_dir: str | Path) -> list[int]:
+    """The steps with a sample or scored clips in the run folder, newest first."""
+    import re
+
+    folder, steps = Path(run_dir) / SAMPLES_DIR, set()
+    for p in folder.iterdir() if folder.is_dir() else []:
+        match = re.fullmatch(r"step-(\d+)(\.wav)?", p.name)
+        if match and (match.group(2) or (p / SCORED_ITEMS).is_file()):
+            steps.add(int(match.group(1)))
+    return sorted(steps, reverse=True)
+
+
 @dataclass(frozen=True)
 class ScoreItem:
     text: str
