@@ -208,7 +208,10 @@ def score(s: settings.ScoreSettings) -> None:
 
     rows, best = score_run(s, say=say)
     out.print(score_table(rows, best))
-    out.print(f"best by {s.select_best_by}: {best.checkpoint if best else '-'}; curves: {plot_scores(s.run_dir)}")
+    error = f" (error = {best.headline_name})" if best and s.select_best_by in ("combined", "error") else ""
+    out.print(
+        f"best by {s.select_best_by}{error}: {best.checkpoint if best else '-'}; curves: {plot_scores(s.run_dir)}"
+    )
 
 
 def main() -> None:

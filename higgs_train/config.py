@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from higgs_train.errors import ConfigError
+from higgs_train.language import parse_languages
 
 # transformers' own docs and tests load this converted copy; Boson's repo at the revision the converter names holds
 # the original layout, which `higgs-train convert` turns into this one (see README "Which checkpoints load").
@@ -28,7 +29,7 @@ ON_BAD_SAMPLE = ("error", "skip")
 ATTENTION = ("sdpa", "flash_attention_2", "flex_attention", "eager")
 # manifest formats (data/formats.py)
 FORMATS = ("auto", "jsonl", "json", "folder", "hf", "parquet", "hub", "ljspeech", "csv", "pairs")
-SELECT_BEST_BY = ("wer", "similarity", "loss", "combined")
+SELECT_BEST_BY = ("combined", "error", "wer", "cer", "similarity", "loss")
 DEFAULT_ASR_MODEL = "openai/whisper-small"
 
 DATA, MODEL, LORA, OPTIM, RUN, CKPT = "Data", "Model", "LoRA", "Optimisation", "Run", "Checkpoints"
@@ -56,6 +57,12 @@ class TrainConfig:
     )
     text_column: str | None = _f(None, "Datasets: the text column [default: text, transcript, sentence, ...].", DATA)
     audio_column: str | None = _f(None, "Datasets: the audio column [default: the Audio-typed one, or audio].", DATA)
+    language: str | None = _f(
+        None,
+        "ISO 639-1 code of the data (comma-separated for mixed data, e.g. ar,en): rows without a `language` field "
+        "take it when it is one; scoring's text rules, metric and ASR language follow it.",
+        DATA,
+    )
     eval_manifest: str | None = _f(None, "Held-out manifest for the eval loss.", DATA)
     eval_fraction: float = _f(0.0, "Hold out this share of the training rows for the eval loss instead.", DATA)
     eval_steps: int | None = _f(
@@ -126,7 +133,11 @@ class TrainConfig:
     speaker_model: str = _f(
         "resemblyzer", "Speaker embeddings: resemblyzer, or a transformers x-vector model (hub id or folder).", SCORE
     )
-    select_best_by: str = _f("combined", "Best checkpoint by: wer, similarity, loss or combined.", SCORE)
+    select_best_by: str = _f(
+        "combined",
+        "Best checkpoint by: combined, error (WER, or CER for scripts without spaces), wer, cer, similarity or loss.",
+        SCORE,
+    )
     save_steps: int = _f(500, "Save a checkpoint every N optimizer steps (and at the last step).", CKPT)
     save_total_limit: int | None = _f(None, "Keep at most N checkpoints (oldest deleted after a good save).", CKPT)
     resume: str = _f("auto", "auto (newest valid checkpoint in --output_dir), never, or a checkpoint path.", CKPT)
@@ -293,6 +304,10 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
     if cfg.eval_manifest and cfg.eval_fraction:
         problems.append("--eval_manifest and --eval_fraction both given; choose one")
     problems += tracker_problems(cfg.report_to)
+    try:
+        parse_languages(cfg.language)
+    except ConfigError as e:
+        problems.append(str(e))
     if cfg.sample_steps is not None and (cfg.sample_steps < 1 or not cfg.sample_text):
         problems.append("--sample_steps needs a positive N and --sample_text with the words to speak")
     if bool(cfg.sample_ref_audio) != bool(cfg.sample_ref_text):

@@ -56,7 +56,7 @@ def export_adapter(s: ExportSettings, say: Callable[[str], None] = print) -> tup
         if sha256_file(tmp / name) != sha256_file(checkpoint / name):
             raise OutputDirError(f"{tmp / name}: the copy differs from the checkpoint's file; check the disk")
     clips = _copy_samples(run, step, tmp)
-    card = model_card(run, checkpoint, state, clips, s.language)
+    card = model_card(run, checkpoint, state, clips, _languages(run, state, s.language))
     (tmp / CARD).write_text(card)
     if out.exists():
         out.rmdir()  # empty, checked above
@@ -65,6 +65,19 @@ def export_adapter(s: ExportSettings, say: Callable[[str], None] = print) -> tup
     if s.push_to_hub:
         push(out, s.push_to_hub, s.private, say)
     return out, checkpoint
+
+
+def _languages(run: Path, state: dict, given: list[str] | None) -> list[str]:
+    """--language as given (ISO 639-1, checked), else the languages of the run's data: its rows' (the data report),
+    else the run's --language."""
+    from higgs_train.data.prepare import REPORT_FILE
+    from higgs_train.language import parse_languages
+
+    if given:
+        return list(parse_languages(",".join(given)))
+    found = ((read_json(run / REPORT_FILE) or {}).get("stats") or {}).get("languages") or {}
+    codes = [c for c in found if c != "(none)"]
+    return codes or list(parse_languages((state.get("config") or {}).get("language")))
 
 
 def _best(run: Path) -> Path | None:
@@ -131,7 +144,9 @@ def model_card(run: Path, checkpoint: Path, state: dict, clips: list[dict], lang
         f"- data: {_duration(data.get('hours', 0))} in {data.get('good', '?')} clips, {speakers} speaker(s)"
         if data
         else "- data: no data report in the run folder",
-        f"- languages: {', '.join(languages)}" if languages else "- languages: not given (export with --language)",
+        f"- languages: {', '.join(languages)}"
+        if languages
+        else "- languages: not recorded (train with --language, or export with --language)",
         f"- eval loss at this step: {eval_loss:.4f}" if eval_loss is not None else "- eval loss: not measured",
     ]
     if score:

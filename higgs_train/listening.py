@@ -14,16 +14,26 @@ def make_scorer(cfg: TrainConfig, accelerator, processor, data):
         return None
     from higgs_train.data.formats import Columns
     from higgs_train.data.manifest import load_manifest
+    from higgs_train.language import parse_languages
     from higgs_train.scoring.score import Scorer, items_from_samples
 
     box = {}
 
     def make() -> None:
-        columns = Columns(cfg.text_column, cfg.audio_column)
-        samples = load_manifest(cfg.score_manifest, columns=columns) if cfg.score_manifest else data.eval_samples
+        columns, languages = Columns(cfg.text_column, cfg.audio_column), parse_languages(cfg.language)
+        if cfg.score_manifest:
+            samples = load_manifest(cfg.score_manifest, columns=columns, languages=languages)
+        else:
+            samples = data.eval_samples
         box["items"] = items_from_samples(samples, cfg.score_samples)
         box["scorer"] = Scorer(
-            processor, cfg.asr_model, data.chars_per_second, cfg.sample_max_frames, cfg.speaker_model
+            processor,
+            cfg.asr_model,
+            data.chars_per_second,
+            cfg.sample_max_frames,
+            cfg.speaker_model,
+            data.rates_by_language,
+            {item.language for item in box["items"]},
         )
 
     on_main(accelerator, make)  # an ASR model that fails to load stops every rank, before training
@@ -53,7 +63,7 @@ def score_now(cfg: TrainConfig, scorer, model, step: int, eval_loss, metrics, sa
             )
         best = mark_best(cfg.output_dir, cfg.select_best_by)
         say(
-            f"score at step {row.step}: WER {row.wer:.3f}, similarity {row.similarity:.3f}, "
+            f"score at step {row.step}: {row.headline_name} {row.headline:.3f}, similarity {row.similarity:.3f}, "
             f"duration ratio {row.duration_ratio:.2f}; best: {best.checkpoint if best else '-'}"
         )
     except Exception as e:  # scoring informs the choice of checkpoint; it never stops training or a save

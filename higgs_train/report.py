@@ -80,6 +80,13 @@ def _head(run: Path, config: dict, rows: list[dict]) -> str:
     )
 
 
+def _text(value, language: str | None = None) -> str:
+    """A table cell of text someone wrote: its language when known, and dir="auto" so Arabic or Hebrew runs right to
+    left whatever the page's direction."""
+    lang = f' lang="{_e(language)}"' if language else ""
+    return f'<td{lang} dir="auto">{_e(value)}</td>'
+
+
 def _facts(pairs) -> str:
     cells = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in pairs)
     return f'<table class="facts">{cells}</table>'
@@ -99,6 +106,9 @@ def _data_section(data: dict | None) -> str:
         ("speaking rate (chars/s)", f"{data.get('chars_per_second', 0):.1f}"),
         ("problems", len(data.get("problems") or [])),
     ]
+    for code, part in (stats.get("languages") or {}).items():
+        value = f"{part['hours']:.2f} h, {part['clips']} clips, {part['chars_per_second']} chars/s"
+        pairs.append((f"language {code}", value))
     return _section("data", "Data", _facts(pairs))
 
 
@@ -125,7 +135,7 @@ def _curves_section(rows: list[dict], scores) -> str:
 def _scores_section(scores, best: str | None) -> str:
     if not scores:
         return _section("scores", "Scores", "<p>No scores (train with --score_steps or run score).</p>")
-    names = ("checkpoint", "WER", "CER", "similarity", "duration ratio", "trailing", "eval loss")
+    names = ("checkpoint", "error", "metric", "WER", "CER", "similarity", "duration ratio", "trailing", "eval loss")
 
     def fmt(v) -> str:
         return "-" if v is None else f"{v:.3f}"
@@ -135,11 +145,16 @@ def _scores_section(scores, best: str | None) -> str:
         name = s.checkpoint or layout.checkpoint_name(s.step)
         mark = name == best
         values = (s.wer, s.cer, s.similarity, s.duration_ratio, s.trailing_share, s.eval_loss)
-        cells = "".join(f"<td>{fmt(v)}</td>" for v in values)
+        cells = f"<td>{fmt(s.headline)}</td><td>{_e(s.headline_name)}</td>"
+        cells += "".join(f"<td>{fmt(v)}</td>" for v in values)
         label = f'<a href="#step-{s.step}">{_e(name)}</a>' + (" &#9733; best" if mark else "")
         body.append(f"<tr{' class=best' if mark else ''}><td>{label}</td>{cells}</tr>")
     head = "".join(f"<th>{n}</th>" for n in names)
-    return _section("scores", "Scores", f"<table><tr>{head}</tr>{''.join(body)}</table>")
+    note = (
+        "<p>error: each row's headline rate, WER, or CER for languages written without spaces (zh, ja, th, lo, km, "
+        "my); the best checkpoint is chosen with it.</p>"
+    )
+    return _section("scores", "Scores", f"{note}<table><tr>{head}</tr>{''.join(body)}</table>")
 
 
 def _listen_section(run: Path, config: dict, best: str | None) -> str:
@@ -158,23 +173,39 @@ def _listen_section(run: Path, config: dict, best: str | None) -> str:
             voice = refs.link(config.get("sample_ref_audio"))
             parts.append(
                 "<table><tr><th>sample text</th><th>generated</th><th>voice prompt</th></tr>"
-                f"<tr><td>{_e(config.get('sample_text', ''))}</td><td>{_player(sample.relative_to(run))}</td>"
+                f"<tr>{_text(config.get('sample_text', ''), _one_language(config))}"
+                f"<td>{_player(sample.relative_to(run))}</td>"
                 f"<td>{voice}</td></tr></table>"
             )
         scored = scored_clips_dir(run, step)
         rows = [
-            f"<tr><td>{_e(item['text'])}</td><td>{_player((scored / item['file']).relative_to(run))}</td>"
+            f"<tr>{_text(item['text'], item.get('language'))}"
+            f"<td>{_player((scored / item['file']).relative_to(run))}</td>"
             f"<td>{refs.link(item.get('target_audio'))}</td><td>{refs.link(item.get('ref_audio'))}</td>"
-            f"<td>{item.get('wer', 0):.3f}</td><td>{item.get('similarity', 0):.3f}</td></tr>"
+            f"<td>{_item_error(item)}</td>{_text(item.get('heard', ''), item.get('language'))}"
+            f"<td>{item.get('similarity', 0):.3f}</td></tr>"
             for item in read_json(scored / SCORED_ITEMS) or []
         ]
         if rows:
             parts.append(
                 "<table><tr><th>target text</th><th>generated</th><th>real clip of the voice</th>"
-                f"<th>voice prompt</th><th>WER</th><th>similarity</th></tr>{''.join(rows)}</table>"
+                f"<th>voice prompt</th><th>error</th><th>heard (ASR)</th><th>similarity</th></tr>{''.join(rows)}"
+                "</table>"
             )
         articles.append(f'<article id="step-{step}">{"".join(parts)}</article>')
     return _section("listen", "Listen", "".join(articles))
+
+
+def _one_language(config: dict) -> str | None:
+    codes = [c.strip() for c in (config.get("language") or "").split(",") if c.strip()]
+    return codes[0] if len(codes) == 1 else None
+
+
+def _item_error(item: dict) -> str:
+    """The scored clip's headline rate and its name ("WER 0.250", "CER 0.100")."""
+    metric = item.get("metric") or "wer"
+    value = item.get(metric)
+    return "-" if value is None else f"{metric.upper()} {value:.3f}"
 
 
 def _player(relative: Path) -> str:

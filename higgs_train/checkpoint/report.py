@@ -68,11 +68,13 @@ def checkpoint_table(rows: list[CheckpointRow]):
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD)
-    for name in ("checkpoint", "step", "size", "modified", "status", "WER", "sim", "resume"):
+    for name in ("checkpoint", "step", "size", "modified", "status", "error", "sim", "resume"):
         table.add_column(name, no_wrap=True)
     for r in rows:
         status = ("[green]valid[/]" if r.valid else "[red]invalid[/]") + (" (fallback)" if r.kind == "fallback" else "")
-        wer, sim = (f"{r.score.wer:.2f}", f"{r.score.similarity:.2f}") if r.score else ("-", "-")
+        wer, sim = ("-", "-")
+        if r.score and r.score.headline is not None:
+            wer, sim = f"{r.score.headline_name} {r.score.headline:.2f}", f"{r.score.similarity:.2f}"
         name, size = r.name + (" *" if r.best else ""), f"{r.size_bytes / 1e6:.1f}M"
         table.add_row(name, str(r.step or "-"), size, r.modified, status, wer, sim, "<-" if r.resume_pick else "")
     return table

@@ -23,6 +23,7 @@ TRANSCRIPT_SUFFIXES = (".txt", ".lab")
 TEXT_COLUMNS = ("text", "transcript", "transcription", "sentence", "normalized_text")
 AUDIO_COLUMNS = ("audio", "audio_filepath", "audio_file", "path", "file")  # when no column has the Audio type
 SPEAKER_COLUMNS = ("speaker", "speaker_id")
+LANGUAGE_COLUMNS = ("language", "lang", "locale")
 _HUB_NAME = re.compile(r"hf://([\w.-]+/[\w.-]+)(?::([\w.-]+))?")
 
 
@@ -121,13 +122,16 @@ def _ljspeech_rows(folder: Path) -> Iterator[Row]:
 
 
 def _csv_rows(path: Path) -> Iterator[Row]:
-    """`audio_file|text` lines (a header line naming those columns is skipped); paths relative to the file."""
+    """`audio_file|text` lines, or `audio_file|text|language` under a header line naming those columns (a header is
+    skipped); paths relative to the file."""
+    with_language = False
     for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{line_no}"
         audio, sep, text = line.partition("|")
         if line_no == 1 and audio.strip().lower() in ("audio_file", "audio", "path", "audio_filepath"):
+            with_language = line.rpartition("|")[2].strip().lower() in LANGUAGE_COLUMNS
             continue
         if not sep:
             yield (
@@ -136,7 +140,10 @@ def _csv_rows(path: Path) -> Iterator[Row]:
                 path.parent,
             )
             continue
-        yield where, {"audio_filepath": audio.strip(), "text": text}, path.parent
+        row = {"audio_filepath": audio.strip(), "text": text}
+        if with_language:
+            row["text"], _, row["language"] = text.rpartition("|")
+        yield where, row, path.parent
 
 
 def _pair_rows(folder: Path) -> Iterator[Row]:
@@ -188,6 +195,7 @@ def _folder_rows(folder: Path) -> Iterator[Row]:
             yield where, ManifestError(f"{where}: a sample must be a JSON object", "invalid row"), folder
             continue
         row = {"audio_filepath": item.get("audio_file"), "speaker": item.get("speaker_id"), "scene": item.get("scene")}
+        row["language"] = item.get("language")
         if "transcript" in item:
             row["text"] = item["transcript"]
         elif "transcript_file" in item:
@@ -282,7 +290,8 @@ def _table_rows(spec: str, label: str, base: Path, columns: Columns) -> Iterator
         )
     raw = undecoded(spec, audio_col)
     speaker_col = next((c for c in SPEAKER_COLUMNS if c in names), None)
-    for i, item in enumerate(raw.select_columns([c for c in (audio_col, text_col, speaker_col) if c])):
+    language_col = next((c for c in LANGUAGE_COLUMNS if c in names), None)
+    for i, item in enumerate(raw.select_columns([c for c in (audio_col, text_col, speaker_col, language_col) if c])):
         audio = item[audio_col]
         if isinstance(audio, dict):
             source = f"{EMBEDDED}{spec}::{i}::{audio_col}" if audio.get("bytes") else audio.get("path")
@@ -291,4 +300,6 @@ def _table_rows(spec: str, label: str, base: Path, columns: Columns) -> Iterator
         row = {"audio_filepath": source, "text": item[text_col]}
         if speaker_col and item.get(speaker_col) is not None:
             row["speaker"] = str(item[speaker_col])
+        if language_col and item.get(language_col):
+            row["language"] = str(item[language_col])
         yield f"{label}:row {i}", row, base

@@ -6,12 +6,14 @@ that mixes row forms and whose errors carry no line numbers), so every error nam
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from higgs_train.data.formats import EMBEDDED, Columns, iter_rows
 from higgs_train.errors import ManifestError
+from higgs_train.language import ISO_639_1
 
 DEFAULT_SYSTEM_PROMPT = "Generate audio following instruction."
 ROLES = ("system", "scene", "user", "assistant")
@@ -33,6 +35,7 @@ class Sample:
     source: str  # "manifest.jsonl:17", for error messages and reports
     turns: tuple[Turn, ...]
     speaker: str | None = None
+    language: str | None = None  # ISO 639-1: the row's own field, else the run's one --language
 
     @property
     def audio_paths(self) -> list[str]:
@@ -59,7 +62,11 @@ class Problem:
 
 
 def load_manifest(
-    path: str | Path, problems: list[Problem] | None = None, fmt: str = "auto", columns: Columns = Columns()
+    path: str | Path,
+    problems: list[Problem] | None = None,
+    fmt: str = "auto",
+    columns: Columns = Columns(),
+    languages: tuple[str, ...] = (),
 ) -> list[Sample]:
     """Read a manifest of any supported format (see `formats.py`).
 
@@ -67,6 +74,8 @@ def load_manifest(
         path: any format of formats.py (a file, a folder, hf://OWNER/NAME[:SPLIT]); relative audio paths
             resolve against the manifest's folder.
         problems: when given, bad rows are appended to it and skipped; when None, the first bad row raises.
+        languages: the run's --language codes: a row without a `language` field takes the one code when there is
+            one; a row naming another language than these is a bad row.
 
     Returns:
         One `Sample` per good row, in order.
@@ -80,7 +89,7 @@ def load_manifest(
         try:
             if isinstance(row, ManifestError):
                 raise row
-            samples.append(parse_row(row, where, base))
+            samples.append(_with_language(parse_row(row, where, base), languages))
         except ManifestError as e:
             if problems is None:
                 raise
@@ -88,6 +97,31 @@ def load_manifest(
     if not samples and not problems:
         raise ManifestError(f"{path}: the manifest has no rows; add one JSON object per line", "no manifest")
     return samples
+
+
+def _with_language(sample: Sample, languages: tuple[str, ...]) -> Sample:
+    if sample.language is None:
+        return dataclasses.replace(sample, language=languages[0]) if len(languages) == 1 else sample
+    if languages and sample.language not in languages:
+        raise ManifestError(
+            f'{sample.source}: field "language" is {sample.language!r}, not one of --language {",".join(languages)}; '
+            "add it to --language or fix the row",
+            "language not in --language",
+        )
+    return sample
+
+
+def _language(row: dict, where: str) -> str | None:
+    value = _optional_str(row, "language", where)
+    if value is None or not value.strip():
+        return None
+    code = value.strip().lower().replace("_", "-").split("-")[0]  # a locale (ar-EG, pt_BR) names its language
+    if code not in ISO_639_1:
+        raise ManifestError(
+            f'{where}: field "language" is {value!r}, not an ISO 639-1 code; use a two-letter code such as en, ar, zh',
+            "invalid language",
+        )
+    return code
 
 
 def parse_row(row: object, where: str, base_dir: Path) -> Sample:
@@ -114,7 +148,7 @@ def parse_row(row: object, where: str, base_dir: Path) -> Sample:
         turns.append(Turn("assistant", audio=_audio_path(row, ("ref_audio_filepath",), where, base_dir)))
     turns.append(Turn("user", text=_required_text(row, "text", where)))
     turns.append(Turn("assistant", audio=_audio_path(row, ("audio_filepath", "audio"), where, base_dir)))
-    return Sample(where, tuple(turns), speaker)
+    return Sample(where, tuple(turns), speaker, _language(row, where))
 
 
 def _chatml_sample(row: dict, where: str, base_dir: Path) -> Sample:
@@ -136,7 +170,7 @@ def _chatml_sample(row: dict, where: str, base_dir: Path) -> Sample:
         raise ManifestError(f"{where}: audio in a user turn is not supported; put context audio in assistant turns")
     if not any(t.role == "system" for t in turns):
         turns.insert(0, Turn("system", text=DEFAULT_SYSTEM_PROMPT))
-    return Sample(where, tuple(turns), _optional_str(row, "speaker", where))
+    return Sample(where, tuple(turns), _optional_str(row, "speaker", where), _language(row, where))
 
 
 def _content_turns(role: str, content: object, field: str, where: str, base_dir: Path) -> list[Turn]:

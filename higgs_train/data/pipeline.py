@@ -16,6 +16,7 @@ from higgs_train.data.formats import Columns
 from higgs_train.data.manifest import Sample
 from higgs_train.data.prepare import REPORT_FILE, DataLimits, PreparedData, bad_data_error, prepare_data, stats_lines
 from higgs_train.errors import ManifestError
+from higgs_train.language import parse_languages
 from higgs_train.progress import progress_bar
 
 
@@ -26,6 +27,7 @@ class TrainingData:
     layout: TokenLayout
     eval_samples: list[Sample]
     chars_per_second: float  # the training set's speaking rate, for the scores' duration ratio
+    rates_by_language: dict[str, float]  # the same per row language
     stats: dict
 
 
@@ -70,6 +72,7 @@ def prepare(
         should_stop,
         cfg.cache_shard_clips,
         Columns(cfg.text_column, cfg.audio_column),
+        parse_languages(cfg.language),
     )
     report = data.report
     if report.problems and cfg.on_bad_sample == "error":
@@ -135,6 +138,7 @@ def build_training_data(
         layout=layout,
         eval_samples=eval_samples,
         chars_per_second=train.report.chars_per_second,
+        rates_by_language=train.report.rates_by_language,
         stats=train.report.stats,
     )
 

@@ -31,6 +31,7 @@ class DataReport:
     good: int = 0
     hours: float = 0.0  # audio hours of the good rows' target clips
     chars_per_second: float = DEFAULT_CHARS_PER_SECOND  # of the good rows: target text characters per audio second
+    rates_by_language: dict = field(default_factory=dict)  # the same per row language (scoring's expected duration)
     encode_seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
@@ -90,6 +91,7 @@ def prepare_data(
     should_stop: Callable[[], bool] = lambda: False,
     shard_clips: int = SHARD_CLIPS,
     columns: Columns = Columns(),
+    languages: tuple[str, ...] = (),
 ) -> PreparedData:
     """Parse, validate and encode a manifest; write OUTPUT_DIR/data_report.json.
 
@@ -105,7 +107,7 @@ def prepare_data(
         Interrupted: `should_stop` turned true while encoding (the finished clips are cached).
     """
     problems: list[Problem] = []
-    samples = load_manifest(manifest, problems, fmt, columns)
+    samples = load_manifest(manifest, problems, fmt, columns, languages)
     rows = len(samples) + len(problems)
     start = time.perf_counter()
     samples = _keep(samples, problems, lambda s: _check_text(s, count_tokens, limits))
@@ -129,6 +131,10 @@ def prepare_data(
         good=len(good),
         hours=sum(clips[s.target_audio].seconds for s in good) / 3600,
         chars_per_second=_speaking_rate(good, clips),
+        rates_by_language={
+            code: _speaking_rate([s for s in good if s.language == code], clips)
+            for code in sorted({s.language for s in good if s.language})
+        },
         stats=dataset_stats(good, clips),
         encode_seconds=time.perf_counter() - start,
         problems=problems,
@@ -171,12 +177,21 @@ def dataset_stats(samples: list[Sample], clips) -> dict:
     rate = chars / np.maximum(seconds, 1e-6)
     levels = np.array([c for s in samples if (c := clips[s.target_audio].rms_db) is not None])
     speakers = collections.Counter(s.speaker or "(none)" for s in samples)
+    languages = {}
+    for code in sorted({s.language or "(none)" for s in samples}):
+        mine = [i for i, s in enumerate(samples) if (s.language or "(none)") == code]
+        languages[code] = {
+            "clips": len(mine),
+            "hours": round(float(seconds[mine].sum()) / 3600, 4),
+            "chars_per_second": round(float(chars[mine].sum() / max(seconds[mine].sum(), 1e-6)), 2),
+        }
     edges = [0, 1, 2, 5, 10, 15, 20, 30, 60, float("inf")]
     hist = np.histogram(seconds, bins=edges)[0]
     return {
         "hours": round(float(seconds.sum()) / 3600, 4),
         "clips": len(samples),
         "speakers": dict(speakers.most_common()),
+        "languages": languages,
         "duration_s": {
             "min": round(float(seconds.min()), 2),
             "median": round(float(np.median(seconds)), 2),
@@ -214,6 +229,15 @@ def stats_lines(stats: dict) -> list[str]:
         f"  text {t['min']}-{t['max']} chars (mean {t['mean']}); speaking rate {r['q1']}-{r['q3']} chars/s "
         f"(median {r['median']})",
     ]
+    languages = stats.get("languages", {})
+    if set(languages) - {"(none)"}:
+        lines.append(
+            "  languages: "
+            + "; ".join(
+                f"{c} {v['hours']:.3f} h, {v['clips']} clips, {v['chars_per_second']} chars/s"
+                for c, v in languages.items()
+            )
+        )
     if stats.get("rms_dbfs"):
         lv = stats["rms_dbfs"]
         lines.append(f"  loudness {lv['min']} to {lv['max']} dBFS RMS (median {lv['median']})")

@@ -17,11 +17,26 @@ ASR_RATE = 16000
 POCKETSPHINX = "pocketsphinx"
 
 
+def english_only_by_name(model: str) -> bool:
+    """PocketSphinx (its bundled model is US English) and Whisper's `.en` checkpoints hear English only."""
+    return model == POCKETSPHINX or model.rstrip("/").endswith(".en")
+
+
 class Transcriber:
-    def __init__(self, model: str = DEFAULT_ASR_MODEL, max_new_tokens: int = 128):
+    """Speech to text. `languages`: the languages it will be asked to hear (None entries: unknown); a model that
+    cannot hear them is refused here, before anything is scored.
+
+    Raises:
+        ModelError: the model cannot be loaded, or hears English only and `languages` holds another language.
+    """
+
+    def __init__(
+        self, model: str = DEFAULT_ASR_MODEL, max_new_tokens: int = 128, languages: set | frozenset = frozenset()
+    ):
         import os
 
         self._sphinx = None
+        self._refuse_if_deaf(model, languages, english_only_by_name(model))
         if model == POCKETSPHINX:
             try:
                 from pocketsphinx import Decoder
@@ -52,10 +67,23 @@ class Transcriber:
             )
         except (OSError, ValueError, KeyError) as e:
             raise ModelError(f"--asr_model {model}: cannot load the ASR model ({e})") from e
+        multilingual = getattr(asr.generation_config, "is_multilingual", None)
+        self._language_tokens = bool(getattr(asr.generation_config, "lang_to_id", None))
+        self._refuse_if_deaf(model, languages, multilingual is False)
         limit = getattr(self._pipe.model.config, "max_target_positions", None)
         self.max_new_tokens = min(max_new_tokens, limit - 4) if limit else max_new_tokens  # room for the prompt
 
-    def __call__(self, wave: torch.Tensor, sample_rate: int) -> str:
+    @staticmethod
+    def _refuse_if_deaf(model: str, languages, english_only: bool) -> None:
+        from higgs_train.language import asr_refusal
+
+        why = asr_refusal(model, set(languages), english_only)
+        if why:
+            raise ModelError(why)
+
+    def __call__(self, wave: torch.Tensor, sample_rate: int, language: str | None = None) -> str:
+        """The transcript of `wave`; with `language` (ISO 639-1) a multilingual Whisper is told the language and to
+        transcribe (never to guess it per clip, nor to translate)."""
         if len(wave) == 0:
             return ""
         audio = AF.resample(wave.float(), sample_rate, ASR_RATE).numpy().astype(np.float32)
@@ -65,7 +93,8 @@ class Transcriber:
             self._sphinx.end_utt()
             hyp = self._sphinx.hyp()
             return hyp.hypstr.strip() if hyp else ""
-        out = self._pipe(
-            {"raw": audio, "sampling_rate": ASR_RATE}, generate_kwargs={"max_new_tokens": self.max_new_tokens}
-        )
+        kwargs = {"max_new_tokens": self.max_new_tokens}
+        if language and self._language_tokens:
+            kwargs.update(language=language, task="transcribe")
+        out = self._pipe({"raw": audio, "sampling_rate": ASR_RATE}, generate_kwargs=kwargs)
         return out["text"].strip()

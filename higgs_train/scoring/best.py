@@ -16,26 +16,40 @@ class ScoreRow:
     trailing_share: float | None = None
     eval_loss: float | None = None
     checkpoint: str | None = None
+    metric: str | None = None  # the headline error's metric: wer, cer (scripts without spaces), or cer+wer (mixed)
+    error: float | None = None  # per row its language's headline rate, averaged (rows scored before: None)
+
+    @property
+    def headline(self) -> float | None:
+        """The error rate that judges the checkpoint: `error`, or WER for rows scored before it existed."""
+        return self.error if self.error is not None else self.wer
+
+    @property
+    def headline_name(self) -> str:
+        return (self.metric or "wer").upper()
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def badness(row: ScoreRow, by: str) -> float:
-    """Lower is better. `combined` = WER + (1 - similarity) + |log duration ratio| + trailing share: each term is 0
+    """Lower is better. `error` is the headline error rate (WER, or CER for scripts written without spaces, mixed per
+    row for mixed data). `combined` = error + (1 - similarity) + |log duration ratio| + trailing share: each term is 0
     for a perfect clip and about 1 for a clearly broken one (all words wrong, another voice, twice or half the
     expected length, a clip that is all trailing noise)."""
-    if by == "wer":
-        value = row.wer
+    if by in ("wer", "cer"):
+        value = getattr(row, by)
+    elif by == "error":
+        value = row.headline
     elif by == "similarity":
         value = None if row.similarity is None else -row.similarity
     elif by == "loss":
         value = row.eval_loss
     else:
-        parts = (row.wer, row.similarity, row.duration_ratio, row.trailing_share)
+        parts = (row.headline, row.similarity, row.duration_ratio, row.trailing_share)
         if any(p is None for p in parts):
             return math.inf
-        value = row.wer + (1 - row.similarity) + abs(math.log(max(row.duration_ratio, 1e-6))) + row.trailing_share
+        value = row.headline + (1 - row.similarity) + abs(math.log(max(row.duration_ratio, 1e-6))) + row.trailing_share
     return math.inf if value is None else value
 
 

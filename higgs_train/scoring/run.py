@@ -26,10 +26,12 @@ from higgs_train.scoring.score import (
 def _rows_to_score(config: dict, score_manifest: str | None):
     from higgs_train.data.formats import Columns
     from higgs_train.data.manifest import load_manifest
+    from higgs_train.language import parse_languages
 
     manifest = score_manifest or config.get("score_manifest") or config.get("eval_manifest")
     columns = Columns(config.get("text_column"), config.get("audio_column"))
-    return load_manifest(manifest or config["train_manifest"], columns=columns)
+    languages = parse_languages(config.get("language"))
+    return load_manifest(manifest or config["train_manifest"], columns=columns, languages=languages)
 
 
 def score_run(settings: ScoreSettings, say: Callable[[str], None] = print) -> tuple[list[ScoreRow], ScoreRow | None]:
@@ -53,13 +55,19 @@ def score_run(settings: ScoreSettings, say: Callable[[str], None] = print) -> tu
     config = read_trainer_state(valid[-1])["config"]
     model, processor = load_with_adapter(config["model"], str(valid[-1]), audio_tokenizer=config.get("audio_tokenizer"))
     report = run_dir / REPORT_FILE
-    rate = json.loads(report.read_text()).get("chars_per_second") if report.exists() else None
+    data = json.loads(report.read_text()) if report.exists() else {}
     asr = settings.asr_model or config.get("asr_model", DEFAULT_ASR_MODEL)
     frames = config.get("sample_max_frames", 250)
-    scorer = Scorer(
-        processor, asr, rate or DEFAULT_CHARS_PER_SECOND, frames, config.get("speaker_model", "resemblyzer")
-    )
     items = items_from_samples(_rows_to_score(config, settings.score_manifest), settings.score_samples)
+    scorer = Scorer(
+        processor,
+        asr,
+        data.get("chars_per_second") or DEFAULT_CHARS_PER_SECOND,
+        frames,
+        config.get("speaker_model", "resemblyzer"),
+        data.get("rates_by_language"),
+        {item.language for item in items},
+    )
     eval_losses = _eval_losses(run_dir)
     rows = []
     for path in valid:
@@ -91,10 +99,13 @@ def plot_scores(run_dir: str | Path) -> Path:
 
 
 def score_panels(rows: list[ScoreRow]) -> dict[str, list[tuple[float, float | None]]]:
-    """WER, similarity, duration ratio and trailing share against the step."""
-    titles = {"wer": "WER", "similarity": "speaker similarity", "duration_ratio": "duration ratio"}
+    """The headline error rate (WER, or CER for scripts without spaces), similarity, duration ratio and trailing
+    share against the step."""
+    error = "/".join(dict.fromkeys(r.headline_name for r in rows)) or "WER"
+    panels = {f"{error} (headline error)": [(r.step, r.headline) for r in rows]}
+    titles = {"similarity": "speaker similarity", "duration_ratio": "duration ratio"}
     titles["trailing_share"] = "trailing non-speech share"
-    return {title: [(r.step, getattr(r, key)) for r in rows] for key, title in titles.items()}
+    return panels | {title: [(r.step, getattr(r, key)) for r in rows] for key, title in titles.items()}
 
 
 def score_table(rows: list[ScoreRow], best: ScoreRow | None):
@@ -103,7 +114,7 @@ def score_table(rows: list[ScoreRow], best: ScoreRow | None):
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD)
-    for name in ("checkpoint", "step", "WER", "CER", "sim", "dur", "trail", "eval", "best"):
+    for name in ("checkpoint", "step", "error", "metric", "WER", "CER", "sim", "dur", "trail", "eval", "best"):
         table.add_column(name, no_wrap=True)
 
     def fmt(value: float | None) -> str:
@@ -114,6 +125,8 @@ def score_table(rows: list[ScoreRow], best: ScoreRow | None):
         table.add_row(
             r.checkpoint,
             str(r.step),
+            fmt(r.headline),
+            r.metric or "wer",
             fmt(r.wer),
             fmt(r.cer),
             fmt(r.similarity),

@@ -48,6 +48,7 @@ class ScoreItem:
     system: str | None = None  # the row's own system prompt and scene: scored as it was trained
     scene: str | None = None
     seconds: float | None = None  # the target clip's duration, which sizes the generation cap
+    language: str | None = None  # the row's: text rules, headline metric, ASR language, expected speaking rate
 
     def max_frames(self, frames_per_second: float, fallback: int) -> int:
         """Room for 1.5 times the target's length plus a second, so a long row is never cut short (and scored as
@@ -74,12 +75,20 @@ def items_from_samples(samples: list[Sample], limit: int) -> list[ScoreItem]:
             seconds = probe_seconds(sample.target_audio)
         except AudioError:
             seconds = None
-        items.append(ScoreItem(sample.target_text, sample.target_audio, ref_audio, ref_text, system, scene, seconds))
+        items.append(
+            ScoreItem(
+                sample.target_text, sample.target_audio, ref_audio, ref_text, system, scene, seconds, sample.language
+            )
+        )
     return items
 
 
 class Scorer:
-    """Holds the ASR model and the reference speaker embeddings; scores any number of checkpoints."""
+    """Holds the ASR model and the reference speaker embeddings; scores any number of checkpoints.
+
+    `rates` maps a language to its training rows' speaking rate (chars/s); other rows use `chars_per_second`.
+    `languages` are those of the rows it will score: an ASR model that cannot hear one is refused here.
+    """
 
     def __init__(
         self,
@@ -88,12 +97,15 @@ class Scorer:
         chars_per_second: float,
         max_new_frames: int = 500,
         speaker_model: str = "resemblyzer",
+        rates: dict[str, float] | None = None,
+        languages: set | frozenset = frozenset(),
     ):
         from higgs_train.scoring.asr import Transcriber
 
         self.processor = processor
-        self.asr = Transcriber(asr_model)
+        self.asr = Transcriber(asr_model, languages=languages)
         self.chars_per_second = chars_per_second
+        self.rates = rates or {}
         self.max_new_frames = max_new_frames
         self.speaker_model = speaker_model
         self._speaker: dict[str, np.ndarray] = {}
@@ -132,7 +144,8 @@ class Scorer:
                 scene=item.scene,
                 system=item.system,
             )
-            wer, cer = error_rates(item.text, self.asr(speech.wave, speech.sample_rate))
+            heard = self.asr(speech.wave, speech.sample_rate, item.language)
+            wer, cer, metric = error_rates(item.text, heard, item.language)
             mine = embed(speech.wave, speech.sample_rate, self.speaker_model)
             voice = similarity(mine, self._speaker_embedding(item.speaker_audio))
             seconds = len(speech.wave) / speech.sample_rate
@@ -140,19 +153,32 @@ class Scorer:
                 name = write_wav(speech, Path(keep) / f"item-{len(kept)}.wav").name
                 kept.append({"file": name, "text": item.text, "target_audio": item.speaker_audio, "wer": wer})
                 kept[-1].update(ref_audio=item.ref_audio, ref_text=item.ref_text, similarity=voice, seconds=seconds)
+                kept[-1].update(cer=cer, metric=metric, language=item.language, heard=heard)
+            rate = self.rates.get(item.language, self.chars_per_second)
             per_item.append(
                 (
                     wer,
                     cer,
                     voice,
-                    duration_ratio(seconds, item.text, self.chars_per_second),
+                    duration_ratio(seconds, item.text, rate),
                     trailing_share(speech.wave, speech.sample_rate),
+                    cer if metric == "cer" else wer,
+                    metric,
                 )
             )
         if keep is not None:
             atomic_write_text(Path(keep) / SCORED_ITEMS, json.dumps(kept, indent=1, default=float) + "\n")
-        wer, cer, voice, ratio, trail = (float(np.mean(col)) for col in zip(*per_item, strict=True))
-        return ScoreRow(step, wer, cer, voice, ratio, trail, eval_loss)
+        *numbers, metrics = zip(*per_item, strict=True)
+        wer, cer, voice, ratio, trail, error = (_mean(col) for col in numbers)
+        return ScoreRow(
+            step, wer, cer, voice, ratio, trail, eval_loss, metric="+".join(sorted(set(metrics))), error=error
+        )
+
+
+def _mean(values) -> float | None:
+    """The mean of the known values (WER is None for rows in scripts without spaces), None when none is known."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
 
 
 def append_score(run_dir: str | Path, row: ScoreRow) -> None:

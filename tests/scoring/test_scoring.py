@@ -19,10 +19,10 @@ runner = CliRunner()
 
 def test_wer_cer_on_normalised_text():
     assert normalise("  Hello, WORLD!  ") == "hello world"
-    assert error_rates("Hello, world!", "hello world") == (0.0, 0.0)
-    wer, cer = error_rates("the cat sat on the mat", "the cat sat on a mat")
+    assert error_rates("Hello, world!", "hello world") == (0.0, 0.0, "wer")
+    wer, cer, _ = error_rates("the cat sat on the mat", "the cat sat on a mat")
     assert wer == pytest.approx(1 / 6) and 0 < cer < wer
-    assert error_rates("some words", "") == (1.0, 1.0)
+    assert error_rates("some words", "") == (1.0, 1.0, "wer")
 
 
 def test_speaker_similarity_same_voice_beats_other_voices(voices):
@@ -157,7 +157,7 @@ def test_score_command_scores_every_checkpoint(synth_manifest, tiny_model, tiny_
     )
     result = runner.invoke(app, ["score", str(out), "--asr_model", str(tiny_whisper), "--score_samples", "1"])
     assert result.exit_code == 0, result.output
-    assert "best by combined: checkpoint-" in result.output
+    assert "best by combined (error = WER): checkpoint-" in result.output
     assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(json.loads(line)["step"] for line in (out / "scores.jsonl").read_text().splitlines()) == [2, 4]
 
@@ -213,8 +213,8 @@ def test_each_row_is_scored_with_its_own_prompt_and_a_cap_sized_from_it(tmp_path
     codec = SimpleNamespace(config=SimpleNamespace(sample_rate=24000, hop_length=960))
     scorer.processor = SimpleNamespace(audio_tokenizer=codec)
     scorer.max_new_frames = 250
-    scorer.asr = lambda wave, rate: "a long row"
-    scorer.speaker_model, scorer.chars_per_second = "resemblyzer", 15.0
+    scorer.asr = lambda wave, rate, language: "a long row"
+    scorer.speaker_model, scorer.chars_per_second, scorer.rates = "resemblyzer", 15.0, {}
     monkeypatch.setattr("higgs_train.scoring.speaker.embed", lambda *a: np.ones(4))
     scorer._speaker = {item.speaker_audio: np.ones(4)}
     scorer.score(None, [item], step=1)
@@ -229,6 +229,6 @@ def test_real_speech_recognition_scores_a_real_clip_low_and_a_wrong_transcript_h
     asr = Transcriber("pocketsphinx")
     wave = load_audio(str(voices / "en_man.wav"), 24000)
     heard = asr(wave, 24000)
-    own, _ = error_rates((voices / "en_man.txt").read_text(), heard)
-    other, _ = error_rates((voices / "en_woman.txt").read_text(), heard)
+    own, _, _ = error_rates((voices / "en_man.txt").read_text(), heard)
+    other, _, _ = error_rates((voices / "en_woman.txt").read_text(), heard)
     assert own < 0.2 and other > 0.9, (own, other, heard)
