@@ -245,8 +245,15 @@ def make_dataset(folder: str | Path) -> Path:
     return manifest
 
 
-def build_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
-    """A random-weight Whisper folder for the ASR pipeline (its transcripts are noise; the plumbing is real)."""
+TINY_WHISPER_LANGUAGES = ("en", "ar", "hi", "vi", "zh", "ja", "fa", "th")
+
+
+def build_tiny_whisper(out_dir: str | Path, seed: int = 0, multilingual: bool = True) -> Path:
+    """A random-weight Whisper folder for the ASR pipeline (its transcripts are noise; the plumbing is real).
+
+    `multilingual`: language tokens for TINY_WHISPER_LANGUAGES and the transcribe/translate tasks, as the released
+    multilingual checkpoints have; False: an English-only model, as Whisper's `.en` checkpoints are.
+    """
     from transformers import (
         GenerationConfig,
         WhisperConfig,
@@ -259,7 +266,9 @@ def build_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+    languages = TINY_WHISPER_LANGUAGES if multilingual else ("en",)
+    tasks = ["<|translate|>", "<|transcribe|>"]
+    specials = ["<|endoftext|>", "<|startoftranscript|>", *(f"<|{c}|>" for c in languages), *tasks, "<|notimestamps|>"]
     bpe = _byte_level_bpe(specials, 320)
     bpe.save(str(out / "tokenizer.json"))
     end = "<|endoftext|>"
@@ -291,9 +300,12 @@ def build_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
         eos_token_id=ids[end],
         pad_token_id=ids[end],
         no_timestamps_token_id=ids["<|notimestamps|>"],
-        is_multilingual=False,
+        is_multilingual=multilingual,
         max_length=20,
     )
+    if multilingual:
+        model.generation_config.lang_to_id = {f"<|{c}|>": ids[f"<|{c}|>"] for c in languages}
+        model.generation_config.task_to_id = {"translate": ids[tasks[0]], "transcribe": ids[tasks[1]]}
     model.save_pretrained(out)
     WhisperProcessor(WhisperFeatureExtractor(), tokenizer).save_pretrained(out)
     return out
