@@ -14,7 +14,15 @@ from higgs_train.config import TrainConfig
 from higgs_train.data.collate import Example, TokenLayout, build_example
 from higgs_train.data.formats import Columns
 from higgs_train.data.manifest import Sample
-from higgs_train.data.prepare import REPORT_FILE, DataLimits, PreparedData, bad_data_error, prepare_data, stats_lines
+from higgs_train.data.prepare import (
+    EVAL_REPORT_FILE,
+    REPORT_FILE,
+    DataLimits,
+    PreparedData,
+    bad_data_error,
+    prepare_data,
+    stats_lines,
+)
 from higgs_train.errors import ManifestError
 from higgs_train.language import parse_languages
 from higgs_train.progress import progress_bar
@@ -47,8 +55,10 @@ def prepare(
 ) -> PreparedData:
     """Validate and encode one manifest; apply --on_bad_sample to what the report found.
 
-    `max_positions` (the model's max_position_embeddings) bounds each row's whole token length.
+    `max_positions` (the model's max_position_embeddings) bounds each row's whole token length. The report goes to
+    data_report.json, or eval_data_report.json for the --eval_manifest.
     """
+    report_file = EVAL_REPORT_FILE if manifest == cfg.eval_manifest and manifest != cfg.train_manifest else REPORT_FILE
     tokenizer = processor.tokenizer
     layout = TokenLayout.from_processor(processor, processor.audio_tokenizer.config.num_quantizers)
 
@@ -73,17 +83,18 @@ def prepare(
         cfg.cache_shard_clips,
         Columns(cfg.text_column, cfg.audio_column),
         parse_languages(cfg.language),
+        report_file,
     )
     report = data.report
     if report.problems and cfg.on_bad_sample == "error":
         for line in report.lines():
             say(line)
-        raise bad_data_error(report)
+        raise bad_data_error(report, report_file)
     if report.problems:
         counts = ", ".join(f"{n} {reason}" for reason, n in report.counts().items())
         say(f"warning: skipping {len(report.problems)} of {report.rows} rows of {manifest} ({counts})")
     if not data.samples:
-        raise ManifestError(f"{manifest}: no usable rows left; see {REPORT_FILE} in --output_dir", "no data")
+        raise ManifestError(f"{manifest}: no usable rows left; see {report_file} in --output_dir", "no data")
     for line in stats_lines(report.stats):
         say(line)
     data.examples = built

@@ -20,6 +20,7 @@ from higgs_train.data.manifest import Problem, Sample, load_manifest
 from higgs_train.errors import AudioError, ManifestError
 
 REPORT_FILE = "data_report.json"
+EVAL_REPORT_FILE = "eval_data_report.json"  # the --eval_manifest's: never over the training data's report
 DEFAULT_CHARS_PER_SECOND = 15.0  # English read speech: the speaking rate assumed when a run's data says nothing
 EXAMPLES_PER_REASON = 3
 
@@ -92,8 +93,9 @@ def prepare_data(
     shard_clips: int = SHARD_CLIPS,
     columns: Columns = Columns(),
     languages: tuple[str, ...] = (),
+    report_file: str = REPORT_FILE,
 ) -> PreparedData:
-    """Parse, validate and encode a manifest; write OUTPUT_DIR/data_report.json.
+    """Parse, validate and encode a manifest; write OUTPUT_DIR/`report_file` (data_report.json).
 
     Every check that can fail for one row fails for that row alone (a bad row in the report, never a crash):
     text first, then each clip's header (so an hour-long file is refused without being decoded), then decoding
@@ -139,7 +141,7 @@ def prepare_data(
         encode_seconds=time.perf_counter() - start,
         problems=problems,
     )
-    path = Path(output_dir) / REPORT_FILE
+    path = Path(output_dir) / report_file
     try:  # several ranks may write the same report: each replaces it whole
         atomic_write_bytes(path, json.dumps(report.to_dict(), indent=2).encode())
     except OSError as e:
@@ -327,12 +329,12 @@ def _check_codes(sample: Sample, clips, errors, limits: DataLimits, measure) -> 
     return None
 
 
-def bad_data_error(report: DataReport) -> ManifestError:
+def bad_data_error(report: DataReport, report_file: str = REPORT_FILE) -> ManifestError:
     """The error for --on_bad_sample error: the counts, the first bad line, where the full report is."""
     counts = ", ".join(f"{n} {reason}" for reason, n in report.counts().items())
     first = report.problems[0].message
     return ManifestError(
         f"{len(report.problems)} of {report.rows} rows cannot be trained on ({counts}); first: {first}. "
-        f"Fix them, or pass --on_bad_sample skip to drop them (full list: {REPORT_FILE} in --output_dir)",
+        f"Fix them, or pass --on_bad_sample skip to drop them (full list: {report_file} in --output_dir)",
         report.problems[0].reason,
     )
