@@ -26,6 +26,7 @@ RESUME_MODES = ("auto", "never")
 AUTO = 0  # --batch_size auto, until the run resolves it (train.setup)
 ON_SAVE_ERROR = ("stop", "continue")
 ON_BAD_SAMPLE = ("error", "skip")
+ON_DATA_CHANGE = ("error", "restart_epoch", "continue")  # data/rows.py
 ATTENTION = ("sdpa", "flash_attention_2", "flex_attention", "eager")
 # manifest formats (data/formats.py)
 FORMATS = ("auto", "jsonl", "json", "folder", "hf", "parquet", "hub", "ljspeech", "csv", "pairs")
@@ -69,6 +70,13 @@ class TrainConfig:
         None, "Eval loss every N steps [default: --save_steps when there is an eval set].", DATA
     )
     on_bad_sample: str = _f("error", "error: stop before training on any bad row; skip: drop bad rows, say why.", DATA)
+    on_data_change: str = _f(
+        "error",
+        "When a resume finds other training rows than the checkpoint's: error (stop, saying what changed); "
+        "restart_epoch (keep step, optimizer and schedule, start a fresh epoch order over the new rows); continue "
+        "(keep the position as samples seen).",
+        DATA,
+    )
     min_duration: float = _f(0.1, "Drop or refuse target clips shorter than this (seconds).", DATA)
     max_duration: float = _f(30.0, "Drop or refuse target clips longer than this (seconds).", DATA)
     max_text_tokens: int = _f(1024, "Drop or refuse rows whose text has more tokens.", DATA)
@@ -328,6 +336,7 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         ("mixed_precision", MIXED_PRECISION),
         ("on_save_error", ON_SAVE_ERROR),
         ("on_bad_sample", ON_BAD_SAMPLE),
+        ("on_data_change", ON_DATA_CHANGE),
         ("attn_implementation", ATTENTION),
     )
     for name, allowed in choices:

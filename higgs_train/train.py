@@ -22,7 +22,13 @@ from higgs_train.checkpoint.hook import CheckpointHook, enforce_save_policy
 from higgs_train.checkpoint.io import atomic_write_text
 from higgs_train.checkpoint.lock import RunLock
 from higgs_train.checkpoint.preflight import check_output_dir
-from higgs_train.checkpoint.resume import choose_resume, restore_state, restore_weights
+from higgs_train.checkpoint.resume import (
+    check_data,
+    choose_resume,
+    move_data_position,
+    restore_state,
+    restore_weights,
+)
 from higgs_train.checkpoint.save import SaveResult
 from higgs_train.checkpoint.state import TrainingProgress, capture_rng, restore_rng
 from higgs_train.config import AUTO, TrainConfig
@@ -192,6 +198,7 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     with encoding_progress(main and show) as encoding:
         data = main_first(accelerator, lambda: build(encoding), lambda: build(None), Path(cfg.output_dir))
     processor.audio_tokenizer.to("cpu")
+    data_change = check_data(resume_path, data.identity, cfg.to_dict(), cfg.output_dir)  # before the LM loads
     with whole_models(accelerator):
         scorer = make_scorer(cfg, accelerator, processor, data)  # before the LM: a missing ASR model fails fast
         lm = load_lm(cfg.model, cfg.mixed_precision, cfg.attn_implementation, use_text_head=cfg.text_loss_weight > 0)
@@ -232,6 +239,7 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
         progress = restore_state(loaded, cfg.to_dict(), accelerator, model, optimizer, scheduler, say)
         if progress.data_seed != cfg.seed:  # the checkpoint's data order wins
             plan = _plan(cfg, data, accelerator, progress.data_seed)
+    move_data_position(progress, data.identity, data_change, cfg.on_data_change, plan, say)
     metrics = {}  # a tracker that cannot start stops every rank, before training
     on_main(
         accelerator,

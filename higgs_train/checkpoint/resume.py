@@ -219,12 +219,52 @@ def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str
         "save_total_limit",
         "output_dir",
         "fallback_dir",
+        "on_data_change",
     }
     return [
         f"--{name}: checkpoint has {saved[name]!r}, this run uses {current[name]!r}"
         for name in sorted(current)
         if name in saved and name not in ignore and saved[name] != current[name]
     ]
+
+
+def check_data(path: Path | None, identity, config: dict[str, Any], output_dir) -> str | None:
+    """Before the model loads: does the checkpoint at `path` count its data position in other rows than these?
+    Returns what changed in words (None: the same rows, or a checkpoint that records none).
+
+    Raises:
+        ConfigError: the rows changed and --on_data_change is error.
+    """
+    from higgs_train.data.rows import describe_change
+    from higgs_train.errors import ConfigError
+
+    saved = TrainingProgress.from_dict(read_trainer_state(path)["progress"]) if path is not None else None
+    if saved is None or not saved.data_digest or saved.data_digest == identity.digest:
+        return None
+    what = describe_change(saved.data_digest, saved.data_rows, identity, output_dir)
+    if config["on_data_change"] == "error":
+        raise ConfigError(
+            f"the training data changed since {path.name} was saved: {what}. Its data position counts the old rows; "
+            "rerun with --on_data_change restart_epoch (keep the step, optimizer and schedule, start a fresh epoch "
+            "order over the new rows) or --on_data_change continue (keep the position as samples seen)"
+        )
+    return what
+
+
+def move_data_position(progress: TrainingProgress, identity, change: str | None, choice: str, plan, say) -> None:
+    """After a resume on other rows (`change`, from check_data): restart_epoch starts the next epoch's fresh order
+    over the new rows, continue keeps the samples seen. Either way the progress then records these rows."""
+    if change is not None:
+        if choice == "restart_epoch":
+            progress.micro_batches = (progress.epoch + 1) * plan.batches_per_epoch
+        else:
+            progress.micro_batches = progress.samples_seen // (plan.batch_size * plan.world_size)
+        progress.epoch = progress.micro_batches // plan.batches_per_epoch
+        say(
+            f"warning: the training data changed ({change}); --on_data_change {choice}: training goes on from "
+            f"epoch {progress.epoch}, micro-batch {progress.micro_batches}"
+        )
+    progress.data_digest, progress.data_rows = identity.digest, identity.rows
 
 
 def choose_resume(resume: str, roots: list[Path], say: Callable[[str], None]) -> Path | None:

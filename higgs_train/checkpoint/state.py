@@ -19,6 +19,8 @@ class TrainingProgress:
     samples_seen: int = 0  # across all ranks
     data_seed: int = 0  # the seed of the batch order; on resume the checkpoint's wins
     world_size: int = 1
+    data_digest: str = ""  # the training rows the position counts in (data/rows.py); "" in older checkpoints
+    data_rows: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -42,6 +42,7 @@ class Clip:
     codes: np.ndarray
     seconds: float
     rms_db: float | None = None
+    key: str = ""  # its cache key: the file's content and the audio tokenizer (data/rows.py names rows by it)
 
 
 def tokenizer_fingerprint(audio_tokenizer) -> str:
@@ -89,9 +90,8 @@ class CodeCache:
                 shutil.rmtree(shard, ignore_errors=True)
                 continue
             for row in rows:
-                found[str(row["key"])] = Clip(
-                    np.stack(row["codes"]).astype(np.int16), float(row["seconds"]), row_rms(row)
-                )
+                key = str(row["key"])
+                found[key] = Clip(np.stack(row["codes"]).astype(np.int16), float(row["seconds"]), row_rms(row), key)
         return found
 
     def add(self, entries: dict[str, Clip]) -> None:
@@ -224,6 +224,7 @@ def encode_clips(
         if error is None:
             try:
                 clip = _encode(audio_tokenizer, wave, rate, device)
+                clip.key = key
                 pending[key] = clip
                 seconds += clip.seconds
             except AudioError as e:

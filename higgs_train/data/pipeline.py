@@ -23,6 +23,7 @@ from higgs_train.data.prepare import (
     prepare_data,
     stats_lines,
 )
+from higgs_train.data.rows import DataIdentity, data_identity, remember
 from higgs_train.errors import ManifestError
 from higgs_train.language import parse_languages
 from higgs_train.progress import progress_bar
@@ -37,6 +38,7 @@ class TrainingData:
     chars_per_second: float  # the training set's speaking rate, for the scores' duration ratio
     rates_by_language: dict[str, float]  # the same per row language
     stats: dict
+    identity: DataIdentity  # of the training rows, in order: what a checkpoint's data position refers to
 
 
 def limits(cfg: TrainConfig, processor, max_positions: int | None = None) -> DataLimits:
@@ -143,7 +145,10 @@ def build_training_data(
     def example(sample: Sample):
         return built.get(sample.source) or build_example(sample, codes, layout)
 
+    identity = data_identity(samples, {source: clip.key for source, clip in clips.items()})
+    remember(identity, cfg.output_dir)
     return TrainingData(
+        identity=identity,
         train=[example(s) for s in samples],
         eval=[example(s) for s in eval_samples],
         layout=layout,
