@@ -118,7 +118,7 @@ def test_on_data_change_moves_the_position_and_records_the_new_rows(saved_run, t
     before = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["progress"]
     result = _resume(manifest, out, tiny_model, "--on_data_change", choice)
     assert result.exit_code == 0, result.output
-    assert f"warning: the training data changed (2 removed (6 rows then, 4 now" in result.output
+    assert "warning: the training data changed (2 removed (6 rows then, 4 now" in result.output
     after = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["progress"]
     assert before["micro_batches"] == 2 and before["data_rows"] == 6
     # restart_epoch: epoch 1 of the new rows starts at micro-batch 4; continue: 2 samples seen = micro-batch 2
