@@ -193,7 +193,7 @@ def resolve_auto_batch(cfg, model, data, accelerator, resume_path, loss_sum, say
     if saved.get("batch_size", AUTO) != AUTO:
         say(f"--batch_size auto: the checkpoint's batch {saved['batch_size']} x --grad_accum {saved['grad_accum']}")
         return replace(cfg, batch_size=saved["batch_size"], grad_accum=saved["grad_accum"])
-    longest = max(data.train, key=lambda e: len(e.input_ids))
+    longest = data.train[int(data.train.lengths.argmax())]
     config = accelerator.unwrap_model(model).config
     mem = memory_plan(config, cfg, seq_len=len(longest.input_ids))
     rows, trial = len(data.train) // accelerator.num_processes, None

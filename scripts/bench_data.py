@@ -18,7 +18,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from higgs_train.config import build_config  # noqa: E402
-from higgs_train.data.prepare import DataLimits, prepare_data  # noqa: E402
+from higgs_train.data.prepare import DataLimits, TextCounts, prepare_data  # noqa: E402
 from higgs_train.model import load_processor, quiet_libraries  # noqa: E402
 from higgs_train.tiny import build_tiny_model, make_dataset  # noqa: E402
 from higgs_train.train import train  # noqa: E402
@@ -59,7 +59,9 @@ def main() -> None:
         manifest = clips_folder(root, args.clips)
         processor = load_processor(str(model))
         start = time.perf_counter()
-        data = prepare_data(manifest, root / "run", processor.audio_tokenizer, len, DataLimits(), args.num_workers)
+        data = prepare_data(
+            manifest, root / "run", processor.audio_tokenizer, TextCounts(len), DataLimits(), args.num_workers
+        )
         seconds = time.perf_counter() - start
         audio_s = data.report.hours * 3600
         cfg = build_config(

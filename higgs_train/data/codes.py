@@ -42,7 +42,6 @@ class Clip:
     codes: np.ndarray
     seconds: float
     rms_db: float | None = None
-    key: str = ""  # its cache key: the file's content and the audio tokenizer (data/rows.py names rows by it)
 
 
 def tokenizer_fingerprint(audio_tokenizer) -> str:
@@ -53,8 +52,9 @@ def tokenizer_fingerprint(audio_tokenizer) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def clip_key(source: str, fingerprint: str, digest=sha256_file) -> str:
-    return hashlib.sha256(f"{source_identity(source, digest)}|{fingerprint}".encode()).hexdigest()
+def clip_key(identity: str, fingerprint: str) -> str:
+    """The cache key of a clip: what it holds (`source_identity`) encoded by which audio tokenizer."""
+    return hashlib.sha256(f"{identity}|{fingerprint}".encode()).hexdigest()
 
 
 class CodeCache:
@@ -90,8 +90,9 @@ class CodeCache:
                 shutil.rmtree(shard, ignore_errors=True)
                 continue
             for row in rows:
-                key = str(row["key"])
-                found[key] = Clip(np.stack(row["codes"]).astype(np.int16), float(row["seconds"]), row_rms(row), key)
+                found[str(row["key"])] = Clip(
+                    np.stack(row["codes"]).astype(np.int16), float(row["seconds"]), row_rms(row)
+                )
         return found
 
     def add(self, entries: dict[str, Clip]) -> None:
@@ -153,6 +154,37 @@ def _shard_problem(shard: Path) -> str | None:
     return None
 
 
+@dataclass
+class ClipLookup:
+    """What each readable source holds (`source_identity`), its cache key, and the cached clips (by key)."""
+
+    contents: dict[str, str]
+    keys: dict[str, str]
+    found: dict[str, Clip]
+
+    def cached(self) -> dict[str, Clip]:
+        """source -> its cached Clip."""
+        return {src: self.found[key] for src, key in self.keys.items() if key in self.found}
+
+
+def lookup_clips(sources, audio_tokenizer, output_dir: str | Path, say: Callable[[str], None] = print) -> ClipLookup:
+    """Each readable source's cache key (its content; digests remembered by stat) and what the cache already holds
+    for them. An unreadable source is left out: the header check names it."""
+    fingerprint = tokenizer_fingerprint(audio_tokenizer)
+    digests = FileDigests(Path(output_dir) / CACHE_SUBDIR / DIGESTS)
+    contents, keys = {}, {}
+    for source in dict.fromkeys(sources):
+        try:
+            contents[source] = source_identity(source, digests)
+        except OSError:
+            continue
+        keys[source] = clip_key(contents[source], fingerprint)
+    digests.save()
+    cache = CodeCache(output_dir, say)
+    cache.clean()
+    return ClipLookup(contents, keys, cache.load(set(keys.values())))
+
+
 class _Decode(torch.utils.data.Dataset):
     def __init__(self, todo: list[tuple[str, str]], sample_rate: int):
         self.todo, self.sample_rate = todo, sample_rate
@@ -177,6 +209,7 @@ def encode_clips(
     say: Callable[[str], None] = print,
     should_stop: Callable[[], bool] = lambda: False,
     shard_clips: int = SHARD_CLIPS,
+    lookup: ClipLookup | None = None,
 ) -> tuple[dict[str, Clip], dict[str, AudioError]]:
     """Codes for every clip, from the cache where present, decoded and encoded (and cached) where not.
 
@@ -189,6 +222,7 @@ def encode_clips(
         say: where warnings go (a damaged cache shard).
         should_stop: polled between clips; when true, the clips encoded so far are written to the cache first.
         shard_clips: clips per cache shard.
+        lookup: what lookup_clips found already (it is done here when not given).
 
     Returns:
         (source -> Clip for the good clips, source -> AudioError for clips that are missing, undecodable, hold
@@ -198,19 +232,18 @@ def encode_clips(
         Interrupted: `should_stop` turned true (the finished clips are in the cache).
         OutputDirError: the cache cannot be written.
     """
-    fingerprint = tokenizer_fingerprint(audio_tokenizer)
+    lookup = lookup or lookup_clips(clips, audio_tokenizer, output_dir, say)
     errors: dict[str, AudioError] = {}
     keys: dict[str, str] = {}
-    digests = FileDigests(Path(output_dir) / CACHE_SUBDIR / DIGESTS)
     for source in dict.fromkeys(clips):
         try:
-            keys[source] = clip_key(source, fingerprint, digests)
+            keys[source] = lookup.keys.get(source) or clip_key(
+                source_identity(source), tokenizer_fingerprint(audio_tokenizer)
+            )
         except OSError as e:  # missing clips were dropped from the header check; this one cannot be read
             errors[source] = AudioError(f"cannot read audio file {source} ({e.strerror}); check it", "unreadable audio")
-    digests.save()
     cache = CodeCache(output_dir, say)
-    cache.clean()
-    found = cache.load(set(keys.values()))
+    found = lookup.found
     todo = [(src, key) for src, key in keys.items() if key not in found]
     rate = audio_tokenizer.config.sample_rate
     device = next(audio_tokenizer.parameters()).device
@@ -224,7 +257,6 @@ def encode_clips(
         if error is None:
             try:
                 clip = _encode(audio_tokenizer, wave, rate, device)
-                clip.key = key
                 pending[key] = clip
                 seconds += clip.seconds
             except AudioError as e:

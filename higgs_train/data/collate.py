@@ -103,36 +103,56 @@ def conversation(sample: Sample) -> list[dict]:
     return messages
 
 
-def build_example(sample: Sample, codes: dict[str, np.ndarray], layout: TokenLayout) -> Example:
-    """Tokenize one sample: render the chat template, expand each audio placeholder to its frames, label the target."""
+def text_pieces(sample: Sample, layout: TokenLayout) -> list[np.ndarray]:
+    """The token ids of the rendered chat template's text around each audio placeholder (clips + 1 pieces)."""
     text = layout.tokenizer.apply_chat_template(
         conversation(sample), chat_template=layout.chat_template, tokenize=False
     )
     pieces = text.split(layout.audio_token)
-    clips = [codes[p] for p in sample.audio_paths]
-    if len(pieces) != len(clips) + 1:
+    if len(pieces) != len(sample.audio_paths) + 1:
         raise ManifestError(
             f"{sample.source}: the text contains the reserved token {layout.audio_token}; remove it from the row"
         )
-    ids: list[int] = []
-    frames, label_rows = [], []
+    ids = layout.tokenizer(pieces, add_special_tokens=False)["input_ids"]
+    return [np.asarray(piece, dtype=np.int32) for piece in ids]
+
+
+def example_length(piece_lengths, clip_frames, num_codebooks: int) -> int:
+    """Tokens of the whole example: its text pieces, and T + K + 1 positions per clip of T frames (stream bos,
+    codes, eos and the delay pattern)."""
+    return int(sum(piece_lengths)) + sum(int(t) + num_codebooks + 1 for t in clip_frames)
+
+
+def assemble(pieces: list[np.ndarray], clips: list[np.ndarray], layout: TokenLayout) -> Example:
+    """An example from its text pieces' token ids and its clips' codes (K, T): each placeholder expanded to the
+    clip's delay-patterned frames, the last clip (the target) labelled."""
+    ids: list[np.ndarray] = []
+    frames, label_rows, length = [], [], 0
+    k = layout.num_codebooks
     for i, piece in enumerate(pieces):
-        ids.extend(layout.tokenizer(piece, add_special_tokens=False)["input_ids"])
+        ids.append(piece.astype(np.int64))
+        length += len(piece)
         if i == len(clips):
             break
         clip = clips[i]
         clip_frames = delay_pattern(clip, layout.stream_bos, layout.stream_eos)
         n = len(clip_frames)
-        is_target = i == len(clips) - 1
-        label_rows.append((len(ids), target_labels(clip, layout.stream_eos) if is_target else None, n))
-        ids.extend([layout.audio_token_id] * (n - (layout.num_codebooks - 1)))
-        ids.extend([layout.delay_token_id] * (layout.num_codebooks - 1))
+        if i == len(clips) - 1:
+            label_rows.append((length, target_labels(clip, layout.stream_eos)))
+        placeholders = np.full(n, layout.audio_token_id, dtype=np.int64)
+        placeholders[n - (k - 1) :] = layout.delay_token_id
+        ids.append(placeholders)
+        length += n
         frames.append(clip_frames)
-    labels = np.full((len(ids), layout.num_codebooks), IGNORE, dtype=np.int64)
-    for start, clip_labels, n in label_rows:
-        if clip_labels is not None:
-            labels[start : start + n] = clip_labels
-    return Example(np.asarray(ids, dtype=np.int64), np.concatenate(frames), labels)
+    labels = np.full((length, k), IGNORE, dtype=np.int64)
+    for start, clip_labels in label_rows:
+        labels[start : start + len(clip_labels)] = clip_labels
+    return Example(np.concatenate(ids), np.concatenate(frames), labels)
+
+
+def build_example(sample: Sample, codes: dict[str, np.ndarray], layout: TokenLayout) -> Example:
+    """Tokenize one sample: render the chat template, expand each audio placeholder to its frames, label the target."""
+    return assemble(text_pieces(sample, layout), [codes[p] for p in sample.audio_paths], layout)
 
 
 def collate(examples: list[Example], layout: TokenLayout) -> dict[str, torch.Tensor]:

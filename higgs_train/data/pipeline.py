@@ -10,8 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from higgs_train.config import TrainConfig
-from higgs_train.data.collate import Example, TokenLayout, build_example
+from higgs_train.data.collate import Example, TokenLayout, assemble
 from higgs_train.data.formats import Columns
 from higgs_train.data.manifest import Sample
 from higgs_train.data.prepare import (
@@ -24,6 +26,7 @@ from higgs_train.data.prepare import (
     stats_lines,
 )
 from higgs_train.data.rows import DataIdentity, data_identity, remember
+from higgs_train.data.tokens import RowTokens
 from higgs_train.errors import ManifestError
 from higgs_train.language import parse_languages
 from higgs_train.progress import progress_bar
@@ -31,8 +34,8 @@ from higgs_train.progress import progress_bar
 
 @dataclass
 class TrainingData:
-    train: list[Example]
-    eval: list[Example]
+    train: Examples
+    eval: Examples
     layout: TokenLayout
     eval_samples: list[Sample]
     chars_per_second: float  # the training set's speaking rate, for the scores' duration ratio
@@ -54,6 +57,7 @@ def prepare(
     progress=None,
     should_stop: Callable[[], bool] = lambda: False,
     max_positions: int | None = None,
+    tokens: RowTokens | None = None,
 ) -> PreparedData:
     """Validate and encode one manifest; apply --on_bad_sample to what the report found.
 
@@ -61,25 +65,17 @@ def prepare(
     data_report.json, or eval_data_report.json for the --eval_manifest.
     """
     report_file = EVAL_REPORT_FILE if manifest == cfg.eval_manifest and manifest != cfg.train_manifest else REPORT_FILE
-    tokenizer = processor.tokenizer
-    layout = TokenLayout.from_processor(processor, processor.audio_tokenizer.config.num_quantizers)
-
-    built = {}  # the length check builds every row's tokens: kept, so training does not build them again
-
-    def measure(sample: Sample, clips) -> int:
-        built[sample.source] = build_example(sample, {p: clips[p].codes for p in sample.audio_paths}, layout)
-        return len(built[sample.source].input_ids)
-
+    if tokens is None:
+        tokens = RowTokens(cfg.output_dir, TokenLayout.from_processor(processor, _codebooks(processor)), say)
     data = prepare_data(
         manifest,
         cfg.output_dir,
         processor.audio_tokenizer,
-        lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+        tokens,
         limits(cfg, processor, max_positions),
         cfg.num_workers,
         progress,
         cfg.format,
-        measure,
         say,
         should_stop,
         cfg.cache_shard_clips,
@@ -99,8 +95,36 @@ def prepare(
         raise ManifestError(f"{manifest}: no usable rows left; see {report_file} in --output_dir", "no data")
     for line in stats_lines(report.stats):
         say(line)
-    data.examples = built
     return data
+
+
+def _codebooks(processor) -> int:
+    return processor.audio_tokenizer.config.num_quantizers
+
+
+class Examples:
+    """The run's examples, each assembled when a batch asks for it (`examples[i]`) from its token ids (read from
+    the memory-mapped token cache) and its clips' codes; `lengths` holds every example's token count."""
+
+    def __init__(self, samples: list[Sample], handles: dict[str, int], tokens: RowTokens, clips: dict, layout):
+        self.samples, self.tokens, self.clips, self.layout = samples, tokens, clips, layout
+        self.handles = np.fromiter((handles[s.source] for s in samples), np.int64, len(samples))
+        frames = [sum(int(clips[p].codes.shape[1]) + layout.num_codebooks + 1 for p in s.audio_paths) for s in samples]
+        self.lengths = tokens.text_tokens[self.handles].astype(np.int64) + np.asarray(frames, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __bool__(self) -> bool:
+        return bool(self.samples)
+
+    def __getitem__(self, i: int) -> Example:
+        sample = self.samples[i]
+        clips = [self.clips[p].codes for p in sample.audio_paths]
+        return assemble(self.tokens.pieces(int(self.handles[i])), clips, self.layout)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 def split_eval(samples: list[Sample], seed: int, fraction: float) -> tuple[list[Sample], list[Sample]]:
@@ -129,28 +153,26 @@ def build_training_data(
     max_positions: int | None = None,
 ) -> TrainingData:
     layout = TokenLayout.from_processor(processor, num_codebooks)
-    train = prepare(cfg, cfg.train_manifest, processor, say, progress, should_stop, max_positions)
-    samples, eval_samples, clips, built = train.samples, [], dict(train.clips), dict(train.examples)
+    tokens = RowTokens(cfg.output_dir, layout, say)
+    train = prepare(cfg, cfg.train_manifest, processor, say, progress, should_stop, max_positions, tokens)
+    samples, eval_samples, clips, handles = train.samples, [], dict(train.clips), dict(train.handles)
+    contents = dict(train.contents)
     if cfg.eval_manifest:
-        held = prepare(cfg, cfg.eval_manifest, processor, say, progress, should_stop, max_positions)
+        held = prepare(cfg, cfg.eval_manifest, processor, say, progress, should_stop, max_positions, tokens)
         eval_samples = held.samples
         clips.update(held.clips)
-        built.update(held.examples)
+        handles.update(held.handles)
+        contents.update(held.contents)
     elif cfg.eval_fraction:
         if len(samples) < 2:
             raise ManifestError(f"--eval_fraction {cfg.eval_fraction} needs at least 2 usable rows", "no data")
         samples, eval_samples = split_eval(samples, cfg.seed, cfg.eval_fraction)
-    codes = {source: clip.codes for source, clip in clips.items()}
-
-    def example(sample: Sample):
-        return built.get(sample.source) or build_example(sample, codes, layout)
-
-    identity = data_identity(samples, {source: clip.key for source, clip in clips.items()})
+    identity = data_identity(samples, contents)
     remember(identity, cfg.output_dir)
     return TrainingData(
         identity=identity,
-        train=[example(s) for s in samples],
-        eval=[example(s) for s in eval_samples],
+        train=Examples(samples, handles, tokens, clips, layout),
+        eval=Examples(eval_samples, handles, tokens, clips, layout),
         layout=layout,
         eval_samples=eval_samples,
         chars_per_second=train.report.chars_per_second,

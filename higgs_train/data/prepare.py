@@ -14,7 +14,7 @@ import numpy as np
 
 from higgs_train.checkpoint.io import atomic_write_bytes
 from higgs_train.data.audio import probe_seconds
-from higgs_train.data.codes import SHARD_CLIPS, Clip, encode_clips
+from higgs_train.data.codes import SHARD_CLIPS, Clip, encode_clips, lookup_clips
 from higgs_train.data.formats import Columns
 from higgs_train.data.manifest import Problem, Sample, load_manifest
 from higgs_train.errors import AudioError, ManifestError
@@ -66,7 +66,8 @@ class PreparedData:
     samples: list[Sample]
     clips: dict[str, Clip]
     report: DataReport
-    examples: dict = field(default_factory=dict)  # Sample.source -> its Example, when the length check built it
+    handles: dict = field(default_factory=dict)  # Sample.source -> its row in the token cache (data/tokens.py)
+    contents: dict = field(default_factory=dict)  # audio source -> what it holds (data/audio.source_identity)
 
 
 @dataclass(frozen=True)
@@ -78,16 +79,29 @@ class DataLimits:
     reserved_tokens: tuple[str, ...] = ()  # the tokenizer's special tokens, which a row's text must not hold
 
 
+class TextCounts:
+    """The `tokens` of prepare_data from a text -> count function (tests, benchmarks): each row's longest user
+    text; no example lengths, so no --max_tokens check."""
+
+    def __init__(self, count: Callable[[str], int]):
+        self.count = count
+        self.user_tokens = np.empty(0, np.int64)
+
+    def ensure(self, samples: list[Sample], problems_out=None) -> np.ndarray:
+        counts = [max((self.count(t.text) for t in s.turns if t.role == "user" and t.text), default=0) for s in samples]
+        self.user_tokens = np.asarray(counts, np.int64)
+        return np.arange(len(samples))
+
+
 def prepare_data(
     manifest: str | Path,
     output_dir: str | Path,
     audio_tokenizer,
-    count_tokens: Callable[[str], int],
+    tokens,
     limits: DataLimits,
     num_workers: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
     fmt: str = "auto",
-    measure: Callable[[Sample, dict[str, Clip]], int] | None = None,
     say: Callable[[str], None] = print,
     should_stop: Callable[[], bool] = lambda: False,
     shard_clips: int = SHARD_CLIPS,
@@ -98,11 +112,13 @@ def prepare_data(
     """Parse, validate and encode a manifest; write OUTPUT_DIR/`report_file` (data_report.json).
 
     Every check that can fail for one row fails for that row alone (a bad row in the report, never a crash):
-    text first, then each clip's header (so an hour-long file is refused without being decoded), then decoding
-    and encoding, then the total length once the codes are known (`measure`: tokens of the whole example).
+    text first, then each clip's header (so an hour-long file is refused without being decoded; a clip already
+    in the code cache is not opened at all), then decoding and encoding, then the total length once the codes are
+    known. `tokens` is a data.tokens.RowTokens (or TextCounts): each row's token ids, cached by content.
 
     Returns:
-        The usable samples, the codes of their clips, and the report of the rows dropped and why.
+        The usable samples with their token handles, the codes of their clips, and the report of the rows dropped
+        and why.
 
     Raises:
         ManifestError: the manifest as a whole cannot be read.
@@ -112,8 +128,15 @@ def prepare_data(
     samples = load_manifest(manifest, problems, fmt, columns, languages)
     rows = len(samples) + len(problems)
     start = time.perf_counter()
-    samples = _keep(samples, problems, lambda s: _check_text(s, count_tokens, limits))
-    durations, errors = _probe(samples)
+    samples = _keep(samples, problems, lambda s: _check_reserved(s, limits))
+    unrenderable: dict[str, ManifestError] = {}
+    handles = dict(zip((s.source for s in samples), tokens.ensure(samples, unrenderable).tolist(), strict=True))
+    samples = _keep(samples, problems, lambda s: _check_text(s, handles, tokens, unrenderable, limits))
+    sources = [p for s in samples for p in s.audio_paths]
+    lookup = lookup_clips(sources, audio_tokenizer, output_dir, say)
+    cached = lookup.cached()
+    durations, errors = _probe([p for p in dict.fromkeys(sources) if p not in cached])
+    durations.update((p, clip.seconds) for p, clip in cached.items())
     samples = _keep(samples, problems, lambda s: _check_header(s, durations, errors, limits))
     clips, encode_errors = encode_clips(
         [p for s in samples for p in s.audio_paths],
@@ -124,9 +147,10 @@ def prepare_data(
         say,
         should_stop,
         shard_clips,
+        lookup,
     )
     errors.update(encode_errors)
-    good = _keep(samples, problems, lambda s: _check_codes(s, clips, errors, limits, measure))
+    good = _keep(samples, problems, lambda s: _check_codes(s, clips, errors, limits, handles, tokens))
     report = DataReport(
         manifest=str(manifest),
         rows=rows,
@@ -146,7 +170,10 @@ def prepare_data(
         atomic_write_bytes(path, json.dumps(report.to_dict(), indent=2).encode())
     except OSError as e:
         say(f"warning: cannot write {path} ({e.strerror}); the report is printed only")
-    return PreparedData(good, clips, report)
+    handles = {s.source: handles[s.source] for s in good}
+    return PreparedData(
+        good, clips, report, handles, {p: lookup.contents.get(p, p) for s in good for p in s.audio_paths}
+    )
 
 
 def _keep(samples: list[Sample], problems: list[Problem], check) -> list[Sample]:
@@ -160,9 +187,10 @@ def _keep(samples: list[Sample], problems: list[Problem], check) -> list[Sample]
     return kept
 
 
-def _probe(samples: list[Sample]) -> tuple[dict[str, float], dict[str, AudioError]]:
+def _probe(sources: list[str]) -> tuple[dict[str, float], dict[str, AudioError]]:
+    """Each source's duration from its header, or why it cannot be read."""
     durations, errors = {}, {}
-    for source in dict.fromkeys(p for s in samples for p in s.audio_paths):
+    for source in sources:
         try:
             durations[source] = probe_seconds(source)
         except AudioError as e:
@@ -274,9 +302,9 @@ def _speaking_rate(samples: list[Sample], clips) -> float:
     return sum(len(s.target_text) for s in samples) / seconds if seconds else DEFAULT_CHARS_PER_SECOND
 
 
-def _check_text(sample: Sample, count_tokens, limits: DataLimits) -> Problem | None:
+def _check_reserved(sample: Sample, limits: DataLimits) -> Problem | None:
     for turn in sample.turns:
-        if not turn.text:
+        if not turn.text or "<|" not in turn.text:  # every reserved token is <|...|>: most texts skip the scan
             continue
         reserved = next((tok for tok in limits.reserved_tokens if tok in turn.text), None)
         if reserved:
@@ -285,9 +313,16 @@ def _check_text(sample: Sample, count_tokens, limits: DataLimits) -> Problem | N
                 "as markup; remove it from the text"
             )
             return Problem(sample.source, "reserved token in text", message)
-        if turn.role == "user" and count_tokens(turn.text) > limits.max_text_tokens:
-            message = f"{sample.source}: text has over --max_text_tokens {limits.max_text_tokens} tokens; split the row"
-            return Problem(sample.source, "text too long", message)
+    return None
+
+
+def _check_text(sample: Sample, handles, tokens, unrenderable, limits: DataLimits) -> Problem | None:
+    if sample.source in unrenderable:
+        e = unrenderable[sample.source]
+        return Problem(sample.source, e.reason, str(e))
+    if tokens.user_tokens[handles[sample.source]] > limits.max_text_tokens:
+        message = f"{sample.source}: text has over --max_text_tokens {limits.max_text_tokens} tokens; split the row"
+        return Problem(sample.source, "text too long", message)
     return None
 
 
@@ -313,15 +348,15 @@ def _check_header(sample: Sample, durations, errors, limits: DataLimits) -> Prob
     return None
 
 
-def _check_codes(sample: Sample, clips, errors, limits: DataLimits, measure) -> Problem | None:
+def _check_codes(sample: Sample, clips, errors, limits: DataLimits, handles, tokens) -> Problem | None:
     problem = _audio_problem(sample, errors)
-    if problem or measure is None or limits.max_tokens is None:
+    if problem or limits.max_tokens is None:
         return problem
-    tokens = measure(sample, clips)
-    if tokens > limits.max_tokens:
+    length = tokens.length(handles[sample.source], [clips[p].codes.shape[1] for p in sample.audio_paths])
+    if length > limits.max_tokens:
         seconds = sum(clips[p].seconds for p in sample.audio_paths)
         message = (
-            f"{sample.source}: {tokens} tokens (text, {seconds:.1f}s of audio in {len(sample.audio_paths)} clip(s) "
+            f"{sample.source}: {length} tokens (text, {seconds:.1f}s of audio in {len(sample.audio_paths)} clip(s) "
             f"and the delay pattern) exceed the model's {limits.max_tokens} positions; use a shorter reference or "
             "target clip"
         )

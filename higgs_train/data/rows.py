@@ -37,7 +37,8 @@ def _h64(text: str) -> int:
 
 
 def data_identity(samples: list[Sample], clip_keys: dict[str, str]) -> DataIdentity:
-    """The identity of `samples` in their order; `clip_keys` maps each audio source to its content key."""
+    """The identity of `samples` in their order; `clip_keys` maps each audio source to what it holds (its bytes'
+    digest: data/audio.source_identity)."""
     seen: collections.Counter = collections.Counter()
     names, contents = np.empty(len(samples), np.uint64), np.empty(len(samples), np.uint64)
     files = [p for s in samples for p in s.audio_paths if os.path.isabs(p)]

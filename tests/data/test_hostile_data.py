@@ -16,7 +16,7 @@ import higgs_train.data.codes as codes_module
 from higgs_train.cli import app
 from higgs_train.data.codes import CHECKSUMS, CodeCache, tokenizer_fingerprint
 from higgs_train.data.manifest import load_manifest
-from higgs_train.data.prepare import DataLimits, prepare_data
+from higgs_train.data.prepare import DataLimits, TextCounts, prepare_data
 from higgs_train.faults import ENV
 from higgs_train.tiny import TEXTS, build_tiny_model, synth_clip
 from tests.conftest import train_args
@@ -43,7 +43,7 @@ def _manifest(folder, rows):
 
 
 def _prepare(manifest, out, base, **kw):
-    return prepare_data(manifest, out, base.audio_tokenizer, len, kw.pop("limits", LIMITS), say=quiet, **kw)
+    return prepare_data(manifest, out, base.audio_tokenizer, TextCounts(len), kw.pop("limits", LIMITS), say=quiet, **kw)
 
 
 def _reasons(data):
@@ -114,15 +114,13 @@ def test_sequence_longer_than_the_model_is_a_bad_row(base, tmp_path):
         {"audio": "a.wav", "text": "short"},
         {"audio": "a.wav", "text": "target", "ref_audio_filepath": "ref.wav", "ref_text": "a long reference"},
     ]
-    from higgs_train.data.collate import TokenLayout, build_example
+    from higgs_train.data.collate import TokenLayout
+    from higgs_train.data.tokens import RowTokens
 
-    layout = TokenLayout.from_processor(base.processor, 8)
-
-    def measure(sample, clips):
-        return len(build_example(sample, {p: clips[p].codes for p in sample.audio_paths}, layout).input_ids)
-
+    tokens = RowTokens(tmp_path / "out", TokenLayout.from_processor(base.processor, 8))
     limits = DataLimits(max_duration=5.0, max_tokens=100)
-    data = _prepare(_manifest(tmp_path, rows), tmp_path / "out", base, limits=limits, measure=measure)
+    out = tmp_path / "out"
+    data = prepare_data(_manifest(tmp_path, rows), out, base.audio_tokenizer, tokens, limits, say=lambda _: None)
     assert _reasons(data) == {"2": "sequence too long"}
     assert "exceed the model's 100 positions; use a shorter reference or target clip" in data.report.problems[0].message
 
@@ -167,7 +165,7 @@ def test_a_damaged_cache_shard_is_found_and_encoded_again(base, tmp_path, damage
         i = len(data) // 2
         arrow.write_bytes(data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :])
     said = []
-    again = prepare_data(manifest, tmp_path / "out", base.audio_tokenizer, len, LIMITS, say=said.append)
+    again = prepare_data(manifest, tmp_path / "out", base.audio_tokenizer, TextCounts(len), LIMITS, say=said.append)
     assert len(said) == 1 and said[0].startswith(f"warning: code cache shard {shard} fails its checksum")
     assert "removing it, its clips are encoded again" in said[0]
     (path,) = first

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from higgs_train.cli import app
 from higgs_train.data.codes import CodeCache
-from higgs_train.data.prepare import DataLimits, prepare_data
+from higgs_train.data.prepare import DataLimits, TextCounts, prepare_data
 from higgs_train.errors import ConfigError
 from tests.conftest import train_args
 
@@ -52,7 +52,9 @@ def test_real_audio_every_format_channel_count_and_rate(voices, base, tmp_path):
         name = f"c{i}.{ext}"
         sf.write(tmp_path / name, data, out_rate, format=fmt)
         rows.append({"audio": name, "text": f"clip {i}"})
-    data = prepare_data(write_manifest(tmp_path, rows), tmp_path / "out", base.audio_tokenizer, count_chars, LIMITS)
+    data = prepare_data(
+        write_manifest(tmp_path, rows), tmp_path / "out", base.audio_tokenizer, TextCounts(count_chars), LIMITS
+    )
     assert data.report.good == 5 and not data.report.problems
     for s in data.samples:
         clip = data.clips[s.target_audio]
@@ -80,7 +82,7 @@ def test_each_bad_input_is_reported_with_file_and_line(base, tmp_path):
         {"audio": "ok.wav", "text": "y" * 41},
     ]
     manifest = write_manifest(tmp_path, rows)
-    data = prepare_data(manifest, tmp_path / "out", base.audio_tokenizer, count_chars, LIMITS)
+    data = prepare_data(manifest, tmp_path / "out", base.audio_tokenizer, TextCounts(count_chars), LIMITS)
     report = data.report
     assert (report.rows, report.good) == (10, 1)
     assert report.counts() == {
@@ -130,15 +132,15 @@ def test_cache_encodes_once_and_only_what_changed(synth_manifest, base, tmp_path
         totals.append(total)
 
     out = tmp_path / "out"
-    prepare_data(synth_manifest, out, base.audio_tokenizer, count_chars, DataLimits(), progress=progress)
+    prepare_data(synth_manifest, out, base.audio_tokenizer, TextCounts(count_chars), DataLimits(), progress=progress)
     assert totals[-1] == 6
     totals.clear()
-    prepare_data(synth_manifest, out, base.audio_tokenizer, count_chars, DataLimits(), progress=progress)
+    prepare_data(synth_manifest, out, base.audio_tokenizer, TextCounts(count_chars), DataLimits(), progress=progress)
     assert totals == []  # nothing re-encoded
     clip = synth_manifest.parent / "clips" / "clip_3.wav"
     data, rate = sf.read(clip, dtype="float32")
     sf.write(clip, data * 0.5, rate)
-    prepare_data(synth_manifest, out, base.audio_tokenizer, count_chars, DataLimits(), progress=progress)
+    prepare_data(synth_manifest, out, base.audio_tokenizer, TextCounts(count_chars), DataLimits(), progress=progress)
     assert totals[-1] == 1  # only the changed clip
 
 
@@ -201,17 +203,3 @@ def test_bad_eval_settings():
 
     with pytest.raises(ConfigError, match="--eval_manifest and --eval_fraction both given"):
         build_config({"train_manifest": "m", "output_dir": "o", "eval_manifest": "e", "eval_fraction": 0.1})
-
-
-def test_each_rows_tokens_are_built_once(synth_manifest, tiny_model, tmp_path, monkeypatch):
-    """The length check builds every row's example; training reuses it instead of building it again."""
-    import higgs_train.data.pipeline as pipeline
-    from higgs_train.config import build_config
-    from higgs_train.model import load_processor
-
-    calls = []
-    real = pipeline.build_example
-    monkeypatch.setattr(pipeline, "build_example", lambda *a: calls.append(1) or real(*a))
-    cfg = build_config({"train_manifest": str(synth_manifest), "output_dir": str(tmp_path), "model": str(tiny_model)})
-    data = pipeline.build_training_data(cfg, load_processor(str(tiny_model)), 8, lambda m: None, max_positions=4096)
-    assert len(data.train) == 6 and len(calls) == 6
