@@ -155,51 +155,6 @@ def on_main(accelerator, fn, *args, **kwargs) -> Any:
     return value
 
 
-def main_first(accelerator, on_main_fn, then_fn, folder: Path, poll_s: float = 0.5):
-    """Run `on_main_fn` on rank 0 (e.g. encoding the code cache, however long it takes), then `then_fn` on the
-    others. The others wait by polling a marker file, not at a collective, so the wait is not bounded by
-    --dist_timeout_s; rank 0's error reaches every rank through the marker. (A rank that dies ends the job through
-    the launcher, so nobody polls forever.)
-
-    Raises:
-        HiggsTrainError: rank 0's, with its message and exit code, on every rank.
-    """
-    import json
-    import secrets
-    import time
-
-    from higgs_train.checkpoint import layout
-    from higgs_train.checkpoint.io import atomic_write_text
-    from higgs_train.errors import HiggsTrainError
-
-    if accelerator.num_processes == 1:
-        return on_main_fn()
-    marker = layout.tmp_sibling(folder / "main-first", from_main(accelerator, secrets.token_hex(4)))
-    if accelerator.is_main_process:
-        try:
-            value = on_main_fn()
-        except HiggsTrainError as e:
-            atomic_write_text(marker, json.dumps({"error": str(e), "exit_code": e.exit_code}))
-            raise
-        except BaseException as e:
-            atomic_write_text(marker, json.dumps({"error": f"rank 0 failed: {type(e).__name__}: {e}", "exit_code": 1}))
-            raise
-        atomic_write_text(marker, json.dumps({"ok": True}))
-        accelerator.wait_for_everyone()  # every rank has read the marker
-        marker.unlink(missing_ok=True)
-        return value
-    while not marker.exists():
-        time.sleep(poll_s)
-    outcome = json.loads(marker.read_text() or "{}")
-    if "error" in outcome:
-        error = HiggsTrainError(outcome["error"])
-        error.exit_code = outcome["exit_code"]
-        raise error
-    value = then_fn()
-    accelerator.wait_for_everyone()
-    return value
-
-
 def check_same_settings(accelerator, settings: dict[str, Any], what: str = "settings") -> None:
     """Every process must train with the same settings, data and base model (ranks started with different commands
     would cut different batch plans and run on): compare each rank's with rank 0's.

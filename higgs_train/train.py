@@ -36,11 +36,11 @@ from higgs_train.data.batches import BatchPlan
 from higgs_train.data.collate import IGNORE, collate
 from higgs_train.data.pipeline import TrainingData, build_training_data, encoding_progress
 from higgs_train.data.prepare import stats_warnings
+from higgs_train.data.share import clean_syncs, end_share, launch_share
 from higgs_train.distributed import (
     any_rank,
     check_same_settings,
     global_sum,
-    main_first,
     make_accelerator,
     on_main,
     peer_failure,
@@ -192,11 +192,14 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     num_codebooks = processor.audio_tokenizer.config.num_quantizers
     positions = lm_config.max_position_embeddings
 
-    def build(progress) -> TrainingData:
-        return build_training_data(cfg, processor, num_codebooks, say, progress, lambda: stop.requested, positions)
-
+    share = launch_share(accelerator, cfg.output_dir)  # every process tokenizes and encodes its part
+    if main:
+        clean_syncs(Path(cfg.output_dir) / "cache", share.folder)  # markers of launches that were killed
     with encoding_progress(main and show) as encoding:
-        data = main_first(accelerator, lambda: build(encoding), lambda: build(None), Path(cfg.output_dir))
+        data = build_training_data(
+            cfg, processor, num_codebooks, say, encoding, lambda: stop.requested, positions, share
+        )
+    end_share(accelerator, share)
     processor.audio_tokenizer.to("cpu")
     data_change = check_data(resume_path, data.identity, cfg.to_dict(), cfg.output_dir)  # before the LM loads
     with whole_models(accelerator):

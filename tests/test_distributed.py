@@ -254,8 +254,8 @@ def test_a_hung_peer_is_one_line_naming_the_timeout(synth_manifest, tiny_model, 
 
 @pytest.mark.slow
 def test_an_encode_longer_than_the_collective_timeout_does_not_fail_the_run(synth_manifest, tiny_model, tmp_path):
-    """Rank 0 encodes alone (12 s here: 6 shards of 1 clip, each slowed by 2 s) while the other waits, without a
-    collective: --dist_timeout_s 5 bounds the collectives of training, not data preparation."""
+    """Each rank encodes its 3 clips (6 s here: 3 shards of 1 clip, each slowed by 2 s) and waits for the other at a
+    file barrier, not a collective: --dist_timeout_s 5 bounds the collectives of training, not data preparation."""
     args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--max_steps", "2", "--dist_timeout_s", "5")
     args += ["--cache_shard_clips", "1"]
     code, log = finish(launch(args, env_extra={ENV: "after_shard:sleep"}), timeout=240)

@@ -26,6 +26,7 @@ import torch
 from higgs_train import faults
 from higgs_train.checkpoint.io import sha256_file
 from higgs_train.data.audio import load_audio, source_identity
+from higgs_train.data.share import ALONE, Share
 from higgs_train.errors import AudioError, Interrupted, OutputDirError
 from higgs_train.identity import FileDigests, weights_fingerprint
 
@@ -210,6 +211,7 @@ def encode_clips(
     should_stop: Callable[[], bool] = lambda: False,
     shard_clips: int = SHARD_CLIPS,
     lookup: ClipLookup | None = None,
+    share: Share = ALONE,
 ) -> tuple[dict[str, Clip], dict[str, AudioError]]:
     """Codes for every clip, from the cache where present, decoded and encoded (and cached) where not.
 
@@ -223,6 +225,8 @@ def encode_clips(
         should_stop: polled between clips; when true, the clips encoded so far are written to the cache first.
         shard_clips: clips per cache shard.
         lookup: what lookup_clips found already (it is done here when not given).
+        share: this process's part of a launch: it encodes its share of the clips not cached, then reads what
+            the others encoded (data/share.py).
 
     Returns:
         (source -> Clip for the good clips, source -> AudioError for clips that are missing, undecodable, hold
@@ -244,15 +248,20 @@ def encode_clips(
             errors[source] = AudioError(f"cannot read audio file {source} ({e.strerror}); check it", "unreadable audio")
     cache = CodeCache(output_dir, say)
     found = lookup.found
-    todo = [(src, key) for src, key in keys.items() if key not in found]
+    sources_of: dict[str, list[str]] = {}  # the same bytes under several paths are one clip
+    for src, key in keys.items():
+        sources_of.setdefault(key, []).append(src)
+    todo = sorted(key for key in sources_of if key not in found)  # the same list in every process
+    share.agree("codes", todo, should_stop)  # nobody writes before everyone has planned
+    mine = [(sources_of[key][0], key) for key in share.mine(todo)]
     rate = audio_tokenizer.config.sample_rate
     device = next(audio_tokenizer.parameters()).device
     loader = torch.utils.data.DataLoader(
-        _Decode(todo, rate), batch_size=None, num_workers=num_workers, collate_fn=lambda x: x
+        _Decode(mine, rate), batch_size=None, num_workers=num_workers, collate_fn=lambda x: x
     )
     pending: dict[str, Clip] = {}
-    by_key = {key: src for src, key in keys.items()}
-    seconds, shards_written = 0.0, 0
+    failed: dict[str, AudioError] = {}  # key -> why
+    seconds, shards_written, start = 0.0, 0, time.perf_counter()
     for done, (key, wave, error) in enumerate(loader, start=1):
         if error is None:
             try:
@@ -260,9 +269,9 @@ def encode_clips(
                 pending[key] = clip
                 seconds += clip.seconds
             except AudioError as e:
-                error = AudioError(f"{by_key[key]}: {e}", e.reason)
+                error = AudioError(f"{sources_of[key][0]}: {e}", e.reason)
         if error is not None:
-            errors[by_key[key]] = error
+            failed[key] = error
         if len(pending) >= shard_clips:
             cache.add(pending)
             found.update(pending)
@@ -273,18 +282,50 @@ def encode_clips(
         faults.count("clip", done)
         faults.failpoint("encoded")
         if progress:
-            progress(done, len(todo), seconds)
-        if should_stop() and done < len(todo):
+            progress(done, len(mine), seconds)
+        if should_stop() and done < len(mine):
             if pending:
                 cache.add(pending)
             raise Interrupted(
-                f"stopped by signal while encoding: {len(found) + len(pending)} of {len(keys)} clips are in the "
-                f"code cache of {output_dir}; rerun the same command to encode the rest and train"
+                f"stopped by signal while encoding: {len(found) + len(pending)} of {len(sources_of)} clips are in "
+                f"the code cache of {output_dir}; rerun the same command to encode the rest and train"
             )
     if pending:
         cache.add(pending)
         found.update(pending)
+    _gather_encoded(share, todo, found, failed, cache, say, should_stop, (len(mine), seconds, start))
+    for key, error in failed.items():
+        errors.update((src, error) for src in sources_of[key])
     return {src: found[key] for src, key in keys.items() if key in found}, errors
+
+
+def _gather_encoded(share, todo, found, failed, cache, say, should_stop, speed) -> None:
+    """Every process's outcome: the clips the others encoded (read from their shards), the clips nobody could
+    encode and why, and the encoding speed per process and in total."""
+    clips, seconds, start = speed
+    mine = {"clips": clips, "seconds": seconds, "wall": time.perf_counter() - start}
+    mine["failed"] = {key: [str(e), e.reason] for key, e in failed.items()}
+    everyone = share.gather("codes", mine, should_stop)
+    for other in everyone:
+        failed.update((key, AudioError(msg, reason)) for key, (msg, reason) in other["failed"].items())
+    rest = set(todo) - found.keys() - failed.keys()
+    if rest:
+        found.update(cache.load(rest))
+    if not todo:
+        return
+    if share.world > 1:
+        for rank, part in enumerate(everyone):
+            say(f"encoding, process {rank}: {_speed(part)}")
+    total = {k: sum(p[k] for p in everyone) for k in ("clips", "seconds")} | {"wall": max(p["wall"] for p in everyone)}
+    say(f"encoding{' in total' if share.world > 1 else ''}: {_speed(total)}")
+
+
+def _speed(part: dict) -> str:
+    wall = max(part["wall"], 1e-9)
+    return (
+        f"{part['clips']} clips, {part['seconds'] / 3600:.3f} h of audio in {wall:.1f} s: {part['clips'] / wall:.1f} "
+        f"clips/s, {part['seconds'] / wall:.0f} h of audio per hour"
+    )
 
 
 def _encode(audio_tokenizer, wave: torch.Tensor, rate: int, device) -> Clip:

@@ -7,8 +7,9 @@ that mixes row forms and whose errors carry no line numbers), so every error nam
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from higgs_train.data.formats import EMBEDDED, Columns, iter_rows
@@ -36,20 +37,20 @@ class Sample:
     turns: tuple[Turn, ...]
     speaker: str | None = None
     language: str | None = None  # ISO 639-1: the row's own field, else the run's one --language
+    # derived once per row from `turns` (every stage asks; frozen, so they cannot go stale)
+    audio_paths: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    target_text: str | None = field(init=False, repr=False, compare=False)  # the last user text before the target
 
-    @property
-    def audio_paths(self) -> list[str]:
-        return [t.audio for t in self.turns if t.audio is not None]
+    def __post_init__(self) -> None:
+        paths = tuple(t.audio for t in self.turns if t.audio is not None)
+        object.__setattr__(self, "audio_paths", paths)
+        target = max((i for i, t in enumerate(self.turns) if t.audio), default=0)
+        text = next((t.text for t in reversed(self.turns[:target]) if t.role == "user" and t.text), None)
+        object.__setattr__(self, "target_text", text)
 
     @property
     def target_audio(self) -> str:
         return self.audio_paths[-1]
-
-    @property
-    def target_text(self) -> str:
-        """The words of the target clip: the last user text before the last audio turn."""
-        target = max(i for i, t in enumerate(self.turns) if t.audio)
-        return next(t.text for t in reversed(self.turns[:target]) if t.role == "user" and t.text)
 
 
 @dataclass(frozen=True)
@@ -229,4 +230,9 @@ def _audio_path(row: dict, keys: tuple[str, ...], where: str, base_dir: Path, pr
     if value.startswith(EMBEDDED):
         return value
     # normalised, not resolved: a symlink loop is a bad row found when the clip is read, not a crash here
-    return os.path.abspath(base_dir / value)
+    return os.path.normpath(os.path.join(_absolute(str(base_dir)), value))
+
+
+@functools.lru_cache(maxsize=64)
+def _absolute(base_dir: str) -> str:
+    return os.path.abspath(base_dir)

@@ -26,6 +26,7 @@ from higgs_train.data.prepare import (
     stats_lines,
 )
 from higgs_train.data.rows import DataIdentity, data_identity, remember
+from higgs_train.data.share import ALONE, Share
 from higgs_train.data.tokens import RowTokens
 from higgs_train.errors import ManifestError
 from higgs_train.language import parse_languages
@@ -58,6 +59,7 @@ def prepare(
     should_stop: Callable[[], bool] = lambda: False,
     max_positions: int | None = None,
     tokens: RowTokens | None = None,
+    share: Share = ALONE,
 ) -> PreparedData:
     """Validate and encode one manifest; apply --on_bad_sample to what the report found.
 
@@ -82,6 +84,7 @@ def prepare(
         Columns(cfg.text_column, cfg.audio_column),
         parse_languages(cfg.language),
         report_file,
+        share,
     )
     report = data.report
     if report.problems and cfg.on_bad_sample == "error":
@@ -151,14 +154,17 @@ def build_training_data(
     progress=None,
     should_stop: Callable[[], bool] = lambda: False,
     max_positions: int | None = None,
+    share: Share = ALONE,
 ) -> TrainingData:
+    """The run's train and eval examples: every manifest prepared (with `share`, this process's part of the
+    tokenizing and encoding), --eval_fraction split off, the training rows' identity remembered."""
     layout = TokenLayout.from_processor(processor, num_codebooks)
     tokens = RowTokens(cfg.output_dir, layout, say)
-    train = prepare(cfg, cfg.train_manifest, processor, say, progress, should_stop, max_positions, tokens)
+    train = prepare(cfg, cfg.train_manifest, processor, say, progress, should_stop, max_positions, tokens, share)
     samples, eval_samples, clips, handles = train.samples, [], dict(train.clips), dict(train.handles)
     contents = dict(train.contents)
     if cfg.eval_manifest:
-        held = prepare(cfg, cfg.eval_manifest, processor, say, progress, should_stop, max_positions, tokens)
+        held = prepare(cfg, cfg.eval_manifest, processor, say, progress, should_stop, max_positions, tokens, share)
         eval_samples = held.samples
         clips.update(held.clips)
         handles.update(held.handles)
@@ -196,25 +202,39 @@ def encoding_progress(enabled: bool):
 
 def run_prepare(cfg: TrainConfig, say: Callable[[str], None], progress_bar: bool = True) -> list[PreparedData]:
     """`higgs-train prepare`: validate and encode the train (and eval) manifests into the run's cache, holding the
-    run folder's lock; SIGTERM/SIGINT/SIGHUP keep the finished clips and stop (exit 130)."""
+    run folder's lock; SIGTERM/SIGINT/SIGHUP keep the finished clips and stop (exit 130). Under `accelerate
+    launch` every process tokenizes and encodes its part (on its own device); rank 0 holds the lock and reports."""
     from higgs_train.checkpoint.lock import RunLock
     from higgs_train.checkpoint.preflight import check_output_dir
+    from higgs_train.data.share import clean_syncs, end_share, launch_share
+    from higgs_train.distributed import make_accelerator, on_main
     from higgs_train.model import load_lm_config, load_processor, quiet_libraries
     from higgs_train.signals import StopSignal
 
-    check_output_dir(Path(cfg.output_dir))
+    state = make_accelerator(cfg)  # the processes of a launch, joined (gloo on the CPU)
+    main = state.is_main_process
+    say = say if main else (lambda _msg: None)
+    on_main(state, check_output_dir, Path(cfg.output_dir))
     quiet_libraries()
     max_positions = load_lm_config(cfg.model).max_position_embeddings
     processor = load_processor(cfg.model, cfg.audio_tokenizer)
+    processor.audio_tokenizer.to(state.device)
     out = []
-    with RunLock(cfg.output_dir, "prepare", say=say), StopSignal(say) as stop:
+    with contextlib.ExitStack() as held, StopSignal(say) as stop:
+        on_main(state, lambda: held.enter_context(RunLock(cfg.output_dir, "prepare", say=say)) and None)
+        share = launch_share(state, cfg.output_dir)
+        if main:
+            clean_syncs(Path(cfg.output_dir) / "cache", share.folder)
         for manifest in [m for m in (cfg.train_manifest, cfg.eval_manifest) if m]:
-            with encoding_progress(progress_bar) as progress:
-                data = prepare(cfg, manifest, processor, say, progress, lambda: stop.requested, max_positions)
+            with encoding_progress(progress_bar and main) as progress:
+                data = prepare(
+                    cfg, manifest, processor, say, progress, lambda: stop.requested, max_positions, share=share
+                )
             for line in data.report.lines():
                 say(line)
             say(
                 f"encoded {data.report.hours:.3f} h in {data.report.encode_seconds:.1f}s; cache: {cfg.output_dir}/cache"
             )
             out.append(data)
+        end_share(state, share)
     return out

@@ -17,6 +17,7 @@ from higgs_train.data.audio import probe_seconds
 from higgs_train.data.codes import SHARD_CLIPS, Clip, encode_clips, lookup_clips
 from higgs_train.data.formats import Columns
 from higgs_train.data.manifest import Problem, Sample, load_manifest
+from higgs_train.data.share import ALONE, Share
 from higgs_train.errors import AudioError, ManifestError
 
 REPORT_FILE = "data_report.json"
@@ -87,7 +88,7 @@ class TextCounts:
         self.count = count
         self.user_tokens = np.empty(0, np.int64)
 
-    def ensure(self, samples: list[Sample], problems_out=None) -> np.ndarray:
+    def ensure(self, samples: list[Sample], problems_out=None, should_stop=None, share=None) -> np.ndarray:
         counts = [max((self.count(t.text) for t in s.turns if t.role == "user" and t.text), default=0) for s in samples]
         self.user_tokens = np.asarray(counts, np.int64)
         return np.arange(len(samples))
@@ -108,21 +109,23 @@ def prepare_data(
     columns: Columns = Columns(),
     languages: tuple[str, ...] = (),
     report_file: str = REPORT_FILE,
+    share: Share = ALONE,
 ) -> PreparedData:
     """Parse, validate and encode a manifest; write OUTPUT_DIR/`report_file` (data_report.json).
 
-    Every check that can fail for one row fails for that row alone (a bad row in the report, never a crash):
-    text first, then each clip's header (so an hour-long file is refused without being decoded; a clip already
-    in the code cache is not opened at all), then decoding and encoding, then the total length once the codes are
-    known. `tokens` is a data.tokens.RowTokens (or TextCounts): each row's token ids, cached by content.
+        Every check that can fail for one row fails for that row alone (a bad row in the report, never a crash):
+        text first, then each clip's header (so an hour-long file is refused without being decoded; a clip already
+        in the code cache is not opened at all), then decoding and encoding, then the total length once the codes are
+        known. `tokens` is a data.tokens.RowTokens (or TextCounts): each row's token ids, cached by content. With a
+    `share` of a launch, this process tokenizes and encodes its part of what is not cached (data/share.py).
 
-    Returns:
-        The usable samples with their token handles, the codes of their clips, and the report of the rows dropped
-        and why.
+        Returns:
+            The usable samples with their token handles, the codes of their clips, and the report of the rows dropped
+            and why.
 
-    Raises:
-        ManifestError: the manifest as a whole cannot be read.
-        Interrupted: `should_stop` turned true while encoding (the finished clips are cached).
+        Raises:
+            ManifestError: the manifest as a whole cannot be read.
+            Interrupted: `should_stop` turned true while encoding (the finished clips are cached).
     """
     problems: list[Problem] = []
     samples = load_manifest(manifest, problems, fmt, columns, languages)
@@ -130,7 +133,9 @@ def prepare_data(
     start = time.perf_counter()
     samples = _keep(samples, problems, lambda s: _check_reserved(s, limits))
     unrenderable: dict[str, ManifestError] = {}
-    handles = dict(zip((s.source for s in samples), tokens.ensure(samples, unrenderable).tolist(), strict=True))
+    handles = dict(
+        zip((s.source for s in samples), tokens.ensure(samples, unrenderable, should_stop, share).tolist(), strict=True)
+    )
     samples = _keep(samples, problems, lambda s: _check_text(s, handles, tokens, unrenderable, limits))
     sources = [p for s in samples for p in s.audio_paths]
     lookup = lookup_clips(sources, audio_tokenizer, output_dir, say)
@@ -148,6 +153,7 @@ def prepare_data(
         should_stop,
         shard_clips,
         lookup,
+        share,
     )
     errors.update(encode_errors)
     good = _keep(samples, problems, lambda s: _check_codes(s, clips, errors, limits, handles, tokens))

@@ -41,10 +41,11 @@ def data_identity(samples: list[Sample], clip_keys: dict[str, str]) -> DataIdent
     digest: data/audio.source_identity)."""
     seen: collections.Counter = collections.Counter()
     names, contents = np.empty(len(samples), np.uint64), np.empty(len(samples), np.uint64)
-    files = [p for s in samples for p in s.audio_paths if os.path.isabs(p)]
-    root = len(os.path.commonpath(files)) if files else 0  # names below it: the same wherever the tree moves
+    files = [p for s in samples for p in s.audio_paths if p.startswith(os.sep)]
+    prefix = os.path.commonprefix(files) if files else ""
+    root = prefix.rfind(os.sep) + 1  # names below the folder every clip shares: the same wherever the tree moves
     for i, sample in enumerate(samples):
-        paths = "\x1f".join(p[root:] if os.path.isabs(p) else p for p in sample.audio_paths)
+        paths = "\x1f".join(p[root:] if p.startswith(os.sep) else p for p in sample.audio_paths)
         seen[paths] += 1
         names[i] = _h64(f"{paths}\x1e{seen[paths]}")
         turns = "\x1f".join(

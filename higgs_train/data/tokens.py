@@ -19,7 +19,8 @@ import numpy as np
 
 from higgs_train.data.collate import TokenLayout, example_length, text_pieces
 from higgs_train.data.manifest import Sample
-from higgs_train.errors import ManifestError, OutputDirError
+from higgs_train.data.share import ALONE, Share
+from higgs_train.errors import Interrupted, ManifestError, OutputDirError
 
 TOKENS_SUBDIR = "cache/tokens"
 SHARD_ROWS = 65536
@@ -53,6 +54,7 @@ class RowTokens:
         self.root = Path(output_dir) / TOKENS_SUBDIR / layout_fingerprint(layout)
         self.say = say
         self._tables: list = []
+        self._paths: set[Path] = set()
         self._shard = np.empty(0, np.int32)  # per handle: its table and row
         self._row = np.empty(0, np.int64)
         self.text_tokens = np.empty(0, np.int32)
@@ -83,6 +85,7 @@ class RowTokens:
         self.user_tokens = np.concatenate([self.user_tokens, user])
         self._all_keys = np.concatenate([self._all_keys, keys])
         self._tables.append(table)
+        self._paths.add(path)
 
     def _index(self) -> None:
         order = np.argsort(self._all_keys, kind="stable")
@@ -94,27 +97,67 @@ class RowTokens:
         pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
         return np.where(self._keys[pos] == keys, self._handles[pos], -1)
 
-    def ensure(self, samples: list[Sample], problems_out: dict[str, ManifestError] | None = None) -> np.ndarray:
-        """Each row's handle, tokenizing (and caching, in new shards) the rows not cached yet. A row the template
-        cannot render gets -1 and its error in `problems_out` by source (without it, the error raises)."""
+    def ensure(
+        self,
+        samples: list[Sample],
+        problems_out: dict[str, ManifestError] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        share: Share = ALONE,
+    ) -> np.ndarray:
+        """Each row's handle, tokenizing (and caching, in new shards) the rows not cached yet: this process's
+        share of them, the others' shards read once all are done. A row the template cannot render gets -1 and
+        its error in `problems_out` by source (without it, the error raises).
+
+        Raises:
+            Interrupted: `should_stop` turned true (the rows tokenized so far are cached).
+        """
         keys = np.fromiter((row_key(s) for s in samples), np.uint64, len(samples))
+        first: dict[int, int] = {}
+        for i in np.flatnonzero(self._find(keys) < 0).tolist():
+            first.setdefault(int(keys[i]), i)
+        planned = sorted(first)
+        share.agree("tokens", planned, should_stop)  # nobody writes before everyone has planned
         todo: dict[int, tuple[list[np.ndarray], int]] = {}
-        for i in np.flatnonzero(self._find(keys) < 0):
-            sample, key = samples[i], int(keys[i])
-            if key in todo:
-                continue
+        for n, key in enumerate(share.mine(planned)):
+            if n % 1024 == 0 and should_stop():
+                if todo:
+                    self._add(todo)
+                raise Interrupted(
+                    f"stopped by signal while tokenizing: the rows done so far are cached in {self.root}; rerun the "
+                    "same command to go on"
+                )
+            sample = samples[first[key]]
             try:
                 todo[key] = (text_pieces(sample, self.layout), self._count_user_tokens(sample))
             except ManifestError as e:
                 if problems_out is None:
                     raise
                 problems_out[sample.source] = e
-        items = list(todo.items())
-        for start in range(0, len(items), SHARD_ROWS):
-            self._open(self._write(dict(items[start : start + SHARD_ROWS])))
-        if items:
+            if len(todo) >= SHARD_ROWS:  # written as it goes: memory stays one shard's worth
+                self._add(todo)
+                todo = {}
+        if todo:
+            self._add(todo)
+        if share.world > 1:
+            share.gather("tokens", {}, should_stop)
+            for path in sorted(self.root.glob("shard-*.arrow")):
+                if path not in self._paths:
+                    self._open(path)
             self._index()
-        return self._find(keys)
+        handles = self._find(keys)
+        for i in np.flatnonzero(handles < 0).tolist():  # rows another process could not render: the same error here
+            if samples[i].source not in (problems_out or {}):
+                try:
+                    text_pieces(samples[i], self.layout)
+                except ManifestError as e:
+                    if problems_out is None:
+                        raise
+                    problems_out[samples[i].source] = e
+        return handles
+
+    def _add(self, rows: dict[int, tuple[list[np.ndarray], int]]) -> None:
+        self._open(self._write(rows))
+        self._index()
 
     def _count_user_tokens(self, sample: Sample) -> int:
         texts = [t.text for t in sample.turns if t.role == "user" and t.text]

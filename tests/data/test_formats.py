@@ -48,7 +48,7 @@ def test_metadata_json_folder(tmp_path):
     first, second = load_manifest(tmp_path, problems)
     assert first.target_audio == str(tmp_path / "wavs" / "a.wav") and first.speaker == "s1"
     assert [(t.role, t.text) for t in first.turns if t.text][1:] == [("scene", "quiet room"), ("user", "hello there")]
-    assert second.audio_paths == [str(tmp_path / "wavs" / "ref.wav"), str(tmp_path / "wavs" / "a.wav")]
+    assert second.audio_paths == (str(tmp_path / "wavs" / "ref.wav"), str(tmp_path / "wavs" / "a.wav"))
     assert [(p.reason, p.where) for p in problems] == [
         ("missing transcript", f"{tmp_path}/metadata.json:samples[2] (id c)")
     ]

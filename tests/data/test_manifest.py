@@ -28,7 +28,7 @@ def test_voice_cloning_row_puts_reference_first(tmp_path):
         tmp_path, [{"audio_filepath": "t.wav", "text": "target", "ref_audio_filepath": "r.wav", "ref_text": "ref"}]
     )
     (sample,) = load_manifest(path)
-    assert sample.audio_paths == [str(tmp_path / "r.wav"), str(tmp_path / "t.wav")]
+    assert sample.audio_paths == (str(tmp_path / "r.wav"), str(tmp_path / "t.wav"))
     assert [t.role for t in sample.turns] == ["system", "user", "assistant", "user", "assistant"]
 
 
