@@ -366,7 +366,7 @@ def _tok_s(run: Run, s: StepStats) -> float:
 
 
 def _plan(cfg: TrainConfig, data: TrainingData, accelerator, seed: int) -> BatchPlan:
-    lengths = data.train.lengths.tolist() if cfg.group_by_length else None
+    lengths = data.train.lengths if cfg.group_by_length else None
     rank, world = accelerator.process_index, accelerator.num_processes
     return BatchPlan(len(data.train), cfg.batch_size, seed, rank, world, lengths)
 

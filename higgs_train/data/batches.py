@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from higgs_train.errors import ConfigError
@@ -27,7 +28,7 @@ class BatchPlan:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
-        lengths: list[int] | None = None,
+        lengths=None,  # per example, any sequence of ints
     ):
         per_rank = num_examples // world_size
         if per_rank == 0:
@@ -42,22 +43,19 @@ class BatchPlan:
         self.world_size = world_size
         self.per_rank = per_rank
         self.batches_per_epoch = math.ceil(per_rank / batch_size)
-        self.lengths = lengths
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
         self._epoch = -1
         self._batches: list[list[int]] = []
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         if epoch != self._epoch:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(self.num_examples, generator=gen).tolist()[: self.per_rank * self.world_size]
+            order = torch.randperm(self.num_examples, generator=gen).numpy()[: self.per_rank * self.world_size]
             step = self.batch_size * self.world_size  # one global batch: a micro-batch on every rank
-            if self.lengths is not None:
-                window = step * GROUP_BATCHES
-                order = [
-                    i
-                    for w in range(0, len(order), window)
-                    for i in sorted(order[w : w + window], key=lambda i: -self.lengths[i])
-                ]
+            if self.lengths is not None:  # longest first within each window; ties keep the permutation's order
+                window = np.arange(len(order)) // (step * GROUP_BATCHES)
+                order = order[np.lexsort((-self.lengths[order], window))]
+            order = order.tolist()
             batches = [order[i : i + step] for i in range(0, len(order), step)]
             if self.lengths is not None:
                 batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]

@@ -11,6 +11,7 @@ import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from higgs_train.data.formats import EMBEDDED, Columns, iter_rows
 from higgs_train.errors import ManifestError
@@ -20,8 +21,7 @@ DEFAULT_SYSTEM_PROMPT = "Generate audio following instruction."
 ROLES = ("system", "scene", "user", "assistant")
 
 
-@dataclass(frozen=True)
-class Turn:
+class Turn(NamedTuple):  # a tuple, not a dataclass: a start builds five of them per row of the manifest
     """One message of a conversation: text, or one audio clip (absolute path)."""
 
     role: str
@@ -42,11 +42,15 @@ class Sample:
     target_text: str | None = field(init=False, repr=False, compare=False)  # the last user text before the target
 
     def __post_init__(self) -> None:
-        paths = tuple(t.audio for t in self.turns if t.audio is not None)
-        object.__setattr__(self, "audio_paths", paths)
-        target = max((i for i, t in enumerate(self.turns) if t.audio), default=0)
-        text = next((t.text for t in reversed(self.turns[:target]) if t.role == "user" and t.text), None)
-        object.__setattr__(self, "target_text", text)
+        paths, text, target_text = [], None, None
+        for turn in self.turns:
+            if turn.audio is not None:
+                paths.append(turn.audio)
+                target_text = text
+            elif turn.role == "user" and turn.text:
+                text = turn.text
+        object.__setattr__(self, "audio_paths", tuple(paths))
+        object.__setattr__(self, "target_text", target_text)
 
     @property
     def target_audio(self) -> str:

@@ -11,7 +11,6 @@ resume can say what changed.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import os
 from dataclasses import dataclass
@@ -39,19 +38,17 @@ def _h64(text: str) -> int:
 def data_identity(samples: list[Sample], clip_keys: dict[str, str]) -> DataIdentity:
     """The identity of `samples` in their order; `clip_keys` maps each audio source to what it holds (its bytes'
     digest: data/audio.source_identity)."""
-    seen: collections.Counter = collections.Counter()
+    seen: dict[str, int] = {}
     names, contents = np.empty(len(samples), np.uint64), np.empty(len(samples), np.uint64)
     files = [p for s in samples for p in s.audio_paths if p.startswith(os.sep)]
     prefix = os.path.commonprefix(files) if files else ""
     root = prefix.rfind(os.sep) + 1  # names below the folder every clip shares: the same wherever the tree moves
     for i, sample in enumerate(samples):
-        paths = "\x1f".join(p[root:] if p.startswith(os.sep) else p for p in sample.audio_paths)
-        seen[paths] += 1
+        paths = "\x1f".join([p[root:] if p.startswith(os.sep) else p for p in sample.audio_paths])
+        seen[paths] = seen.get(paths, 0) + 1
         names[i] = _h64(f"{paths}\x1e{seen[paths]}")
-        turns = "\x1f".join(
-            f"{t.role}\x1d{t.text or ''}\x1d{clip_keys.get(t.audio, '') if t.audio else ''}" for t in sample.turns
-        )
-        contents[i] = _h64(turns)
+        parts = [f"{role}\x1d{text or ''}\x1d{'a' if audio else ''}" for role, text, audio in sample.turns]
+        contents[i] = _h64("\x1f".join([*parts, *[clip_keys.get(p, "") for p in sample.audio_paths]]))
     digest = hashlib.sha256(contents.tobytes()).hexdigest()[:32]
     return DataIdentity(digest, len(samples), names, contents)
 
