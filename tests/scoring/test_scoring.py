@@ -232,3 +232,28 @@ def test_real_speech_recognition_scores_a_real_clip_low_and_a_wrong_transcript_h
     own, _, _ = error_rates((voices / "en_man.txt").read_text(), heard)
     other, _, _ = error_rates((voices / "en_woman.txt").read_text(), heard)
     assert own < 0.2 and other > 0.9, (own, other, heard)
+
+
+def test_each_row_is_heard_in_its_language_and_timed_at_its_languages_speaking_rate(tmp_path, monkeypatch):
+    """A Mandarin row: the ASR is told zh, CER is its error, and its expected duration uses the Mandarin rows'
+    speaking rate, not the run's overall one."""
+    from types import SimpleNamespace
+
+    import higgs_train.generate as generate_module
+    from higgs_train.generate import Speech
+    from higgs_train.scoring.score import ScoreItem, Scorer
+
+    monkeypatch.setattr(generate_module, "generate_speech", lambda *a, **kw: Speech(torch.zeros(48000), 24000, 50))
+    monkeypatch.setattr("higgs_train.scoring.speaker.embed", lambda *a: np.ones(4))
+    heard = []
+    scorer = Scorer.__new__(Scorer)
+    codec = SimpleNamespace(config=SimpleNamespace(sample_rate=24000, hop_length=960))
+    scorer.processor, scorer.max_new_frames, scorer.speaker_model = SimpleNamespace(audio_tokenizer=codec), 250, "x"
+    scorer.asr = lambda wave, rate, language: heard.append(language) or "你好世介"
+    scorer.chars_per_second, scorer.rates = 15.0, {"zh": 2.0}
+    item = ScoreItem("你好世界", "v.wav", language="zh")
+    scorer._speaker = {"v.wav": np.ones(4)}
+    row = scorer.score(None, [item], step=1)
+    assert heard == ["zh"] and (row.metric, row.wer) == ("cer", None)
+    assert row.error == row.cer == pytest.approx(0.25) and row.headline_name == "CER"
+    assert row.duration_ratio == pytest.approx(1.0)  # 2 s for 4 characters at 2 chars/s (at 15/s it would be 7.5)
