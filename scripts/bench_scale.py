@@ -3,8 +3,9 @@ and warm (the rerun that resumes), at N rows over the six synthetic clips of the
 
     .venv/bin/python scripts/bench_scale.py --rows 1000 100000 1000000
 
-Each N runs twice in a fresh process: `--max_steps 1 --save_steps 1` (cold), then the same command with
-`--max_steps 2` (warm: verify, resume, step 2). Per-row cost is the slope against the smallest N. Prints one JSON.
+Each N runs twice, each in a fresh process: `--max_steps 1 --save_steps 1` (cold: a new run folder; "first" when
+the folder's caches are kept from an earlier bench), then the same command with `--max_steps 2` (warm: verify,
+resume, step 2). Per-row cost is the slope against the smallest N. Prints one JSON.
 Rows differ in their text (a row number), so each row is tokenized; clips repeat, so per-clip work (decoding,
 encoding, digests) is measured by scripts/bench_data.py, not here.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -64,19 +66,20 @@ def main() -> None:
     base = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
     for row in base:
         row["audio_filepath"] = str(data / row["audio_filepath"])
-    results = {}
+    results: dict[int, dict] = {}
     for n in sorted(args.rows):
         out = work / f"run{n}"
         common = ["--train_manifest", str(manifest(data, n, base)), "--output_dir", str(out), "--model", str(model)]
         common += ["--save_steps", "1", "--no-group_by_length"]
-        if not (out / "checkpoint-1").exists():
-            results.setdefault(n, {})["cold"] = run([*common, "--max_steps", "1"])
-        results.setdefault(n, {})["warm"] = run([*common, "--max_steps", "2", "--save_steps", "100"])
-        subprocess.run(["rm", "-rf", str(out / "checkpoint-2")], check=True)  # the next warm run resumes at 1 again
+        cold = not (out / "cache").exists()  # else the caches are kept: only the run starts again
+        for checkpoint in out.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
+        results[n] = {"cold" if cold else "first": run([*common, "--max_steps", "1"])}
+        results[n]["warm"] = run([*common, "--max_steps", "2", "--save_steps", "100"])
         print(json.dumps({n: results[n]}), flush=True)
     small, *rest = sorted(results)
     for n in rest:
-        for kind in ("cold", "warm"):
+        for kind in ("cold", "first", "warm"):
             if kind in results[n] and kind in results[small]:
                 extra = n - small
                 a, b = results[small][kind], results[n][kind]

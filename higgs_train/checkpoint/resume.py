@@ -235,11 +235,11 @@ def check_data(path: Path | None, identity, config: dict[str, Any], output_dir) 
     Raises:
         ConfigError: the rows changed and --on_data_change is error.
     """
-    from higgs_train.data.rows import describe_change
+    from higgs_train.data.rows import comparable, describe_change
     from higgs_train.errors import ConfigError
 
     saved = TrainingProgress.from_dict(read_trainer_state(path)["progress"]) if path is not None else None
-    if saved is None or not saved.data_digest or saved.data_digest == identity.digest:
+    if saved is None or not comparable(saved.data_digest) or saved.data_digest == identity.digest:
         return None
     what = describe_change(saved.data_digest, saved.data_rows, identity, output_dir)
     if config["on_data_change"] == "error":

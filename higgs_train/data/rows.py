@@ -21,6 +21,7 @@ import numpy as np
 from higgs_train.data.manifest import Sample
 
 ROWS_SUBDIR = "cache/rows"
+IDENTITY_VERSION = "rows1"  # the digest's recipe: a checkpoint of another recipe is not compared (see comparable)
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,14 @@ def data_identity(samples: list[Sample], clip_keys: dict[str, str]) -> DataIdent
         names[i] = _h64(f"{paths}\x1e{seen[paths]}")
         parts = [f"{role}\x1d{text or ''}\x1d{'a' if audio else ''}" for role, text, audio in sample.turns]
         contents[i] = _h64("\x1f".join([*parts, *[clip_keys.get(p, "") for p in sample.audio_paths]]))
-    digest = hashlib.sha256(contents.tobytes()).hexdigest()[:32]
+    digest = f"{IDENTITY_VERSION}-{hashlib.sha256(contents.tobytes()).hexdigest()[:32]}"
     return DataIdentity(digest, len(samples), names, contents)
+
+
+def comparable(saved_digest: str) -> bool:
+    """A digest made by this version's recipe: one of an older checkpoint (none, or another recipe) says nothing
+    about whether the rows changed."""
+    return saved_digest.startswith(f"{IDENTITY_VERSION}-")
 
 
 def remember(identity: DataIdentity, output_dir: str | Path) -> None:

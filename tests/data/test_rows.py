@@ -1,5 +1,6 @@
 """A changed manifest on resume is never silent: every kind of change is named, and both ways on are exact."""
 
+import hashlib
 import json
 import shutil
 
@@ -134,3 +135,20 @@ def test_the_same_rows_moved_to_another_folder_are_the_same_data():
     moved = [Sample(s.source, (s.turns[0], Turn("assistant", audio="/elsewhere" + s.target_audio))) for s in here]
     same_bytes = {"/elsewhere" + k: v for k, v in keys(here).items()}
     assert data_identity(here, keys(here)).digest == data_identity(moved, same_bytes).digest
+
+
+def test_a_checkpoint_of_another_identity_recipe_is_not_compared(saved_run, tiny_model, tmp_path):
+    """An older higgs-train recorded no digest, or one made another way: the resume goes on (nothing to compare)."""
+    manifest, out = _copy(saved_run, tmp_path)
+    state_file = out / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["progress"]["data_digest"] = "rows0-0123"
+    state_file.write_text(json.dumps(state))
+    integrity_file = out / "checkpoint-2" / "integrity.json"  # the folder's checksums follow the edit
+    integrity = json.loads(integrity_file.read_text())
+    data = state_file.read_bytes()
+    integrity["files"]["trainer_state.json"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    integrity_file.write_text(json.dumps(integrity))
+    manifest.write_text("\n".join(manifest.read_text().splitlines()[:5]) + "\n")
+    result = _resume(manifest, out, tiny_model)
+    assert result.exit_code == 0 and "training data changed" not in result.output, result.output
