@@ -10,7 +10,6 @@ import torch
 
 from higgs_train import layouts
 from higgs_train.config import TrainConfig
-from higgs_train.data.collate import IGNORE
 from higgs_train.errors import ConfigError, ModelError
 from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, HIGGS_MODEL_TYPE
 
@@ -228,27 +227,3 @@ def trainable_summary(model: torch.nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
-
-
-class TextLoss:
-    """Cross-entropy of the text head on labelled text tokens (--text_loss_weight), from the final hidden states
-    that the training forward computes anyway (a hook on the final norm keeps them)."""
-
-    def __init__(self, peft_model):
-        base = peft_model.get_base_model()
-        self.head = base.text_lm_head
-        self._hidden: torch.Tensor | None = None
-        base.model.norm.register_forward_hook(self._keep)
-
-    def _keep(self, module, inputs, output) -> None:
-        self._hidden = output
-
-    def __call__(self, text_labels: torch.Tensor) -> torch.Tensor:
-        """Summed cross-entropy over the labelled text tokens of the last forward; logits at t predict t + 1."""
-        import torch.nn.functional as F
-
-        hidden, self._hidden = self._hidden, None
-        targets = text_labels[:, 1:]
-        keep = targets != IGNORE
-        logits = self.head(hidden[:, :-1][keep]).float()
-        return F.cross_entropy(logits, targets[keep], reduction="sum")

@@ -175,10 +175,10 @@ def auto_batch(plan: MemoryPlan, capacity: float, gc: bool, rows: int, grad_accu
     return batch, math.ceil(planned * grad_accum / batch)
 
 
-def resolve_auto_batch(cfg, model, data, accelerator, resume_path, loss_sum, say):
+def resolve_auto_batch(cfg, model, data, accelerator, resume_path, say):
     """--batch_size auto: a resume takes the checkpoint's sizes; otherwise the memory plan at the longest row for
-    this device's free memory (host memory on the CPU), tried for real on a GPU with `loss_sum` (the training
-    loss); every process takes the smallest. Returns the TrainConfig with the sizes resolved."""
+    this device's free memory (host memory on the CPU), tried for real on a GPU with the training loss; every
+    process takes the smallest. Returns the TrainConfig with the sizes resolved."""
     from dataclasses import replace
 
     import psutil
@@ -188,6 +188,7 @@ def resolve_auto_batch(cfg, model, data, accelerator, resume_path, loss_sum, say
     from higgs_train.checkpoint.resume import read_trainer_state
     from higgs_train.config import AUTO
     from higgs_train.data.collate import collate
+    from higgs_train.loss import audio_loss_sum
 
     saved = read_trainer_state(resume_path)["config"] if resume_path is not None else {}
     if saved.get("batch_size", AUTO) != AUTO:
@@ -203,7 +204,7 @@ def resolve_auto_batch(cfg, model, data, accelerator, resume_path, loss_sum, say
         def trial(batch: int) -> None:  # one forward and backward at the longest row, no gradient sync
             tensors = {k: v.to(accelerator.device) for k, v in collate([longest] * batch, data.layout).items()}
             with accelerator.no_sync(model):
-                loss_sum(model, tensors, config.codebook_size).backward()
+                audio_loss_sum(model, tensors, config.codebook_size).backward()
             model.zero_grad(set_to_none=True)
     else:
         capacity = psutil.virtual_memory().available + psutil.Process().memory_info().rss

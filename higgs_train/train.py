@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from higgs_train import faults
 from higgs_train.checkpoint import layout
@@ -33,7 +31,7 @@ from higgs_train.checkpoint.save import SaveResult
 from higgs_train.checkpoint.state import TrainingProgress, capture_rng, restore_rng
 from higgs_train.config import AUTO, TrainConfig
 from higgs_train.data.batches import BatchPlan
-from higgs_train.data.collate import IGNORE, collate
+from higgs_train.data.collate import collate
 from higgs_train.data.pipeline import TrainingData, build_training_data, encoding_progress
 from higgs_train.data.prepare import stats_warnings
 from higgs_train.data.share import clean_syncs, end_share, launch_share
@@ -49,9 +47,9 @@ from higgs_train.distributed import (
 from higgs_train.errors import Interrupted, PeerError
 from higgs_train.identity import weights_fingerprint
 from higgs_train.listening import make_scorer, refresh_report, sample_now, score_now
+from higgs_train.loss import TextLoss, audio_loss_sum, evaluate, window_scale
 from higgs_train.metrics import MetricsLog
 from higgs_train.model import (
-    TextLoss,
     apply_lora,
     check_pair,
     load_lm,
@@ -177,66 +175,22 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     plan, checkpoint hook and metrics; restores the checkpoint when resuming."""
     main = accelerator.is_main_process
     say = log if main else (lambda _msg: None)
-    check_same_settings(accelerator, settings_identity(cfg))
-    check_supported(accelerator, cfg)
-    on_main(accelerator, _record_config, cfg, say)
-    say(f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value} on {accelerator.device.type})")
-    roots = [Path(cfg.output_dir)] + ([Path(cfg.fallback_dir)] if cfg.fallback_dir else [])
-    resume_path = on_main(accelerator, choose_resume, cfg.resume, roots, say)
-
-    quiet_libraries()
-    lm_config = load_lm_config(cfg.model)  # a folder that is not Higgs Audio v2 stops here, before anything loads
-    with whole_models(accelerator):
-        processor = load_processor(cfg.model, cfg.audio_tokenizer)  # small: data is validated before the LM loads
-    processor.audio_tokenizer.to(accelerator.device)
-    num_codebooks = processor.audio_tokenizer.config.num_quantizers
-    positions = lm_config.max_position_embeddings
-
-    share = launch_share(accelerator, cfg.output_dir)  # every process tokenizes and encodes its part
-    if main:
-        clean_syncs(Path(cfg.output_dir) / "cache", share.folder)  # markers of launches that were killed
-    with encoding_progress(main and show) as encoding:
-        data = build_training_data(
-            cfg, processor, num_codebooks, say, encoding, lambda: stop.requested, positions, share
-        )
-    end_share(accelerator, share)
-    processor.audio_tokenizer.to("cpu")
+    resume_path = _start(cfg, accelerator, say)
+    processor, data = _data(cfg, accelerator, stop, say, main and show)
     data_change = check_data(resume_path, data.identity, cfg.to_dict(), cfg.output_dir)  # before the LM loads
     with whole_models(accelerator):
         scorer = make_scorer(cfg, accelerator, processor, data)  # before the LM: a missing ASR model fails fast
-        lm = load_lm(cfg.model, cfg.mixed_precision, cfg.attn_implementation, use_text_head=cfg.text_loss_weight > 0)
-    check_pair(lm, processor, cfg.model)
-    fingerprint = weights_fingerprint(lm)  # what the adapter is trained on, whatever path or hub id named it
-    check_same_settings(accelerator, {"base model weights": fingerprint}, "base models")
-
-    torch.manual_seed(cfg.seed)
-    model = apply_lora(lm, cfg)
-    loaded = None  # a resume's adapter goes in before accelerate wraps or shards the model
-    if resume_path is not None:
-        loaded = restore_weights(resume_path, cfg.to_dict(), model, fingerprint, say, accelerator.process_index)
+    model, fingerprint, loaded = _model(cfg, accelerator, processor, resume_path, say)
     text_loss = TextLoss(model) if cfg.text_loss_weight > 0 else None
-    trainable, total = trainable_summary(model)
-    say(
-        f"LoRA r={cfg.lora_r} on {cfg.lora_targets}: {trainable:,} trainable of {total:,} parameters "
-        f"({100 * trainable / total:.2f}%)"
-    )
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=torch.cuda.is_available())
-    if cfg.compile:  # in place (nn.Module.compile): parameter and state-dict names stay those of the PEFT model
-        model.compile(dynamic=True)  # sequence lengths vary batch to batch
-    configure_deepspeed(accelerator, cfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if line := describe_sharding(accelerator, model):
-        say(line)
+    model, optimizer = _optimizer(cfg, accelerator, model, say)
     if cfg.batch_size == AUTO:
-        cfg = resolve_auto_batch(cfg, model, data, accelerator, resume_path, audio_loss_sum, say)
+        cfg = resolve_auto_batch(cfg, model, data, accelerator, resume_path, say)
         on_main(accelerator, _record_config, cfg, say)  # the resolved sizes are what the checkpoints record
     plan = _plan(cfg, data, accelerator, cfg.seed)
     max_steps = cfg.max_steps or plan.steps_for_epochs(cfg.num_epochs, cfg.grad_accum)
     scheduler = WarmupCosine(optimizer, cfg.warmup_steps, max_steps)
     for warning in stats_warnings(data.stats, cfg.batch_size * cfg.grad_accum * accelerator.num_processes, max_steps):
         say(f"warning: {warning}")
-
     progress = TrainingProgress(data_seed=cfg.seed, world_size=accelerator.num_processes)
     if loaded is not None:
         progress = restore_state(loaded, cfg.to_dict(), accelerator, model, optimizer, scheduler, say)
@@ -272,6 +226,69 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
         text_loss=text_loss,
         scorer=scorer,
     )
+
+
+def _start(cfg: TrainConfig, accelerator, say) -> Path | None:
+    """Every rank runs the same settings; the config is recorded; the checkpoint to resume from (or None)."""
+    check_same_settings(accelerator, settings_identity(cfg))
+    check_supported(accelerator, cfg)
+    on_main(accelerator, _record_config, cfg, say)
+    say(f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value} on {accelerator.device.type})")
+    roots = [Path(cfg.output_dir)] + ([Path(cfg.fallback_dir)] if cfg.fallback_dir else [])
+    return on_main(accelerator, choose_resume, cfg.resume, roots, say)
+
+
+def _data(cfg: TrainConfig, accelerator, stop: StopSignal, say, show: bool) -> tuple[object, TrainingData]:
+    """The processor (small: data is validated before the LM loads) and the run's data, every process preparing
+    its part of what is not cached yet."""
+    quiet_libraries()
+    lm_config = load_lm_config(cfg.model)  # a folder that is not Higgs Audio v2 stops here, before anything loads
+    with whole_models(accelerator):
+        processor = load_processor(cfg.model, cfg.audio_tokenizer)
+    processor.audio_tokenizer.to(accelerator.device)
+    share = launch_share(accelerator, cfg.output_dir)
+    if accelerator.is_main_process:
+        clean_syncs(Path(cfg.output_dir) / "cache", share.folder)  # markers of launches that were killed
+    codebooks, positions = processor.audio_tokenizer.config.num_quantizers, lm_config.max_position_embeddings
+    with encoding_progress(show) as encoding:
+        data = build_training_data(cfg, processor, codebooks, say, encoding, lambda: stop.requested, positions, share)
+    end_share(accelerator, share)
+    processor.audio_tokenizer.to("cpu")
+    return processor, data
+
+
+def _model(cfg: TrainConfig, accelerator, processor, resume_path: Path | None, say):
+    """The base model with LoRA, its weights' fingerprint, and a resume's checkpoint with its adapter put in
+    (before accelerate wraps or shards the model)."""
+    with whole_models(accelerator):
+        lm = load_lm(cfg.model, cfg.mixed_precision, cfg.attn_implementation, use_text_head=cfg.text_loss_weight > 0)
+    check_pair(lm, processor, cfg.model)
+    fingerprint = weights_fingerprint(lm)  # what the adapter is trained on, whatever path or hub id named it
+    check_same_settings(accelerator, {"base model weights": fingerprint}, "base models")
+    torch.manual_seed(cfg.seed)
+    model = apply_lora(lm, cfg)
+    loaded = None
+    if resume_path is not None:
+        loaded = restore_weights(resume_path, cfg.to_dict(), model, fingerprint, say, accelerator.process_index)
+    trainable, total = trainable_summary(model)
+    say(
+        f"LoRA r={cfg.lora_r} on {cfg.lora_targets}: {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / total:.2f}%)"
+    )
+    return model, fingerprint, loaded
+
+
+def _optimizer(cfg: TrainConfig, accelerator, model, say):
+    """AdamW over the adapter; the model compiled if asked; both prepared (wrapped or sharded) by accelerate."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=torch.cuda.is_available())
+    if cfg.compile:  # in place (nn.Module.compile): parameter and state-dict names stay those of the PEFT model
+        model.compile(dynamic=True)  # sequence lengths vary batch to batch
+    configure_deepspeed(accelerator, cfg)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if line := describe_sharding(accelerator, model):
+        say(line)
+    return model, optimizer
 
 
 def step(run: Run) -> StepStats | None:
@@ -402,44 +419,6 @@ def _stop_mid_window(run: Run, window) -> list[SaveResult]:
     return run.hook(run.model, run.optimizer, run.scheduler, run.progress, final=True, deadline=deadline)
 
 
-def audio_loss_sum(model, batch: dict[str, torch.Tensor], codebook_size: int) -> torch.Tensor:
-    """Summed cross-entropy over every labelled code; logits at t predict the frame at t + 1.
-
-    The audio head runs only at the positions whose next frame is labelled (`logits_to_keep` as a mask): the native
-    forward would compute num_codebooks x codebook_size logits at every position, text and context audio included.
-    """
-    labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "text_labels")}
-    targets = labels[:, 1:]
-    keep = torch.zeros(labels.shape[:2], dtype=torch.bool, device=labels.device)
-    keep[:, :-1] = (targets != IGNORE).any(-1)
-    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (kept positions, K * codebook_size)
-    picked = logits.float().reshape(-1, codebook_size)
-    return F.cross_entropy(picked, targets[keep[:, :-1]].reshape(-1), ignore_index=IGNORE, reduction="sum")
-
-
-@torch.no_grad()
-def evaluate(model, accelerator, examples, layout, batch_size: int, codebook_size: int) -> float:
-    """Mean loss per labelled code over the eval set, sharded across ranks (every rank runs as many batches)."""
-    rank, world = accelerator.process_index, accelerator.num_processes
-    mine = list(range(rank, len(examples), world))
-    per_rank = math.ceil(len(examples) / world)
-    mine += [None] * (per_rank - len(mine))  # padding batches keep ranks in step and count for nothing
-    model.eval()
-    ce, codes = 0.0, 0
-    for start in range(0, per_rank, batch_size):
-        chunk = mine[start : start + batch_size]
-        real = [i for i in chunk if i is not None]
-        batch = collate([examples[i] for i in real or [0]], layout)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        loss = audio_loss_sum(model, batch, codebook_size)
-        if real:
-            ce += loss.item()
-            codes += int((batch["labels"] != IGNORE).sum())
-    model.train()
-    return global_sum(accelerator, ce) / max(1.0, global_sum(accelerator, codes))
-
-
 def optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codebook_size, text_loss=None, stop=None):
     """One optimizer step over `grad_accum` micro-batches; gradients sync across ranks on the last one only.
 
@@ -448,15 +427,8 @@ def optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codeb
         labelled text token or None without --text_loss_weight); None when `stop` was requested on any rank
         between two micro-batches (the gradients so far are dropped, no step is taken).
     """
-    # Normalise by the labelled codes of the whole window on all ranks, so every code weighs the same whatever its
-    # micro-batch or rank; DDP averages gradients, hence the factor num_processes.
-    window_codes = max(1.0, global_sum(accelerator, sum(int((b["labels"] != IGNORE).sum()) for b in batches)))
-    scale = accelerator.num_processes / window_codes
-    if text_loss is not None:
-        window_text = max(
-            1.0, global_sum(accelerator, sum(int((b["text_labels"][:, 1:] != IGNORE).sum()) for b in batches))
-        )
-        text_scale = accelerator.num_processes * cfg.text_loss_weight / window_text
+    # every code weighs the same whatever its micro-batch or rank (loss.py)
+    window = window_scale(accelerator, batches, cfg.text_loss_weight if text_loss is not None else 0.0)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     loss_sum = text_sum = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(batches):
@@ -467,10 +439,10 @@ def optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codeb
         last = i == len(batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             ce_sum = audio_loss_sum(model, batch, codebook_size)
-            total = ce_sum * scale
+            total = ce_sum * window.audio
             if text_loss is not None:
                 text_ce = text_loss(batch["text_labels"])
-                total = total + text_ce * text_scale
+                total = total + text_ce * window.text
                 text_sum = text_sum + text_ce.detach()
             backward(accelerator, total, last)
         loss_sum = loss_sum + ce_sum.detach()  # summed on the device: no sync per micro-batch
@@ -481,8 +453,8 @@ def optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codeb
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    text = global_sum(accelerator, text_sum.item()) / window_text if text_loss is not None else None
-    return global_sum(accelerator, loss_sum.item()) / window_codes, grad_norm, tokens, text  # note: the step's sync
+    text = global_sum(accelerator, text_sum.item()) / window.text_tokens if text_loss is not None else None
+    return global_sum(accelerator, loss_sum.item()) / window.codes, grad_norm, tokens, text  # note: the step's sync
 
 
 def next_batch(plan: BatchPlan, progress: TrainingProgress, examples, layout) -> dict[str, torch.Tensor]:

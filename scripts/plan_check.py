@@ -33,9 +33,9 @@ from bench import synthetic_examples, synthetic_layout  # noqa: E402
 from higgs_train.config import build_config  # noqa: E402
 from higgs_train.data.collate import collate  # noqa: E402
 from higgs_train.layouts import released_lm_config  # noqa: E402
+from higgs_train.loss import audio_loss_sum  # noqa: E402
 from higgs_train.model import apply_lora, quiet_libraries  # noqa: E402
 from higgs_train.plan import memory_plan  # noqa: E402
-from higgs_train.train import audio_loss_sum  # noqa: E402
 
 
 def peak_during(fn) -> float:

@@ -5,8 +5,8 @@ from higgs_train.config import build_config
 from higgs_train.data.collate import TokenLayout, build_example, collate
 from higgs_train.data.manifest import Sample, Turn
 from higgs_train.errors import ConfigError, ModelError
+from higgs_train.loss import audio_loss_sum
 from higgs_train.model import apply_lora, trainable_summary
-from higgs_train.train import audio_loss_sum
 from tests.conftest import load_base
 
 
@@ -52,7 +52,8 @@ def test_missing_model_folder_is_a_model_error(tmp_path):
 
 def test_text_loss_equals_native_text_loss_and_skips_special_tokens(tiny_model):
     from higgs_train.data.collate import IGNORE
-    from higgs_train.model import TextLoss, load_lm, load_processor
+    from higgs_train.loss import TextLoss
+    from higgs_train.model import load_lm, load_processor
 
     processor = load_processor(str(tiny_model))
     lm = load_lm(str(tiny_model), use_text_head=True)

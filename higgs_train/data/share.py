@@ -57,7 +57,6 @@ class Share:
             time.sleep(self.poll_s)
         return [json.loads(p.read_text()) for p in paths]
 
-
     def agree(self, what: str, items: list, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Before anyone writes: every process must have planned the same work (the same `items`), else the
         shares would overlap or leave gaps.
