@@ -126,8 +126,6 @@ class Examples:
         clips = [self.clips[p].codes for p in sample.audio_paths]
         return assemble(self.tokens.pieces(int(self.handles[i])), clips, self.layout)
 
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
 
 
 def split_eval(samples: list[Sample], seed: int, fraction: float) -> tuple[list[Sample], list[Sample]]:
