@@ -45,28 +45,31 @@ class BatchPlan:
         self.batches_per_epoch = math.ceil(per_rank / batch_size)
         self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
         self._epoch = -1
-        self._batches: list[list[int]] = []
+        self._order = np.empty(0, np.int64)
+        self._batches: np.ndarray | None = None
 
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+    def _epoch_order(self, epoch: int) -> None:
+        """The epoch's order (numpy, once per epoch): its permutation, length-grouped in windows, and the order of
+        its global batches; a micro-batch is then a slice of it."""
         if epoch != self._epoch:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(self.num_examples, generator=gen).numpy()[: self.per_rank * self.world_size]
             step = self.batch_size * self.world_size  # one global batch: a micro-batch on every rank
+            batches = None
             if self.lengths is not None:  # longest first within each window; ties keep the permutation's order
                 window = np.arange(len(order)) // (step * GROUP_BATCHES)
                 order = order[np.lexsort((-self.lengths[order], window))]
-            order = order.tolist()
-            batches = [order[i : i + step] for i in range(0, len(order), step)]
-            if self.lengths is not None:
-                batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
-            # every rank deals from the same global batches, so the world size never changes what trains together
-            self._batches, self._epoch = [b[self.rank :: self.world_size] for b in batches], epoch
-        return self._batches
+                batches = torch.randperm(math.ceil(len(order) / step), generator=gen).numpy()
+            self._order, self._batches, self._epoch = order, batches, epoch
 
     def micro_batch(self, index: int) -> tuple[int, list[int]]:
         """Returns (epoch, example indices) of micro-batch `index` for this rank."""
         epoch, pos = divmod(index, self.batches_per_epoch)
-        return epoch, self._epoch_batches(epoch)[pos]
+        self._epoch_order(epoch)
+        step = self.batch_size * self.world_size
+        j = int(self._batches[pos]) if self._batches is not None else pos
+        # every rank deals from the same global batches, so the world size never changes what trains together
+        return epoch, self._order[j * step : (j + 1) * step][self.rank :: self.world_size].tolist()
 
     def steps_for_epochs(self, num_epochs: float, grad_accum: int) -> int:
         return max(1, math.ceil(num_epochs * self.batches_per_epoch / grad_accum))

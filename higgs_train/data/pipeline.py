@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import time
 from collections.abc import Callable
@@ -109,11 +110,16 @@ class Examples:
     """The run's examples, each assembled when a batch asks for it (`examples[i]`) from its token ids (read from
     the memory-mapped token cache) and its clips' codes; `lengths` holds every example's token count."""
 
-    def __init__(self, samples: list[Sample], handles: dict[str, int], tokens: RowTokens, clips: dict, layout):
+    def __init__(self, samples: list[Sample], handles: dict, tokens: RowTokens, clips: dict, layout, lengths: dict):
         self.samples, self.tokens, self.clips, self.layout = samples, tokens, clips, layout
         self.handles = np.fromiter((handles[s.source] for s in samples), np.int64, len(samples))
-        frames = [sum(int(clips[p].codes.shape[1]) + layout.num_codebooks + 1 for p in s.audio_paths) for s in samples]
-        self.lengths = tokens.text_tokens[self.handles].astype(np.int64) + np.asarray(frames, np.int64)
+
+        def length(i: int, sample: Sample) -> int:  # measured by prepare's length check, else here
+            if sample.source in lengths:
+                return lengths[sample.source]
+            return tokens.length(int(self.handles[i]), [clips[p].codes.shape[1] for p in sample.audio_paths])
+
+        self.lengths = np.fromiter((length(i, s) for i, s in enumerate(samples)), np.int64, len(samples))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -125,7 +131,6 @@ class Examples:
         sample = self.samples[i]
         clips = [self.clips[p].codes for p in sample.audio_paths]
         return assemble(self.tokens.pieces(int(self.handles[i])), clips, self.layout)
-
 
 
 def split_eval(samples: list[Sample], seed: int, fraction: float) -> tuple[list[Sample], list[Sample]]:
@@ -156,27 +161,48 @@ def build_training_data(
 ) -> TrainingData:
     """The run's train and eval examples: every manifest prepared (with `share`, this process's part of the
     tokenizing and encoding), --eval_fraction split off, the training rows' identity remembered."""
+    with _rows_without_gc():
+        return _build(cfg, processor, num_codebooks, say, progress, should_stop, max_positions, share)
+
+
+@contextlib.contextmanager
+def _rows_without_gc():
+    """A start builds millions of small objects (rows, turns, paths) with no cycles among them: the cyclic
+    collector would scan them again and again meanwhile (half of a start's time at 1M rows). They live for the
+    run, so afterwards they are frozen out of every later collection, the training loop's included."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
+def _build(cfg, processor, num_codebooks, say, progress, should_stop, max_positions, share) -> TrainingData:
     layout = TokenLayout.from_processor(processor, num_codebooks)
     tokens = RowTokens(cfg.output_dir, layout, say)
     train = prepare(cfg, cfg.train_manifest, processor, say, progress, should_stop, max_positions, tokens, share)
     samples, eval_samples, clips, handles = train.samples, [], dict(train.clips), dict(train.handles)
-    contents = dict(train.contents)
+    contents, lengths = dict(train.contents), dict(train.lengths)
     if cfg.eval_manifest:
         held = prepare(cfg, cfg.eval_manifest, processor, say, progress, should_stop, max_positions, tokens, share)
         eval_samples = held.samples
         clips.update(held.clips)
         handles.update(held.handles)
         contents.update(held.contents)
+        lengths.update(held.lengths)
     elif cfg.eval_fraction:
         if len(samples) < 2:
             raise ManifestError(f"--eval_fraction {cfg.eval_fraction} needs at least 2 usable rows", "no data")
         samples, eval_samples = split_eval(samples, cfg.seed, cfg.eval_fraction)
-    identity = data_identity(samples, contents)
+    identity = data_identity(samples, contents, tokens.keys([handles[s.source] for s in samples]))
     remember(identity, cfg.output_dir)
     return TrainingData(
         identity=identity,
-        train=Examples(samples, handles, tokens, clips, layout),
-        eval=Examples(eval_samples, handles, tokens, clips, layout),
+        train=Examples(samples, handles, tokens, clips, layout, lengths),
+        eval=Examples(eval_samples, handles, tokens, clips, layout, lengths),
         layout=layout,
         eval_samples=eval_samples,
         chars_per_second=train.report.chars_per_second,

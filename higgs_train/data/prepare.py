@@ -69,6 +69,7 @@ class PreparedData:
     report: DataReport
     handles: dict = field(default_factory=dict)  # Sample.source -> its row in the token cache (data/tokens.py)
     contents: dict = field(default_factory=dict)  # audio source -> what it holds (data/audio.source_identity)
+    lengths: dict = field(default_factory=dict)  # Sample.source -> its example's tokens, when the check measured it
 
 
 @dataclass(frozen=True)
@@ -119,13 +120,13 @@ def prepare_data(
         known. `tokens` is a data.tokens.RowTokens (or TextCounts): each row's token ids, cached by content. With a
     `share` of a launch, this process tokenizes and encodes its part of what is not cached (data/share.py).
 
-        Returns:
-            The usable samples with their token handles, the codes of their clips, and the report of the rows dropped
-            and why.
+    Returns:
+        The usable samples with their token handles and lengths, the codes of their clips, and the report of the
+        rows dropped and why.
 
-        Raises:
-            ManifestError: the manifest as a whole cannot be read.
-            Interrupted: `should_stop` turned true while encoding (the finished clips are cached).
+    Raises:
+        ManifestError: the manifest as a whole cannot be read.
+        Interrupted: `should_stop` turned true while encoding (the finished clips are cached).
     """
     problems: list[Problem] = []
     samples = load_manifest(manifest, problems, fmt, columns, languages)
@@ -156,7 +157,8 @@ def prepare_data(
         share,
     )
     errors.update(encode_errors)
-    good = _keep(samples, problems, lambda s: _check_codes(s, clips, errors, limits, handles, tokens))
+    lengths: dict[str, int] = {}  # the length check measures every row: kept for the batch plan
+    good = _keep(samples, problems, lambda s: _check_codes(s, clips, errors, limits, handles, tokens, lengths))
     report = DataReport(
         manifest=str(manifest),
         rows=rows,
@@ -354,11 +356,12 @@ def _check_header(sample: Sample, durations, errors, limits: DataLimits) -> Prob
     return None
 
 
-def _check_codes(sample: Sample, clips, errors, limits: DataLimits, handles, tokens) -> Problem | None:
+def _check_codes(sample: Sample, clips, errors, limits: DataLimits, handles, tokens, lengths) -> Problem | None:
     problem = _audio_problem(sample, errors)
     if problem or limits.max_tokens is None:
         return problem
     length = tokens.length(handles[sample.source], [clips[p].codes.shape[1] for p in sample.audio_paths])
+    lengths[sample.source] = length
     if length > limits.max_tokens:
         seconds = sum(clips[p].seconds for p in sample.audio_paths)
         message = (

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from higgs_train.data.manifest import Sample
+from higgs_train.data.tokens import row_key
 
 ROWS_SUBDIR = "cache/rows"
 IDENTITY_VERSION = "rows1"  # the digest's recipe: a checkpoint of another recipe is not compared (see comparable)
@@ -36,9 +37,10 @@ def _h64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
-def data_identity(samples: list[Sample], clip_keys: dict[str, str]) -> DataIdentity:
+def data_identity(samples: list[Sample], clip_keys: dict[str, str], text_keys=None) -> DataIdentity:
     """The identity of `samples` in their order; `clip_keys` maps each audio source to what it holds (its bytes'
-    digest: data/audio.source_identity)."""
+    digest: data/audio.source_identity); `text_keys`, when given, each row's roles and texts as a number already
+    (data/tokens.row_key), else they are hashed here."""
     seen: dict[str, int] = {}
     names, contents = np.empty(len(samples), np.uint64), np.empty(len(samples), np.uint64)
     files = [p for s in samples for p in s.audio_paths if p.startswith(os.sep)]
@@ -48,8 +50,8 @@ def data_identity(samples: list[Sample], clip_keys: dict[str, str]) -> DataIdent
         paths = "\x1f".join([p[root:] if p.startswith(os.sep) else p for p in sample.audio_paths])
         seen[paths] = seen.get(paths, 0) + 1
         names[i] = _h64(f"{paths}\x1e{seen[paths]}")
-        parts = [f"{role}\x1d{text or ''}\x1d{'a' if audio else ''}" for role, text, audio in sample.turns]
-        contents[i] = _h64("\x1f".join([*parts, *[clip_keys.get(p, "") for p in sample.audio_paths]]))
+        text = row_key(sample) if text_keys is None else int(text_keys[i])
+        contents[i] = _h64("\x1f".join([str(text), *[clip_keys.get(p, "") for p in sample.audio_paths]]))
     digest = f"{IDENTITY_VERSION}-{hashlib.sha256(contents.tobytes()).hexdigest()[:32]}"
     return DataIdentity(digest, len(samples), names, contents)
 

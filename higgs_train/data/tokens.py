@@ -191,6 +191,10 @@ class RowTokens:
             ) from e
         return self.root / name
 
+    def keys(self, handles) -> np.ndarray:
+        """The rows' content keys (what the template renders from: roles and texts)."""
+        return self._all_keys[np.asarray(handles, np.int64)]
+
     def pieces(self, handle: int) -> list[np.ndarray]:
         """One row's text pieces (int32 ids), read from its shard."""
         table, row = self._tables[self._shard[handle]], int(self._row[handle])

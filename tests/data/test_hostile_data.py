@@ -166,8 +166,9 @@ def test_a_damaged_cache_shard_is_found_and_encoded_again(base, tmp_path, damage
         arrow.write_bytes(data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :])
     said = []
     again = prepare_data(manifest, tmp_path / "out", base.audio_tokenizer, TextCounts(len), LIMITS, say=said.append)
-    assert len(said) == 1 and said[0].startswith(f"warning: code cache shard {shard} fails its checksum")
+    assert len(said) == 2 and said[0].startswith(f"warning: code cache shard {shard} fails its checksum")
     assert "removing it, its clips are encoded again" in said[0]
+    assert said[1].startswith("encoding: 1 clips, 0.000 h of audio in ")  # the clip was encoded again
     (path,) = first
     assert np.array_equal(first[path].codes, again.clips[path].codes)
     (new_shard,) = CodeCache(tmp_path / "out").shards()
