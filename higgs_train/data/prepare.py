@@ -179,9 +179,8 @@ def prepare_data(
     except OSError as e:
         say(f"warning: cannot write {path} ({e.strerror}); the report is printed only")
     handles = {s.source: handles[s.source] for s in good}
-    return PreparedData(
-        good, clips, report, handles, {p: lookup.contents.get(p, p) for s in good for p in s.audio_paths}
-    )
+    contents = {p: lookup.contents.get(p, p) for s in good for p in s.audio_paths}
+    return PreparedData(good, clips, report, handles, contents, lengths)
 
 
 def _keep(samples: list[Sample], problems: list[Problem], check) -> list[Sample]:
