@@ -1,12 +1,13 @@
 """Encoding shared by the processes of a launch: `higgs-train prepare` on N distinct clips with 1 process, then
 with `accelerate launch --multi_gpu --num_processes 2` (gloo on the CPU), each into a fresh run folder, one torch
-thread per process (OMP_NUM_THREADS=1), so 2 processes use the 2 cores 1 process leaves half idle. Reports what
-the runs log: clips/s and hours of audio per hour, per process and in total. Prints one JSON.
+thread per process (OMP_NUM_THREADS=1), so 2 processes use the 2 cores 1 process leaves half idle. Runs A B B A
+(1, 2, 2, 1 processes) and compares the mean encoding times. Reports what the runs log: clips/s and hours of
+audio per hour, per process and in total. Prints one JSON.
 
-    .venv/bin/python scripts/bench_encode.py --clips 600
+    .venv/bin/python scripts/bench_encode.py --clips 240
 
-Clips are copies of ../shared/data/voices (distinct files, so each is encoded) or of the tiny model's synthetic
-ones; the audio tokenizer is the tiny random-weight one (a GPU's figure for the released codec: gpu_check.sh).
+Clips are bench_data.py's (the six voices of ../shared/data/voices, each copy made distinct); the audio
+tokenizer is the tiny random-weight one (a GPU's figure for the released codec: gpu_check.sh).
 """
 
 from __future__ import annotations
