@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from higgs_train.errors import ConfigError
-from higgs_train.language import parse_languages
+from higgs_train.language import language_problems
 
 # transformers' own docs and tests load this converted copy; Boson's repo at the revision the converter names holds
 # the original layout, which `higgs-train convert` turns into this one (see README "Which checkpoints load").
@@ -262,6 +262,24 @@ def tracker_problems(value: str) -> list[str]:
     ]
 
 
+def _choice_problems(cfg: TrainConfig) -> list[str]:
+    """The settings that take one of a few words."""
+    choices = (
+        ("format", FORMATS),
+        ("select_best_by", SELECT_BEST_BY),
+        ("mixed_precision", MIXED_PRECISION),
+        ("on_save_error", ON_SAVE_ERROR),
+        ("on_bad_sample", ON_BAD_SAMPLE),
+        ("on_data_change", ON_DATA_CHANGE),
+        ("attn_implementation", ATTENTION),
+    )
+    return [
+        f"--{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}"
+        for name, allowed in choices
+        if getattr(cfg, name) not in allowed
+    ]
+
+
 def validate(cfg: TrainConfig, require_data: bool = True) -> None:
     """Check every value and combination; report all problems in one ConfigError (`require_data` False: a command
     such as `plan` that needs no manifest or run folder)."""
@@ -311,11 +329,7 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         )
     if cfg.eval_manifest and cfg.eval_fraction:
         problems.append("--eval_manifest and --eval_fraction both given; choose one")
-    problems += tracker_problems(cfg.report_to)
-    try:
-        parse_languages(cfg.language)
-    except ConfigError as e:
-        problems.append(str(e))
+    problems += tracker_problems(cfg.report_to) + language_problems(cfg.language)
     if cfg.sample_steps is not None and (cfg.sample_steps < 1 or not cfg.sample_text):
         problems.append("--sample_steps needs a positive N and --sample_text with the words to speak")
     if bool(cfg.sample_ref_audio) != bool(cfg.sample_ref_text):
@@ -330,18 +344,7 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         problems.append(f"--num_workers must not be negative, got {cfg.num_workers}")
     if cfg.max_duration <= cfg.min_duration:
         problems.append(f"--max_duration {cfg.max_duration} must be above --min_duration {cfg.min_duration}")
-    choices = (
-        ("format", FORMATS),
-        ("select_best_by", SELECT_BEST_BY),
-        ("mixed_precision", MIXED_PRECISION),
-        ("on_save_error", ON_SAVE_ERROR),
-        ("on_bad_sample", ON_BAD_SAMPLE),
-        ("on_data_change", ON_DATA_CHANGE),
-        ("attn_implementation", ATTENTION),
-    )
-    for name, allowed in choices:
-        if getattr(cfg, name) not in allowed:
-            problems.append(f"--{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+    problems += _choice_problems(cfg)
     if not cfg.lora_targets.strip():
         problems.append("--lora_targets is empty; name modules such as q_proj,v_proj or use all-linear")
     if problems:

@@ -45,6 +45,15 @@ def parse_languages(value: str | None) -> tuple[str, ...]:
     return codes
 
 
+def language_problems(value: str | None) -> list[str]:
+    """--language's problem, as config.validate lists them (empty: none)."""
+    try:
+        parse_languages(value)
+    except ConfigError as e:
+        return [str(e)]
+    return []
+
+
 def asr_refusal(asr_model: str, languages: set[str | None], english_only: bool) -> str | None:
     """Why `asr_model` cannot transcribe speech in `languages` (None: it can). `english_only`: the model hears only
     English (PocketSphinx's bundled model, a Whisper `.en` checkpoint)."""

@@ -254,14 +254,33 @@ def encode_clips(
     todo = sorted(key for key in sources_of if key not in found)  # the same list in every process
     share.agree("codes", todo, should_stop)  # nobody writes before everyone has planned
     mine = [(sources_of[key][0], key) for key in share.mine(todo)]
+    start = time.perf_counter()
+    failed, seconds = _encode_all(
+        mine, audio_tokenizer, cache, found, num_workers, progress, should_stop, shard_clips, len(sources_of)
+    )
+    _gather_encoded(share, todo, found, failed, cache, say, should_stop, (len(mine), seconds, start))
+    for key, error in failed.items():
+        errors.update((src, error) for src in sources_of[key])
+    return {src: found[key] for src, key in keys.items() if key in found}, errors
+
+
+def _encode_all(mine, audio_tokenizer, cache, found, num_workers, progress, should_stop, shard_clips, total):
+    """Decode (in `num_workers` processes) and encode the (source, key) pairs of `mine`, writing shards of
+    `shard_clips` as they fill (`found` grows with them; `total`: the clips of the whole manifest, for the stop
+    message). Returns (key -> why, for the clips that failed; seconds of audio encoded).
+
+    Raises:
+        Interrupted: `should_stop` turned true (what was encoded is written first).
+    """
     rate = audio_tokenizer.config.sample_rate
     device = next(audio_tokenizer.parameters()).device
     loader = torch.utils.data.DataLoader(
         _Decode(mine, rate), batch_size=None, num_workers=num_workers, collate_fn=lambda x: x
     )
+    source = {key: src for src, key in mine}
     pending: dict[str, Clip] = {}
-    failed: dict[str, AudioError] = {}  # key -> why
-    seconds, shards_written, start = 0.0, 0, time.perf_counter()
+    failed: dict[str, AudioError] = {}
+    seconds, shards_written = 0.0, 0
     for done, (key, wave, error) in enumerate(loader, start=1):
         if error is None:
             try:
@@ -269,7 +288,7 @@ def encode_clips(
                 pending[key] = clip
                 seconds += clip.seconds
             except AudioError as e:
-                error = AudioError(f"{sources_of[key][0]}: {e}", e.reason)
+                error = AudioError(f"{source[key]}: {e}", e.reason)
         if error is not None:
             failed[key] = error
         if len(pending) >= shard_clips:
@@ -287,16 +306,13 @@ def encode_clips(
             if pending:
                 cache.add(pending)
             raise Interrupted(
-                f"stopped by signal while encoding: {len(found) + len(pending)} of {len(sources_of)} clips are in "
-                f"the code cache of {output_dir}; rerun the same command to encode the rest and train"
+                f"stopped by signal while encoding: {len(found) + len(pending)} of {total} clips are in the code cache "
+                f"of {cache.root.parent.parent}; rerun the same command to encode the rest and train"
             )
     if pending:
         cache.add(pending)
         found.update(pending)
-    _gather_encoded(share, todo, found, failed, cache, say, should_stop, (len(mine), seconds, start))
-    for key, error in failed.items():
-        errors.update((src, error) for src in sources_of[key])
-    return {src: found[key] for src, key in keys.items() if key in found}, errors
+    return failed, seconds
 
 
 def _gather_encoded(share, todo, found, failed, cache, say, should_stop, speed) -> None:

@@ -159,6 +159,17 @@ def prepare_data(
     errors.update(encode_errors)
     lengths: dict[str, int] = {}  # the length check measures every row: kept for the batch plan
     good = _keep(samples, problems, lambda s: _check_codes(s, clips, errors, limits, handles, tokens, lengths))
+    report = _write_report(
+        manifest, rows, good, clips, problems, time.perf_counter() - start, output_dir, report_file, say
+    )
+    handles = {s.source: handles[s.source] for s in good}
+    contents = {p: lookup.contents.get(p, p) for s in good for p in s.audio_paths}
+    return PreparedData(good, clips, report, handles, contents, lengths)
+
+
+def _write_report(manifest, rows, good, clips, problems, seconds, output_dir, report_file, say) -> DataReport:
+    """The report of a prepared manifest (totals, speaking rates, statistics, every bad row), written to
+    OUTPUT_DIR/`report_file`; a report that cannot be written is a warning (it is printed anyway)."""
     report = DataReport(
         manifest=str(manifest),
         rows=rows,
@@ -170,7 +181,7 @@ def prepare_data(
             for code in sorted({s.language for s in good if s.language})
         },
         stats=dataset_stats(good, clips),
-        encode_seconds=time.perf_counter() - start,
+        encode_seconds=seconds,
         problems=problems,
     )
     path = Path(output_dir) / report_file
@@ -178,9 +189,7 @@ def prepare_data(
         atomic_write_bytes(path, json.dumps(report.to_dict(), indent=2).encode())
     except OSError as e:
         say(f"warning: cannot write {path} ({e.strerror}); the report is printed only")
-    handles = {s.source: handles[s.source] for s in good}
-    contents = {p: lookup.contents.get(p, p) for s in good for p in s.audio_paths}
-    return PreparedData(good, clips, report, handles, contents, lengths)
+    return report
 
 
 def _keep(samples: list[Sample], problems: list[Problem], check) -> list[Sample]:
