@@ -6,6 +6,7 @@ every `--save_steps` optimizer steps, at the last step and on a stop signal.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import time
 from collections.abc import Callable
@@ -124,6 +125,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     check_output_dir(Path(cfg.output_dir))  # fail fast: before the manifest is parsed or the model loads
     accelerator = make_accelerator(cfg)
     with contextlib.ExitStack() as held:
+        held.callback(gc.unfreeze)  # the rows were frozen out of collections for the run (data/pipeline.py)
         on_main(accelerator, lambda: held.enter_context(RunLock(cfg.output_dir, "training", say=log)) and None)
         stop = held.enter_context(StopSignal(log))
         run = None

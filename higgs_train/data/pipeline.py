@@ -169,7 +169,8 @@ def build_training_data(
 def _rows_without_gc():
     """A start builds millions of small objects (rows, turns, paths) with no cycles among them: the cyclic
     collector would scan them again and again meanwhile (half of a start's time at 1M rows). They live for the
-    run, so afterwards they are frozen out of every later collection, the training loop's included."""
+    run, so afterwards they are frozen out of every later collection, the training loop's included; the run's end
+    unfreezes them (gc.unfreeze) for callers that live on."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -245,6 +246,7 @@ def run_prepare(cfg: TrainConfig, say: Callable[[str], None], progress_bar: bool
     processor.audio_tokenizer.to(state.device)
     out = []
     with contextlib.ExitStack() as held, StopSignal(say) as stop:
+        held.callback(gc.unfreeze)
         on_main(state, lambda: held.enter_context(RunLock(cfg.output_dir, "prepare", say=say)) and None)
         share = launch_share(state, cfg.output_dir)
         if main:
