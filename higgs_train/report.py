@@ -197,7 +197,9 @@ def _listen_section(run: Path, config: dict, best: str | None) -> str:
 
 
 def _one_language(config: dict) -> str | None:
-    codes = [c.strip() for c in (config.get("language") or "").split(",") if c.strip()]
+    from higgs_train.language import parse_languages
+
+    codes = parse_languages(config.get("language"))
     return codes[0] if len(codes) == 1 else None
 
 

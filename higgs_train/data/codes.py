@@ -65,6 +65,7 @@ class CodeCache:
     def __init__(self, output_dir: str | Path, say: Callable[[str], None] = print):
         self.root = Path(output_dir) / CACHE_SUBDIR
         self.say = say
+        self.seen: set[Path] = set()  # shards this object already verified and read (or wrote): never again
 
     def shards(self) -> list[Path]:
         if not self.root.is_dir():
@@ -72,12 +73,14 @@ class CodeCache:
         return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("shard-"))
 
     def load(self, keys: set[str]) -> dict[str, Clip]:
-        """The cached clips among `keys`. A shard that fails its checksums or does not load is removed with a
-        warning, so its clips are encoded again."""
+        """The cached clips among `keys`, from the shards this object has not read (or written) yet: ask once for
+        everything, then only for what other processes added since. A shard that fails its checksums or does not
+        load is removed with a warning, so its clips are encoded again."""
         import datasets
 
         found: dict[str, Clip] = {}
-        for shard in self.shards():
+        for shard in [s for s in self.shards() if s not in self.seen]:
+            self.seen.add(shard)
             problem = _shard_problem(shard)
             if problem is None:
                 try:
@@ -121,6 +124,7 @@ class CodeCache:
             sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1))
             tmp.rename(self.root / name)
+            self.seen.add(self.root / name)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise OutputDirError(
@@ -162,6 +166,7 @@ class ClipLookup:
     contents: dict[str, str]
     keys: dict[str, str]
     found: dict[str, Clip]
+    cache: CodeCache  # remembers the shards it verified: the other processes' new ones are all a reload reads
 
     def cached(self) -> dict[str, Clip]:
         """source -> its cached Clip."""
@@ -183,7 +188,7 @@ def lookup_clips(sources, audio_tokenizer, output_dir: str | Path, say: Callable
     digests.save()
     cache = CodeCache(output_dir, say)
     cache.clean()
-    return ClipLookup(contents, keys, cache.load(set(keys.values())))
+    return ClipLookup(contents, keys, cache.load(set(keys.values())), cache)
 
 
 class _Decode(torch.utils.data.Dataset):
@@ -246,8 +251,7 @@ def encode_clips(
             )
         except OSError as e:  # missing clips were dropped from the header check; this one cannot be read
             errors[source] = AudioError(f"cannot read audio file {source} ({e.strerror}); check it", "unreadable audio")
-    cache = CodeCache(output_dir, say)
-    found = lookup.found
+    cache, found = lookup.cache, lookup.found
     sources_of: dict[str, list[str]] = {}  # the same bytes under several paths are one clip
     for src, key in keys.items():
         sources_of.setdefault(key, []).append(src)

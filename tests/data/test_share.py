@@ -81,3 +81,21 @@ def test_the_lock_admits_one_launch_and_refuses_another(synth_manifest, tiny_mod
     assert code != 0
     assert f"--output_dir {out} is in use by another higgs-train process" in log
     assert not CodeCache(out).shards()
+
+
+def test_a_reload_reads_only_the_shards_other_processes_added(tmp_path, monkeypatch):
+    """After the barrier a process reads the others' new shards, never verifying its earlier ones again."""
+    import numpy as np
+
+    import higgs_train.data.codes as codes
+    from higgs_train.data.codes import Clip
+
+    mine, other = CodeCache(tmp_path), CodeCache(tmp_path)
+    mine.add({"a": Clip(np.zeros((2, 3), np.int16), 0.1)})
+    assert mine.load({"a"}) == {}  # its own shard: already known, not read again
+    other.add({"b": Clip(np.ones((2, 3), np.int16), 0.2)})
+    checked = []
+    real = codes._shard_problem
+    monkeypatch.setattr(codes, "_shard_problem", lambda shard: checked.append(shard) or real(shard))
+    assert set(mine.load({"a", "b"})) == {"b"} and len(checked) == 1
+    assert mine.load({"a", "b"}) == {} and len(checked) == 1
