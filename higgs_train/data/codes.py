@@ -1,4 +1,4 @@
-"""Audio -> codes, once per clip: a sharded Arrow cache (`datasets`) keyed by the clip's content and the audio
+"""Audio -> codes, once per clip: a sharded, memory-mapped Arrow cache keyed by the clip's content and the audio
 tokenizer's weights.
 
 A changed file (its bytes), another dataset fingerprint or another audio tokenizer (its weights, wherever it was
@@ -32,7 +32,8 @@ from higgs_train.identity import FileDigests, weights_fingerprint
 
 CACHE_SUBDIR = "cache/codes"
 CHECKSUMS = "checksums.json"
-DIGESTS = "digests.json"  # clip file digests remembered by stat (identity.FileDigests)
+DIGESTS = "digests.json"  # clip and shard file digests remembered by stat (identity.FileDigests)
+SHARD_FILE = "codes.arrow"
 SHARD_CLIPS = 256  # clips per cache shard by default (--cache_shard_clips): what a kill during encoding can lose
 
 
@@ -59,12 +60,19 @@ def clip_key(identity: str, fingerprint: str) -> str:
 
 
 class CodeCache:
-    """OUTPUT_DIR/cache/codes/shard-*/: each shard a `datasets` folder with columns key, codes, seconds, rms_db,
-    and CHECKSUMS listing the sha256 of every file in it."""
+    """OUTPUT_DIR/cache/codes/shard-*/: each shard a folder holding SHARD_FILE, an Arrow IPC file with columns key,
+    codes (each clip's (codebooks, frames) int16 codes, flattened), codebooks, seconds, rms_db, and CHECKSUMS with
+    the sha256 of every file in it.
 
-    def __init__(self, output_dir: str | Path, say: Callable[[str], None] = print):
+    Shards are memory-mapped: a clip's codes are a view into the file, read when a batch needs them, and every
+    process on a node shares the pages. Checksums are checked when a shard is first seen and again only when a
+    file's stat changes (identity.FileDigests), so a start costs no re-read of hundreds of hours of codes.
+    """
+
+    def __init__(self, output_dir: str | Path, say: Callable[[str], None] = print, digests: FileDigests | None = None):
         self.root = Path(output_dir) / CACHE_SUBDIR
         self.say = say
+        self.digests = digests or FileDigests(self.root / DIGESTS)
         self.seen: set[Path] = set()  # shards this object already verified and read (or wrote): never again
 
     def shards(self) -> list[Path]:
@@ -76,27 +84,21 @@ class CodeCache:
         """The cached clips among `keys`, from the shards this object has not read (or written) yet: ask once for
         everything, then only for what other processes added since. A shard that fails its checksums or does not
         load is removed with a warning, so its clips are encoded again."""
-        import datasets
-
         found: dict[str, Clip] = {}
         for shard in [s for s in self.shards() if s not in self.seen]:
             self.seen.add(shard)
-            problem = _shard_problem(shard)
+            problem = _shard_problem(shard, self.digests)
             if problem is None:
                 try:
-                    table = datasets.load_from_disk(str(shard))
-                    wanted = [i for i, key in enumerate(table["key"]) if key in keys]
-                    rows = list(table.select(wanted).with_format("numpy"))
-                except Exception as e:  # Arrow and datasets raise many types for a damaged shard
+                    clips = _read_shard(shard / SHARD_FILE, keys)
+                except (OSError, ValueError, KeyError, ArithmeticError) as e:  # pyarrow's errors derive from these
                     problem = f"does not load ({type(e).__name__})"
             if problem is not None:
                 self.say(f"warning: code cache shard {shard} {problem}; removing it, its clips are encoded again")
                 shutil.rmtree(shard, ignore_errors=True)
                 continue
-            for row in rows:
-                found[str(row["key"])] = Clip(
-                    np.stack(row["codes"]).astype(np.int16), float(row["seconds"]), row_rms(row)
-                )
+            found.update(clips)
+        self.digests.save()
         return found
 
     def add(self, entries: dict[str, Clip]) -> None:
@@ -105,22 +107,25 @@ class CodeCache:
         Raises:
             OutputDirError: the shard cannot be written (a full or read-only disk); nothing partial is left.
         """
-        import datasets
+        import pyarrow as pa
 
         keys = sorted(entries)
-        table = datasets.Dataset.from_dict(
+        codes = [entries[k].codes for k in keys]
+        table = pa.table(
             {
-                "key": keys,
-                "codes": [entries[k].codes.tolist() for k in keys],
-                "seconds": [entries[k].seconds for k in keys],
-                "rms_db": [entries[k].rms_db for k in keys],
+                "key": pa.array(keys, pa.string()),
+                "codes": pa.array([c.reshape(-1) for c in codes], pa.list_(pa.int16())),
+                "codebooks": pa.array([c.shape[0] for c in codes], pa.int16()),
+                "seconds": pa.array([entries[k].seconds for k in keys], pa.float64()),
+                "rms_db": pa.array([entries[k].rms_db for k in keys], pa.float64()),
             }
         )
         name = f"shard-{time.time_ns()}-{os.getpid()}"
         tmp = self.root / f".{name}.writing"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            table.save_to_disk(str(tmp))
+            tmp.mkdir(parents=True)
+            with pa.OSFile(str(tmp / SHARD_FILE), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
             sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1))
             tmp.rename(self.root / name)
@@ -140,21 +145,36 @@ class CodeCache:
                     shutil.rmtree(p, ignore_errors=True)
 
 
-def row_rms(row) -> float | None:
-    return float(row["rms_db"]) if "rms_db" in row and row["rms_db"] is not None else None
+def _read_shard(path: Path, keys: set[str]) -> dict[str, Clip]:
+    """The clips of one shard among `keys`, their codes views into the memory-mapped file."""
+    import pyarrow as pa
+
+    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all().combine_chunks()
+    column = table.column("codes").chunk(0) if table.num_rows else None
+    values = column.values.to_numpy(zero_copy_only=True) if column is not None else None
+    offsets = column.offsets.to_numpy() if column is not None else None
+    books, seconds, rms = (table.column(c).to_pylist() for c in ("codebooks", "seconds", "rms_db"))
+    found = {}
+    for i, key in enumerate(table.column("key").to_pylist()):
+        if key in keys:
+            codes = values[offsets[i] : offsets[i + 1]].reshape(books[i], -1)
+            found[key] = Clip(codes, seconds[i], rms[i])
+    return found
 
 
-def _shard_problem(shard: Path) -> str | None:
+def _shard_problem(shard: Path, digests: FileDigests) -> str | None:
     """Why a shard cannot be trusted, or None: every file listed in CHECKSUMS present and equal, nothing else."""
     try:
         sums = json.loads((shard / CHECKSUMS).read_text())
     except (OSError, ValueError):
         return f"has no readable {CHECKSUMS} (written by an older version, or damaged)"
+    if not isinstance(sums, dict) or SHARD_FILE not in sums:
+        return "was written by an older version"
     present = {p.name for p in shard.iterdir() if p.is_file()} - {CHECKSUMS}
     if present != set(sums):
         return "has missing or extra files"
     for name, digest in sums.items():
-        if sha256_file(shard / name) != digest:
+        if digests(shard / name) != digest:
             return f"fails its checksum ({name} truncated or changed)"
     return None
 
@@ -186,7 +206,7 @@ def lookup_clips(sources, audio_tokenizer, output_dir: str | Path, say: Callable
             continue
         keys[source] = clip_key(contents[source], fingerprint)
     digests.save()
-    cache = CodeCache(output_dir, say)
+    cache = CodeCache(output_dir, say, digests)
     cache.clean()
     return ClipLookup(contents, keys, cache.load(set(keys.values())), cache)
 
