@@ -14,13 +14,18 @@ from pathlib import Path
 import numpy as np
 
 from higgs_train.config import TrainConfig
+from higgs_train.data.audio import source_identity
+from higgs_train.data.codes import CACHE_SUBDIR, DIGESTS, Clip, CodeCache, clip_key, tokenizer_fingerprint
 from higgs_train.data.collate import Example, TokenLayout, assemble
 from higgs_train.data.formats import Columns
 from higgs_train.data.manifest import Sample
+from higgs_train.data.memo import COLUMNS, Remembered, memo_key, recall
+from higgs_train.data.memo import remember as memo_remember
 from higgs_train.data.prepare import (
     EVAL_REPORT_FILE,
     REPORT_FILE,
     DataLimits,
+    DataReport,
     PreparedData,
     bad_data_error,
     prepare_data,
@@ -28,8 +33,9 @@ from higgs_train.data.prepare import (
 )
 from higgs_train.data.rows import DataIdentity, data_identity, remember
 from higgs_train.data.share import ALONE, Share
-from higgs_train.data.tokens import RowTokens
+from higgs_train.data.tokens import RowTokens, layout_fingerprint
 from higgs_train.errors import ManifestError
+from higgs_train.identity import FileDigests
 from higgs_train.language import parse_languages
 from higgs_train.progress import progress_bar
 
@@ -67,7 +73,7 @@ def prepare(
     `max_positions` (the model's max_position_embeddings) bounds each row's whole token length. The report goes to
     data_report.json, or eval_data_report.json for the --eval_manifest.
     """
-    report_file = EVAL_REPORT_FILE if manifest == cfg.eval_manifest and manifest != cfg.train_manifest else REPORT_FILE
+    report_file = _report_file(cfg, manifest)
     if tokens is None:
         tokens = RowTokens(cfg.output_dir, TokenLayout.from_processor(processor, _codebooks(processor)), say)
     data = prepare_data(
@@ -87,19 +93,32 @@ def prepare(
         report_file,
         share,
     )
-    report = data.report
+    judge(cfg, data.report, report_file, say)
+    return data
+
+
+def _report_file(cfg: TrainConfig, manifest: str) -> str:
+    return EVAL_REPORT_FILE if manifest == cfg.eval_manifest and manifest != cfg.train_manifest else REPORT_FILE
+
+
+def judge(cfg: TrainConfig, report: DataReport, report_file: str, say: Callable[[str], None]) -> None:
+    """--on_bad_sample applied to a prepared manifest's report: stop (error), or warn and go on (skip); then its
+    statistics.
+
+    Raises:
+        ManifestError: a bad row under --on_bad_sample error, or no usable row left.
+    """
     if report.problems and cfg.on_bad_sample == "error":
         for line in report.lines():
             say(line)
         raise bad_data_error(report, report_file)
     if report.problems:
         counts = ", ".join(f"{n} {reason}" for reason, n in report.counts().items())
-        say(f"warning: skipping {len(report.problems)} of {report.rows} rows of {manifest} ({counts})")
-    if not data.samples:
-        raise ManifestError(f"{manifest}: no usable rows left; see {report_file} in --output_dir", "no data")
+        say(f"warning: skipping {len(report.problems)} of {report.rows} rows of {report.manifest} ({counts})")
+    if not report.good:
+        raise ManifestError(f"{report.manifest}: no usable rows left; see {report_file} in --output_dir", "no data")
     for line in stats_lines(report.stats):
         say(line)
-    return data
 
 
 def _codebooks(processor) -> int:
@@ -107,30 +126,40 @@ def _codebooks(processor) -> int:
 
 
 class Examples:
-    """The run's examples, each assembled when a batch asks for it (`examples[i]`) from its token ids (read from
-    the memory-mapped token cache) and its clips' codes; `lengths` holds every example's token count."""
+    """The run's examples as arrays: each row's token-cache handle, its token count (`lengths`) and its clips
+    (row i's are `clips[j]` for j in clip_ids[offsets[i]:offsets[i + 1]]). `examples[i]` assembles one when a batch
+    asks, from its token ids (memory-mapped token cache) and its clips' codes (memory-mapped code cache)."""
 
-    def __init__(self, samples: list[Sample], handles: dict, tokens: RowTokens, clips: dict, layout, lengths: dict):
-        self.samples, self.tokens, self.clips, self.layout = samples, tokens, clips, layout
-        self.handles = np.fromiter((handles[s.source] for s in samples), np.int64, len(samples))
+    def __init__(self, handles, lengths, offsets, clip_ids, clips: list[Clip], tokens: RowTokens, layout):
+        self.handles, self.lengths, self.offsets, self.clip_ids = handles, lengths, offsets, clip_ids
+        self.clips, self.tokens, self.layout = clips, tokens, layout
 
-        def length(i: int, sample: Sample) -> int:  # measured by prepare's length check, else here
+    @classmethod
+    def of(cls, samples: list[Sample], handles: dict, lengths: dict, index: dict, clips: list[Clip], tokens, layout):
+        """From prepared samples: `handles` and `lengths` by Sample.source (a length the check did not measure is
+        measured here), `index` each clip's position in `clips`."""
+        counts = np.fromiter((len(s.audio_paths) for s in samples), np.int64, len(samples))
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        clip_ids = np.fromiter((index[p] for s in samples for p in s.audio_paths), np.int32, int(offsets[-1]))
+        rows = np.fromiter((handles[s.source] for s in samples), np.int64, len(samples))
+
+        def length(i: int, sample: Sample) -> int:
             if sample.source in lengths:
                 return lengths[sample.source]
-            return tokens.length(int(self.handles[i]), [clips[p].codes.shape[1] for p in sample.audio_paths])
+            return tokens.length(int(rows[i]), [clips[index[p]].codes.shape[1] for p in sample.audio_paths])
 
-        self.lengths = np.fromiter((length(i, s) for i, s in enumerate(samples)), np.int64, len(samples))
+        measured = np.fromiter((length(i, s) for i, s in enumerate(samples)), np.int64, len(samples))
+        return cls(rows, measured, offsets, clip_ids, clips, tokens, layout)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.handles)
 
     def __bool__(self) -> bool:
-        return bool(self.samples)
+        return len(self.handles) > 0
 
     def __getitem__(self, i: int) -> Example:
-        sample = self.samples[i]
-        clips = [self.clips[p].codes for p in sample.audio_paths]
-        return assemble(self.tokens.pieces(int(self.handles[i])), clips, self.layout)
+        ids = self.clip_ids[self.offsets[i] : self.offsets[i + 1]]
+        return assemble(self.tokens.pieces(int(self.handles[i])), [self.clips[j].codes for j in ids], self.layout)
 
 
 def split_eval(samples: list[Sample], seed: int, fraction: float) -> tuple[list[Sample], list[Sample]]:
@@ -182,11 +211,67 @@ def _rows_without_gc():
 
 
 def _build(cfg, processor, num_codebooks, say, progress, should_stop, max_positions, share) -> TrainingData:
+    """The run's data from the memo of an earlier start when every process can use it (data/memo.py), else
+    prepared (and remembered by the main process)."""
     layout = TokenLayout.from_processor(processor, num_codebooks)
     tokens = RowTokens(cfg.output_dir, layout, say)
+    audio_fingerprint = tokenizer_fingerprint(processor.audio_tokenizer)
+    key = memo_key(cfg, limits(cfg, processor, max_positions), layout_fingerprint(layout), audio_fingerprint)
+    recalled = _recall(cfg, key, tokens, audio_fingerprint, layout, say) if key else None
+    if all(p["hit"] for p in share.gather("memo", {"hit": recalled is not None}, should_stop)):
+        return recalled
+    data, memo = _prepare_all(cfg, processor, layout, tokens, say, progress, should_stop, max_positions, share)
+    if key and share.rank == 0:
+        memo_remember(cfg.output_dir, key, memo)
+    return data
+
+
+def _recall(cfg, key: str, tokens: RowTokens, audio_fingerprint: str, layout, say) -> TrainingData | None:
+    """The memo of `key` as the run's data, when its clips still hold what they held and the caches hold every row
+    and clip; its reports judged as a prepared manifest's are."""
+    memo = recall(cfg.output_dir, key)
+    if memo is None:
+        return None
+    digests = FileDigests(Path(cfg.output_dir) / CACHE_SUBDIR / DIGESTS)
+    try:
+        if any(source_identity(p, digests) != c for p, c in zip(memo.paths, memo.contents, strict=True)):
+            return None
+    except OSError:
+        return None
+    keys = [clip_key(c, audio_fingerprint) for c in memo.contents]
+    found = CodeCache(cfg.output_dir, say, digests).load(set(keys))
+    digests.save()
+    if not found.keys() >= set(keys):
+        return None
+    clips = [found[k] for k in keys]
+    parts = {}
+    for part, cols in memo.parts.items():
+        handles = tokens.find(cols["token_keys"])
+        if (handles < 0).any():
+            return None
+        parts[part] = Examples(handles, cols["lengths"], cols["offsets"], cols["clip_ids"], clips, tokens, layout)
+    reports = [DataReport.from_dict(r) for r in memo.reports]
+    for report in reports:
+        judge(cfg, report, _report_file(cfg, report.manifest), say)
+    train = reports[0]
+    return TrainingData(
+        parts["train"],
+        parts["eval"],
+        layout,
+        memo.eval_samples,
+        train.chars_per_second,
+        train.rates_by_language,
+        train.stats,
+        memo.identity(),
+    )
+
+
+def _prepare_all(cfg, processor, layout, tokens, say, progress, should_stop, max_positions, share):
+    """Every manifest prepared, --eval_fraction split off, the training rows' identity remembered: the run's data
+    and its memo."""
     train = prepare(cfg, cfg.train_manifest, processor, say, progress, should_stop, max_positions, tokens, share)
     samples, eval_samples, clips, handles = train.samples, [], dict(train.clips), dict(train.handles)
-    contents, lengths = dict(train.contents), dict(train.lengths)
+    contents, lengths, reports = dict(train.contents), dict(train.lengths), [train.report]
     if cfg.eval_manifest:
         held = prepare(cfg, cfg.eval_manifest, processor, say, progress, should_stop, max_positions, tokens, share)
         eval_samples = held.samples
@@ -194,22 +279,43 @@ def _build(cfg, processor, num_codebooks, say, progress, should_stop, max_positi
         handles.update(held.handles)
         contents.update(held.contents)
         lengths.update(held.lengths)
+        reports.append(held.report)
     elif cfg.eval_fraction:
         if len(samples) < 2:
             raise ManifestError(f"--eval_fraction {cfg.eval_fraction} needs at least 2 usable rows", "no data")
         samples, eval_samples = split_eval(samples, cfg.seed, cfg.eval_fraction)
     identity = data_identity(samples, contents, tokens.keys([handles[s.source] for s in samples]))
     remember(identity, cfg.output_dir)
-    return TrainingData(
-        identity=identity,
-        train=Examples(samples, handles, tokens, clips, layout, lengths),
-        eval=Examples(eval_samples, handles, tokens, clips, layout, lengths),
-        layout=layout,
-        eval_samples=eval_samples,
-        chars_per_second=train.report.chars_per_second,
-        rates_by_language=train.report.rates_by_language,
-        stats=train.report.stats,
+    paths = list(dict.fromkeys(p for s in (*samples, *eval_samples) for p in s.audio_paths))
+    index = {p: i for i, p in enumerate(paths)}
+    table = [clips[p] for p in paths]
+    train_rows = Examples.of(samples, handles, lengths, index, table, tokens, layout)
+    eval_rows = Examples.of(eval_samples, handles, lengths, index, table, tokens, layout)
+    data = TrainingData(
+        train_rows,
+        eval_rows,
+        layout,
+        eval_samples,
+        train.report.chars_per_second,
+        train.report.rates_by_language,
+        train.report.stats,
+        identity,
     )
+    unnamed = np.zeros(len(eval_rows), np.uint64)  # the eval rows have no identity of their own
+    parts = {
+        "train": _columns(train_rows, identity.names, identity.contents),
+        "eval": _columns(eval_rows, unnamed, unnamed),
+    }
+    memo = Remembered(
+        parts, paths, [contents[p] for p in paths], [r.to_dict() for r in reports], eval_samples, identity.digest
+    )
+    return data, memo
+
+
+def _columns(examples: Examples, names, contents) -> dict[str, np.ndarray]:
+    keys = examples.tokens.keys(examples.handles)
+    cols = (keys, examples.lengths, examples.offsets, examples.clip_ids, names, contents)
+    return dict(zip(COLUMNS, cols, strict=True))
 
 
 @contextlib.contextmanager

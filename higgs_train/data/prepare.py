@@ -53,6 +53,12 @@ class DataReport:
         data.update(counts=self.counts(), problems=[asdict(p) for p in self.problems])
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict) -> DataReport:
+        """The inverse of to_dict."""
+        fields = {k: v for k, v in data.items() if k != "counts"}
+        return cls(**{**fields, "problems": [Problem(**p) for p in data["problems"]]})
+
     def lines(self) -> list[str]:
         """The human summary: totals, counts per reason, and the first examples of each with file and line."""
         out = [f"{self.manifest}: {self.rows} rows, {self.good} usable ({self.hours:.3f} h of target audio)"]

@@ -91,7 +91,8 @@ class RowTokens:
         order = np.argsort(self._all_keys, kind="stable")
         self._keys, self._handles = self._all_keys[order], order.astype(np.int64)
 
-    def _find(self, keys: np.ndarray) -> np.ndarray:
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """The handle of each row key, -1 where the cache does not hold it."""
         if not len(self._keys):
             return np.full(len(keys), -1, np.int64)
         pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
@@ -113,7 +114,7 @@ class RowTokens:
         """
         keys = np.fromiter((row_key(s) for s in samples), np.uint64, len(samples))
         first: dict[int, int] = {}
-        for i in np.flatnonzero(self._find(keys) < 0).tolist():
+        for i in np.flatnonzero(self.find(keys) < 0).tolist():
             first.setdefault(int(keys[i]), i)
         planned = sorted(first)
         share.agree("tokens", planned, should_stop)  # nobody writes before everyone has planned
@@ -144,7 +145,7 @@ class RowTokens:
                 if path not in self._paths:
                     self._open(path)
             self._index()
-        handles = self._find(keys)
+        handles = self.find(keys)
         for i in np.flatnonzero(handles < 0).tolist():  # rows another process could not render: the same error here
             if samples[i].source not in (problems_out or {}):
                 try:

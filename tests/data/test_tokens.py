@@ -27,8 +27,10 @@ def test_rows_are_tokenized_once_and_a_warm_start_tokenizes_none(base, synth_man
     again = build_training_data(cfg, base.processor, 8, lambda m: None, max_positions=4096)
     assert len(counted) == 6  # nothing rendered again
     layout = TokenLayout.from_processor(base.processor, 8)
-    for i, sample in enumerate(again.train.samples):
-        codes = {p: again.train.clips[p].codes for p in sample.audio_paths}
+    rows = again.train
+    for i, sample in enumerate(load_manifest(synth_manifest)):
+        clips = [rows.clips[j].codes for j in rows.clip_ids[rows.offsets[i] : rows.offsets[i + 1]]]
+        codes = dict(zip(sample.audio_paths, clips, strict=True))
         want, got = build_example(sample, codes, layout), again.train[i]
         assert np.array_equal(want.input_ids, got.input_ids) and np.array_equal(want.labels, got.labels)
         assert np.array_equal(want.audio_frames, got.audio_frames) and again.train.lengths[i] == len(want.input_ids)
