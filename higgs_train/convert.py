@@ -14,6 +14,7 @@ into place only then.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,13 @@ from higgs_train.errors import ConfigError, HiggsTrainError, ModelError
 DROPPED = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq", "audio_codebook_weights")
 UNUSED_PREFIXES = ("audio_tower.", "audio_encoder_proj.")  # the audio-understanding tower: not part of v2
 INNER = ("snake1", "conv1", "snake2", "conv2")  # the layers of one DAC residual unit, in order
+RELEASED_EOS = 128009  # <|eot_id|>: the generation eos transformers' converter writes
+RELEASED_SAMPLING = {"ras_win_len": 7, "ras_win_max_num_repeat": 2, "use_text_head": True}
+INEXPRESSIBLE = (  # original fields whose value the native model has no way to hold: (field, is it such a value, why)
+    ("audio_embed_avg", bool, "Boson averages the codebook embeddings, the native model sums them"),
+    ("use_delay_pattern", lambda v: not v, "the native model always delays codebook k by k frames"),
+    ("use_audio_out_self_attention", bool, "the native model has no separate audio self-attention"),
+)
 
 
 def convert(
@@ -100,6 +108,7 @@ def _convert_lm(src: Path, original: dict, tmp: Path, audio_tokenizer, tokenizer
     with torch.device("meta"):
         model = HiggsAudioV2ForConditionalGeneration(config, use_text_head="text_lm_head.weight" in state)
     _load_strict(model, state, str(src))
+    model.generation_config = generation_config(config)
     model.save_pretrained(tmp)
     if layouts.is_original_tokenizer(str(tok_source)):
         codec = _convert_tokenizer(tok_source, tokenizer_config)
@@ -120,11 +129,14 @@ def _convert_lm(src: Path, original: dict, tmp: Path, audio_tokenizer, tokenizer
 
 def lm_config(original: dict, text_tokenizer=None):
     """A `HiggsAudioV2Config` from Boson's original config.json (a `text_config` with the Llama settings plus the
-    audio fields).
+    audio fields), as transformers' converter writes it for the release: separate text head and embeddings
+    (`tie_word_embeddings` false), eos `<|eot_id|>` (128009), bos and `max_position_embeddings` transformers'
+    defaults (1 and 2048: the length every transformers-layout copy of the release carries, which higgs-train's
+    row limit and `plan` read; the text config's 131072 is Llama 3.2's, not what Higgs Audio was trained at).
 
     Raises:
         ModelError: an architecture transformers' Higgs Audio v2 does not have (audio FFN in only some layers, or
-            of another size).
+            of another size; averaged codebook embeddings, no delay pattern, audio self-attention).
     """
     from transformers import HiggsAudioV2Config, LlamaConfig
 
@@ -138,12 +150,24 @@ def lm_config(original: dict, text_tokenizer=None):
             f"this original config has audio FFNs in layers {dual} ({original.get('audio_adapter_type')}); "
             f"transformers' Higgs Audio v2 has one in each of the {layers} layers, so it cannot be converted"
         )
+    inexpressible = [
+        f"{field}: {json.dumps(original[field])} ({why})"
+        for field, bad, why in INEXPRESSIBLE
+        if field in original and bad(original[field])
+    ]
+    if inexpressible:
+        raise ModelError(
+            f"this original config has {'; '.join(inexpressible)}: transformers' Higgs Audio v2 cannot express it, "
+            "so it is not converted"
+        )
     sizes = (original.get("audio_ffn_hidden_size"), original.get("audio_ffn_intermediate_size"))
     if sizes != (text.hidden_size, text.intermediate_size):
         raise ModelError(f"audio FFN sizes {sizes} differ from the text FFN's; transformers' model cannot hold them")
-    delay = 128014
-    if text_tokenizer is not None and "<|reserved_special_token_6|>" in text_tokenizer.get_vocab():
-        delay = text_tokenizer.convert_tokens_to_ids("<|reserved_special_token_6|>")
+    delay, eos = 128014, RELEASED_EOS
+    if text_tokenizer is not None:
+        vocab = text_tokenizer.get_vocab()
+        delay = vocab.get("<|reserved_special_token_6|>", delay)
+        eos = vocab.get("<|eot_id|>", text.eos_token_id)
     return HiggsAudioV2Config(
         vocab_size=text.vocab_size,
         hidden_size=text.hidden_size,
@@ -153,14 +177,12 @@ def lm_config(original: dict, text_tokenizer=None):
         num_key_value_heads=text.num_key_value_heads,
         head_dim=getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
         hidden_act=text.hidden_act,
-        max_position_embeddings=text.max_position_embeddings,
         rms_norm_eps=text.rms_norm_eps,
-        rope_parameters=dict(text.rope_parameters),
+        rope_parameters=_rope(dict(text.rope_parameters), HiggsAudioV2Config().max_position_embeddings),
         attention_bias=text.attention_bias,
         mlp_bias=text.mlp_bias,
-        tie_word_embeddings=text.tie_word_embeddings,
-        bos_token_id=text.bos_token_id,
-        eos_token_id=text.eos_token_id,
+        tie_word_embeddings=False,  # the release stores the text head apart from the embeddings (text_config says true)
+        eos_token_id=eos,
         pad_token_id=original.get("pad_token_id", 128001),
         num_codebooks=original.get("audio_num_codebooks", 8),
         codebook_size=original.get("audio_codebook_size", 1024) + 2,  # + stream bos and eos
@@ -169,6 +191,36 @@ def lm_config(original: dict, text_tokenizer=None):
         audio_token_id=original.get("audio_out_token_idx", 128016),
         audio_bos_token_id=original.get("audio_out_bos_token_id", 128013),
         audio_delay_token_id=delay,
+    )
+
+
+def _rope(rope: dict, max_positions: int) -> dict:
+    """Llama 3's rope scaling restated for a shorter context, as transformers' defaults state the release's: the
+    original length and both frequency factors scaled by one power of two (8192, 1, 4 -> 1024, 0.125, 0.5 for
+    2048 positions), which keeps every frequency bit for bit (tested) and satisfies transformers' check that the
+    original length is under max_position_embeddings."""
+    if rope.get("rope_type") != "llama3" or rope["original_max_position_embeddings"] < max_positions:
+        return rope
+    scale = 1.0
+    while rope["original_max_position_embeddings"] * scale >= max_positions:
+        scale /= 2
+    scaled = ("original_max_position_embeddings", "low_freq_factor", "high_freq_factor")
+    out = {**rope, **{k: rope[k] * scale for k in scaled}}
+    out["original_max_position_embeddings"] = int(out["original_max_position_embeddings"])
+    return out
+
+
+def generation_config(config):
+    """What transformers' converter writes beside the release: its token ids and Boson's repetition-aware sampling
+    (a window of 7 frames, a code repeated twice in it is sampled again), which `generate`, samples and scores
+    use through the model's generation config."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        **RELEASED_SAMPLING,
     )
 
 

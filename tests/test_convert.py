@@ -3,6 +3,7 @@ the native model, and the converted folder trains, resumes, generates and merges
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -10,10 +11,19 @@ import torch
 from typer.testing import CliRunner
 
 from higgs_train.cli import app
+from higgs_train.convert import lm_config, lm_state_dict
+from higgs_train.errors import ModelError
 from higgs_train.merge import _probe
 from higgs_train.model import load_audio_tokenizer, load_lm
 from higgs_train.tiny import write_original_layout
-from tests.conftest import train_args
+from tests.conftest import REPO, train_args
+
+RELEASED = REPO.parent / "shared" / "data" / "released-original"
+needs_release = pytest.mark.skipif(
+    not (RELEASED / "config.json").is_file(),
+    reason=f"the original release's config and tensor names not found at {RELEASED} (../shared is only present in "
+    "the project checkout and CI)",
+)
 
 runner = CliRunner()
 
@@ -35,7 +45,10 @@ def converted(original, tiny_model, tmp_path_factory):
 
 def test_converted_logits_are_bitwise_equal_to_the_native_model(tiny_model, converted):
     native, ours = load_lm(str(tiny_model), use_text_head=True), load_lm(str(converted), use_text_head=True)
-    assert native.config.to_diff_dict() | {"_name_or_path": ""} == ours.config.to_diff_dict() | {"_name_or_path": ""}
+    # convert writes transformers' bos and length (the converter's, for every release): the rest is the tiny's own
+    written = {"_name_or_path": "", "bos_token_id": 1, "max_position_embeddings": 2048}
+    assert native.config.to_diff_dict() | written == ours.config.to_diff_dict() | written
+    assert ours.config.max_position_embeddings == 2048 and ours.config.tie_word_embeddings is False
     probe = _probe(native.config)
     with torch.no_grad():
         assert torch.equal(native(**probe).logits, ours(**probe).logits)
@@ -106,3 +119,79 @@ def test_a_tokenizer_pickle_payload_is_never_run(original, tmp_path):
     result = runner.invoke(app, ["convert", str(tok), str(tmp_path / "out")])
     assert result.exit_code == 2 and "does not load as plain tensors (UnpicklingError)" in result.output
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()
+
+
+def _released() -> dict:
+    return json.loads((RELEASED / "config.json").read_text())
+
+
+@needs_release
+def test_the_released_config_converts_to_what_transformers_converter_writes():
+    from transformers import HiggsAudioV2Config, LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    original = _released()
+    ours = lm_config(original)
+    assert ours.to_dict() == HiggsAudioV2Config(codebook_size=1026).to_dict()
+    text = LlamaConfig(**{k: v for k, v in original["text_config"].items() if k != "model_type"})
+    released, _ = ROPE_INIT_FUNCTIONS["llama3"](text, "cpu")
+    converted, _ = ROPE_INIT_FUNCTIONS["llama3"](ours, "cpu")
+    assert torch.equal(released, converted)  # the rope restated for 2048 positions: every frequency bit for bit
+
+
+def _released_shape(name: str, c) -> tuple[int, ...]:
+    """A released tensor's shape, from its name and the converted config (config.json states them)."""
+    codes, heads, kv = c.num_codebooks * c.codebook_size, c.num_attention_heads, c.num_key_value_heads
+    rules = {
+        "audio_codebook_embeddings.weight": (codes, c.hidden_size),
+        "audio_decoder_proj.audio_lm_head.weight": (codes, c.hidden_size),
+        "audio_decoder_proj.text_lm_head.weight": (c.vocab_size, c.hidden_size),
+        "embed_tokens.weight": (c.vocab_size, c.hidden_size),
+        "q_proj.weight": (heads * c.head_dim, c.hidden_size),
+        "k_proj.weight": (kv * c.head_dim, c.hidden_size),
+        "v_proj.weight": (kv * c.head_dim, c.hidden_size),
+        "o_proj.weight": (c.hidden_size, heads * c.head_dim),
+        "gate_proj.weight": (c.intermediate_size, c.hidden_size),
+        "up_proj.weight": (c.intermediate_size, c.hidden_size),
+        "down_proj.weight": (c.hidden_size, c.intermediate_size),
+        "norm.weight": (c.hidden_size,),
+        "layernorm.weight": (c.hidden_size,),
+    }
+    return next(
+        shape for suffix, shape in rules.items() if name == suffix or name.endswith(("." + suffix, "_" + suffix))
+    )
+
+
+@needs_release
+def test_the_397_released_tensors_convert_and_load_strictly_on_the_meta_device():
+    from transformers import HiggsAudioV2ForConditionalGeneration
+
+    from higgs_train.convert import _load_strict
+
+    config = lm_config(_released())
+    names = (RELEASED / "tensor_names.txt").read_text().split()
+    assert len(names) == 397
+    state = lm_state_dict({n: torch.empty(_released_shape(n, config), device="meta") for n in names})
+    with torch.device("meta"):
+        model = HiggsAudioV2ForConditionalGeneration(config, use_text_head=True)
+    _load_strict(model, state, "released")  # every name and shape, none missing, none extra
+    assert set(state) == set(model.state_dict())
+
+
+@needs_release
+@pytest.mark.parametrize(
+    "field, value",
+    [("audio_embed_avg", True), ("use_delay_pattern", False), ("use_audio_out_self_attention", 1)],
+)
+def test_fields_the_native_model_cannot_express_are_refused_by_name(field, value):
+    with pytest.raises(ModelError, match=f"this original config has {field}: {json.dumps(value)} "):
+        lm_config({**_released(), field: value})
+
+
+def test_the_converted_generation_config_is_transformers_converters(converted, tiny_model):
+    saved = json.loads((converted / "generation_config.json").read_text())
+    eot = json.loads((tiny_model / "tokenizer.json").read_text())["added_tokens"]
+    eot_id = next(t["id"] for t in eot if t["content"] == "<|eot_id|>")
+    assert saved["ras_win_len"] == 7 and saved["ras_win_max_num_repeat"] == 2
+    assert (saved["bos_token_id"], saved["eos_token_id"]) == (1, eot_id)
+    assert load_lm(str(converted)).generation_config.ras_win_len == 7  # what generate, samples and scores sample with
