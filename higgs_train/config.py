@@ -19,7 +19,7 @@ from higgs_train.language import language_problems
 
 # transformers' own docs and tests load this converted copy; Boson's repo at the revision the converter names holds
 # the original layout, which `higgs-train convert` turns into this one (see README "Which checkpoints load").
-BASE_MODEL = "eustlb/higgs-audio-v2-generation-3B-base"
+BASE_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"  # in transformers' layout since 2026-04-04
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 MIXED_PRECISION = ("no", "bf16", "fp16")
 RESUME_MODES = ("auto", "never")
@@ -88,6 +88,15 @@ class TrainConfig:
         None,
         "Audio tokenizer folder or hub id (default: MODEL/audio_tokenizer if present, else the processor's).",
         MODEL,
+    )
+    model_revision: str | None = _f(
+        None,
+        "Branch, tag or commit of a hub --model; the run records the commit it resolved to, and a resume loads that "
+        "commit unless this is given.",
+        MODEL,
+    )
+    audio_tokenizer_revision: str | None = _f(
+        None, "Branch, tag or commit of a hub audio tokenizer; recorded and resumed like --model_revision.", MODEL
     )
     mixed_precision: str = _f("no", "Mixed precision: no, bf16 or fp16.", MODEL)
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.", MODEL)

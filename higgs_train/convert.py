@@ -276,6 +276,8 @@ def _convert_tokenizer(src: Path, config_json: str | None):
     if isinstance(original, dict) and isinstance(original.get("state_dict"), dict):
         original = original["state_dict"]
     state = tokenizer_state_dict(original)
+    if config_json is None and layouts.tokenizer_layout(str(src)) == "mixed":
+        config_json = str(src / "config.json")  # the transformers config beside model.pth: complete
     if config_json:
         config = HiggsAudioV2TokenizerConfig.from_json_file(config_json)
     else:

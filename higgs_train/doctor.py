@@ -10,9 +10,8 @@ from pathlib import Path
 
 from higgs_train import layouts
 from higgs_train.config import BASE_MODEL
-from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR
 
-AUDIO_TOKENIZER_ID = "eustlb/higgs-audio-v2-tokenizer"  # the converted tokenizer the LM converter names
+AUDIO_TOKENIZER_ID = "bosonai/higgs-audio-v2-tokenizer"  # when the model's processor config names none
 NEEDED = {"torch": "2.11", "torchaudio": "2.11", "transformers": "5.18", "peft": "0.21", "accelerate": "1.15"}
 
 
@@ -39,8 +38,9 @@ def run_checks(output_dir: str | None = None, model: str = BASE_MODEL) -> list[C
     checks += _gpu_checks()
     if output_dir:
         checks += _disk_checks(Path(output_dir))
-    local_tokenizer = Path(model) / AUDIO_TOKENIZER_SUBDIR
-    tokenizer = str(local_tokenizer) if local_tokenizer.is_dir() else AUDIO_TOKENIZER_ID
+    from higgs_train.model import audio_tokenizer_source
+
+    tokenizer = audio_tokenizer_source(model, None) or AUDIO_TOKENIZER_ID
     checks += [_cache_check("model", model), _cache_check("audio tokenizer", tokenizer)]
     if layouts.original_lm_config(model) is not None:
         checks.append(Check("model layout", False, layouts.convert_hint("--model", model)))

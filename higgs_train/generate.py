@@ -145,21 +145,38 @@ def write_wav(speech: Speech, path: str | Path) -> Path:
 
 
 def load_with_adapter(model: str, adapter: str | None, mixed_precision: str = "no", audio_tokenizer: str | None = None):
-    """Base model + processor, with the adapter applied when given (a checkpoint folder or its adapter files)."""
+    """Base model + processor, with the adapter applied when given (a checkpoint folder or its adapter files). A
+    checkpoint's base loads at the commits its run recorded (--model_revision), when it names the same --model."""
     from higgs_train.checkpoint.resume import attach_adapter
     from higgs_train.model import check_pair, load_lm, load_processor, quiet_libraries
 
     quiet_libraries()
+    revisions = {}
     if adapter:
         check_adapter_folder(adapter)  # before the model loads: a wrong folder fails in a second
-    processor = load_processor(model, audio_tokenizer)
-    lm = load_lm(model, mixed_precision)
+        revisions = _trained_revisions(model, audio_tokenizer, adapter)
+    processor = load_processor(model, audio_tokenizer, revisions.get("model"), revisions.get("audio_tokenizer"))
+    lm = load_lm(model, mixed_precision, revision=revisions.get("model"))
     check_pair(lm, processor, model)
     if adapter:
         lm = attach_adapter(lm, adapter)
     if torch.cuda.is_available():
         lm = lm.cuda()
     return lm.eval(), processor
+
+
+def _trained_revisions(model: str, audio_tokenizer: str | None, adapter: str) -> dict[str, str]:
+    """The hub commits a checkpoint's run recorded for this --model (and audio tokenizer), by source."""
+    from higgs_train.checkpoint import layout
+    from higgs_train.checkpoint.io import read_json
+
+    config = (read_json(Path(adapter) / layout.TRAINER_STATE) or {}).get("config") or {}
+    out = {}
+    for source, name in (("model", model), ("audio_tokenizer", audio_tokenizer)):
+        commit = config.get(f"{source}_revision")
+        if commit and config.get(source) == name:
+            out[source] = commit
+    return out
 
 
 def check_adapter_folder(adapter: str) -> None:

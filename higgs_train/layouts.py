@@ -35,21 +35,32 @@ def chat_template() -> str:
     return resources.files("higgs_train").joinpath("templates/chat_template.jinja").read_text()
 
 
-def _config_json(source: str) -> dict | None:
-    """config.json of a local folder or (from the hub cache or the hub) of a hub id; None when there is none."""
-    folder = Path(source)
+def _folder(source: str, revision: str | None = None, file: str = "config.json") -> Path | None:
+    """Where `source`'s files are: the folder itself, or a hub id's snapshot in the hub cache (at `revision`,
+    found through its `file`, downloaded if need be); None when there is none."""
+    folder = Path(source).expanduser()
     if folder.is_dir():
-        file = folder / "config.json"
-    else:
-        try:
-            from transformers.utils import cached_file
+        return folder
+    try:
+        from transformers.utils import cached_file
 
-            found = cached_file(source, "config.json", _raise_exceptions_for_missing_entries=False)
-        except (OSError, ValueError):
-            return None
-        if found is None:
-            return None
-        file = Path(found)
+        found = cached_file(source, file, revision=revision, _raise_exceptions_for_missing_entries=False)
+    except (OSError, ValueError):
+        return None
+    return Path(found).parent if found else None
+
+
+def hub_commit(source: str, revision: str | None = None) -> str | None:
+    """The commit a hub id at `revision` resolves to (its snapshot's name in the hub cache); None for a folder."""
+    if Path(source).expanduser().is_dir():
+        return None
+    folder = _folder(source, revision)
+    if folder is None or folder.parent.name != "snapshots":
+        return None
+    return folder.name if len(folder.name) == 40 else None
+
+
+def _json(file: Path) -> dict | None:
     try:
         data = json.loads(file.read_text())
     except (OSError, ValueError):
@@ -57,19 +68,89 @@ def _config_json(source: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def original_lm_config(source: str) -> dict | None:
+def _config_json(source: str, revision: str | None = None) -> dict | None:
+    """config.json of a local folder or (from the hub cache or the hub) of a hub id; None when there is none."""
+    folder = _folder(source, revision)
+    return _json(folder / "config.json") if folder else None
+
+
+def original_lm_config(source: str, revision: str | None = None) -> dict | None:
     """Boson's original config.json when `source` is an LM in the original layout, else None."""
-    config = _config_json(source)
+    config = _config_json(source, revision)
     return config if config and config.get("model_type") == ORIGINAL_MODEL_TYPE else None
 
 
+def tokenizer_layout(source: str, revision: str | None = None) -> str:
+    """ "original" (Boson's `model.pth` without a transformers config), "mixed" (a transformers config.json beside
+    `model.pth` and no transformers weights: the tokenizer repository's state in between), else "native" (what
+    transformers loads, or nothing local to tell)."""
+    folder = _folder(source, revision)
+    if folder is None or not (folder / ORIGINAL_TOKENIZER_WEIGHTS).is_file():
+        return "native"
+    if (_json(folder / "config.json") or {}).get("model_type") != HIGGS_TOKENIZER_TYPE:
+        return "original"
+    weights = [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")]
+    return "native" if weights else "mixed"
+
+
 def is_original_tokenizer(source: str) -> bool:
-    """A local folder holding Boson's original audio tokenizer: `model.pth` without a transformers config."""
-    folder = Path(source)
-    if not (folder / ORIGINAL_TOKENIZER_WEIGHTS).is_file():
-        return False
-    config = _config_json(source) or {}
-    return config.get("model_type") != HIGGS_TOKENIZER_TYPE
+    """A local folder holding Boson's original audio tokenizer weights (`model.pth`), with or without a
+    transformers config: what `higgs-train convert` turns into a transformers folder."""
+    return Path(source).is_dir() and tokenizer_layout(source) in ("original", "mixed")
+
+
+def mixed_tokenizer_hint(flag: str, source: str, revision: str | None = None) -> str:
+    folder = _folder(source, revision)
+    out = f"{Path(source.rstrip('/')).name}-hf"
+    return (
+        f"{flag} {source} has a transformers config.json but its weights are still Boson's "
+        f"{ORIGINAL_TOKENIZER_WEIGHTS} (a repository between the two layouts), which transformers cannot load; "
+        f"convert it once with `higgs-train convert {folder} {out}` and pass {flag} {out}"
+    )
+
+
+def processor_tokenizer(model: str, revision: str | None = None) -> str | None:
+    """The audio tokenizer the model's processor config names (a hub id or an existing folder), or None."""
+    folder = _folder(model, revision, "processor_config.json")
+    named = ((_json(folder / "processor_config.json") if folder else None) or {}).get("audio_tokenizer")
+    name = named.get("audio_tokenizer_name_or_path") if isinstance(named, dict) else None
+    if not isinstance(name, str) or not name:
+        return None
+    looks_local = name.startswith(("/", ".", "~")) or name.count("/") != 1
+    return name if not looks_local or Path(name).is_dir() else None
+
+
+def tensor_names(folder: Path) -> list[str]:
+    """The tensor names of a folder's safetensors (its index, else each file's header), without reading weights."""
+    index = _json(folder / "model.safetensors.index.json")
+    if index and isinstance(index.get("weight_map"), dict):
+        return list(index["weight_map"])
+    names: list[str] = []
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with open(file, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(size)) if 0 < size < 100_000_000 else {}
+        except (OSError, ValueError):
+            continue
+        names += [k for k in header if k != "__metadata__"]
+    return names
+
+
+def mixed_lm(model: str, revision: str | None = None) -> str | None:
+    """Why a transformers-layout LM folder cannot load when its tensors still carry Boson's original names (files
+    of two revisions of the repository in one folder), else None."""
+    folder = _folder(model, revision)
+    names = tensor_names(folder) if folder else []
+    original = [n for n in names if n.startswith(ORIGINAL_KEY_PREFIXES)]
+    if not original:
+        return None
+    return (
+        f"its config.json is transformers' layout ({HIGGS_MODEL_TYPE}) but {len(original)} of its {len(names)} "
+        f"tensors have Boson's original names (such as {original[0]}): the folder mixes two revisions of the "
+        "repository; download it again at one revision (`hf download REPO --revision COMMIT --local-dir NEW`) and "
+        "pass --model NEW"
+    )
 
 
 def convert_hint(flag: str, source: str) -> str:

@@ -35,64 +35,122 @@ def _offline_if_local(path: str) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-def load_lm_config(model: str):
-    """The model's `HiggsAudioV2Config`, read before anything heavy loads.
+def _revision(source: str, revision: str | None) -> dict:
+    """from_pretrained's `revision` for a hub id; nothing for a local folder, which has no revisions."""
+    return {"revision": revision} if revision and not Path(source).expanduser().is_dir() else {}
+
+
+def resumed_revisions(cfg: TrainConfig, resume_path: Path | None) -> TrainConfig:
+    """A resume without --model_revision / --audio_tokenizer_revision loads the commits its checkpoint recorded
+    (for the same --model / --audio_tokenizer), not wherever the hub's branch has moved since."""
+    if resume_path is None:
+        return cfg
+    from higgs_train.checkpoint.resume import read_trainer_state
+
+    try:
+        saved = read_trainer_state(resume_path).get("config") or {}
+    except Exception:  # the resume's own checks name a damaged checkpoint
+        return cfg
+    changes = {}
+    for source, revision in (("model", "model_revision"), ("audio_tokenizer", "audio_tokenizer_revision")):
+        if getattr(cfg, revision) is None and saved.get(revision) and saved.get(source) == getattr(cfg, source):
+            changes[revision] = saved[revision]
+    return replace(cfg, **changes) if changes else cfg
+
+
+def pin_revisions(cfg: TrainConfig, say) -> TrainConfig:
+    """The config with each hub revision replaced by the commit it resolves to (from the hub cache), saying so."""
+    changes = {}
+    tokenizer = audio_tokenizer_source(cfg.model, cfg.audio_tokenizer, cfg.model_revision)
+    for flag, source in (("model_revision", cfg.model), ("audio_tokenizer_revision", tokenizer)):
+        commit = layouts.hub_commit(source, getattr(cfg, flag)) if source else None
+        if commit and getattr(cfg, flag) != commit:
+            changes[flag] = commit
+            say(f"{source}: {getattr(cfg, flag) or 'the default branch'} is commit {commit} (recorded: --{flag})")
+    return replace(cfg, **changes) if changes else cfg
+
+
+def audio_tokenizer_source(model: str, audio_tokenizer: str | None, model_revision: str | None = None) -> str | None:
+    """Where the audio tokenizer comes from: the given folder / hub id, else MODEL/audio_tokenizer, else the one
+    the model's processor config names, else None (the processor's own)."""
+    if audio_tokenizer:
+        return audio_tokenizer
+    if (Path(model) / AUDIO_TOKENIZER_SUBDIR).is_dir():
+        return str(Path(model) / AUDIO_TOKENIZER_SUBDIR)
+    return layouts.processor_tokenizer(model, model_revision)
+
+
+def load_lm_config(model: str, revision: str | None = None):
+    """The model's `HiggsAudioV2Config` (at `revision`, a branch, tag or commit of a hub id), read before anything
+    heavy loads.
 
     Raises:
-        ModelError: the folder or hub id is missing, holds Boson's original layout (with the `higgs-train convert`
-            command that fixes it), or is not a Higgs Audio v2 model at all.
+        ModelError: the folder, hub id or revision is missing, holds Boson's original layout (with the
+            `higgs-train convert` command that fixes it), or is not a Higgs Audio v2 model at all.
     """
     from transformers import AutoConfig, HiggsAudioV2Config
 
     _offline_if_local(model)
     if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
         raise ModelError(f"--model {model}: no such folder; pass a Higgs Audio v2 model folder or hub id")
-    if layouts.original_lm_config(model) is not None:
+    if layouts.original_lm_config(model, revision) is not None:
         raise ModelError(layouts.convert_hint("--model", model))
     try:
-        config = AutoConfig.from_pretrained(model)
+        config = AutoConfig.from_pretrained(model, **_revision(model, revision))
     except (OSError, ValueError, KeyError) as e:
+        at = f" at --model_revision {revision}" if revision else ""
         raise ModelError(
-            f"--model {model}: cannot read its config.json ({_first_line(e)}); pass a Higgs Audio v2 hub id or "
-            "model folder"
+            f"--model {model}{at}: cannot read its config.json ({_first_line(e)}); pass a Higgs Audio v2 hub id or "
+            "model folder" + (" and a revision it has" if revision else "")
         ) from e
     if not isinstance(config, HiggsAudioV2Config):
         raise ModelError(
             f"--model {model} is a {config.model_type!r} model, not Higgs Audio v2 ({HIGGS_MODEL_TYPE!r}); pass a "
             "Higgs Audio v2 checkpoint"
         )
+    if problem := layouts.mixed_lm(model, revision):
+        raise ModelError(f"--model {model}: {problem}")
     return config
 
 
-def load_audio_tokenizer(model: str, audio_tokenizer: str | None = None):
-    """The audio tokenizer: the given folder / hub id, else MODEL/audio_tokenizer, else None (processor's own)."""
+def load_audio_tokenizer(
+    model: str, audio_tokenizer: str | None = None, revision: str | None = None, model_revision: str | None = None
+):
+    """The audio tokenizer of `audio_tokenizer_source`, at `revision` (transformers would load the one a processor
+    config names at its latest commit), or None (the processor's own)."""
     from transformers import HiggsAudioV2TokenizerModel
 
-    source = audio_tokenizer or (
-        str(Path(model) / AUDIO_TOKENIZER_SUBDIR) if (Path(model) / AUDIO_TOKENIZER_SUBDIR).is_dir() else None
-    )
+    source = audio_tokenizer_source(model, audio_tokenizer, model_revision)
     if source is None:
         return None
     _offline_if_local(source)
-    if layouts.is_original_tokenizer(source):
+    state = layouts.tokenizer_layout(source, revision)
+    if state == "original":
         raise ModelError(layouts.convert_hint("--audio_tokenizer", source))
+    if state == "mixed":
+        raise ModelError(layouts.mixed_tokenizer_hint("--audio_tokenizer", source, revision))
     try:
-        tok, info = HiggsAudioV2TokenizerModel.from_pretrained(source, output_loading_info=True)
+        tok, info = HiggsAudioV2TokenizerModel.from_pretrained(
+            source, output_loading_info=True, **_revision(source, revision)
+        )
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         raise ModelError(f"--audio_tokenizer {source}: cannot load the audio tokenizer ({_first_line(e)})") from e
     check_loading_info(info, "--audio_tokenizer", source)
     return tok.eval()
 
 
-def load_processor(model: str, audio_tokenizer: str | None = None):
-    """`HiggsAudioV2Processor.from_pretrained`, with the audio tokenizer loaded explicitly when one is local."""
+def load_processor(
+    model: str, audio_tokenizer: str | None = None, revision: str | None = None, tokenizer_revision: str | None = None
+):
+    """`HiggsAudioV2Processor.from_pretrained` (at `revision`), with the audio tokenizer loaded explicitly (at
+    `tokenizer_revision`) wherever load_audio_tokenizer finds one."""
     from transformers import AutoProcessor
 
     _offline_if_local(model)
-    tok = load_audio_tokenizer(model, audio_tokenizer)
+    tok = load_audio_tokenizer(model, audio_tokenizer, tokenizer_revision, revision)
     kwargs = {"audio_tokenizer": tok} if tok is not None else {}
     try:
-        processor = AutoProcessor.from_pretrained(model, **kwargs)
+        processor = AutoProcessor.from_pretrained(model, **_revision(model, revision), **kwargs)
     except (OSError, ValueError, TypeError) as e:
         raise ModelError(f"--model {model}: cannot load the processor ({e})") from e
     # from_pretrained hands its kwargs to the text tokenizer too; a model object there breaks save_pretrained
@@ -102,7 +160,13 @@ def load_processor(model: str, audio_tokenizer: str | None = None):
     return processor
 
 
-def load_lm(model: str, mixed_precision: str = "no", attn_implementation: str = "sdpa", use_text_head: bool = False):
+def load_lm(
+    model: str,
+    mixed_precision: str = "no",
+    attn_implementation: str = "sdpa",
+    use_text_head: bool = False,
+    revision: str | None = None,
+):
     """`HiggsAudioV2ForConditionalGeneration.from_pretrained`, for a hub id or a local folder alike, refusing to
     hand back a model with any weight left at random (see `check_loading_info`).
 
@@ -111,10 +175,11 @@ def load_lm(model: str, mixed_precision: str = "no", attn_implementation: str = 
     """
     from transformers import HiggsAudioV2ForConditionalGeneration
 
-    load_lm_config(model)  # the original layout or a foreign model: one line, before the weights load
+    load_lm_config(model, revision)  # the original layout or a foreign model: one line, before the weights load
     try:
         lm, info = HiggsAudioV2ForConditionalGeneration.from_pretrained(
             model,
+            **_revision(model, revision),
             dtype=DTYPES[mixed_precision],
             attn_implementation=attn_implementation,
             use_text_head=use_text_head,

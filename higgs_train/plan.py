@@ -115,7 +115,7 @@ def plan_for(cfg, seq_len: int | None = None) -> MemoryPlan:
     from higgs_train.model import load_lm_config, quiet_libraries
 
     quiet_libraries()
-    return memory_plan(load_lm_config(cfg.model), cfg, seq_len)
+    return memory_plan(load_lm_config(cfg.model, cfg.model_revision), cfg, seq_len)
 
 
 def gpu_verdicts(plan: MemoryPlan, batch: int, gc: bool) -> list[tuple[str, bool, str]]:

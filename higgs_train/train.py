@@ -56,7 +56,9 @@ from higgs_train.model import (
     load_lm,
     load_lm_config,
     load_processor,
+    pin_revisions,
     quiet_libraries,
+    resumed_revisions,
     trainable_summary,
 )
 from higgs_train.plan import resolve_auto_batch
@@ -178,7 +180,8 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     main = accelerator.is_main_process
     say = log if main else (lambda _msg: None)
     resume_path = _start(cfg, accelerator, say)
-    processor, data = _data(cfg, accelerator, stop, say, main and show)
+    cfg = resumed_revisions(cfg, resume_path)
+    processor, data, cfg = _data(cfg, accelerator, stop, say, main and show)
     data_change = check_data(resume_path, data.identity, cfg.to_dict(), cfg.output_dir)  # before the LM loads
     with whole_models(accelerator):
         scorer = make_scorer(cfg, accelerator, processor, data)  # before the LM: a missing ASR model fails fast
@@ -240,13 +243,19 @@ def _start(cfg: TrainConfig, accelerator, say) -> Path | None:
     return on_main(accelerator, choose_resume, cfg.resume, roots, say)
 
 
-def _data(cfg: TrainConfig, accelerator, stop: StopSignal, say, show: bool) -> tuple[object, TrainingData]:
-    """The processor (small: data is validated before the LM loads) and the run's data, every process preparing
-    its part of what is not cached yet."""
+def _data(cfg: TrainConfig, accelerator, stop: StopSignal, say, show: bool) -> tuple[object, TrainingData, TrainConfig]:
+    """The processor (small: data is validated before the LM loads), the run's data (every process preparing its
+    part of what is not cached yet) and the config with the hub revisions pinned to the commits they resolved to
+    (recorded, so every checkpoint names them)."""
     quiet_libraries()
-    lm_config = load_lm_config(cfg.model)  # a folder that is not Higgs Audio v2 stops here, before anything loads
+    pinned = pin_revisions(cfg, say)  # every load of this run reads the same commits
+    if pinned != cfg:
+        cfg = pinned
+        on_main(accelerator, _record_config, cfg, say)
+    # a folder that is not Higgs Audio v2 stops here, before anything loads
+    lm_config = load_lm_config(cfg.model, cfg.model_revision)
     with whole_models(accelerator):
-        processor = load_processor(cfg.model, cfg.audio_tokenizer)
+        processor = load_processor(cfg.model, cfg.audio_tokenizer, cfg.model_revision, cfg.audio_tokenizer_revision)
     processor.audio_tokenizer.to(accelerator.device)
     share = launch_share(accelerator, cfg.output_dir)
     if accelerator.is_main_process:
@@ -256,14 +265,16 @@ def _data(cfg: TrainConfig, accelerator, stop: StopSignal, say, show: bool) -> t
         data = build_training_data(cfg, processor, codebooks, say, encoding, lambda: stop.requested, positions, share)
     end_share(accelerator, share)
     processor.audio_tokenizer.to("cpu")
-    return processor, data
+    return processor, data, cfg
 
 
 def _model(cfg: TrainConfig, accelerator, processor, resume_path: Path | None, say):
     """The base model with LoRA, its weights' fingerprint, and a resume's checkpoint with its adapter put in
     (before accelerate wraps or shards the model)."""
     with whole_models(accelerator):
-        lm = load_lm(cfg.model, cfg.mixed_precision, cfg.attn_implementation, use_text_head=cfg.text_loss_weight > 0)
+        lm = load_lm(
+            cfg.model, cfg.mixed_precision, cfg.attn_implementation, cfg.text_loss_weight > 0, cfg.model_revision
+        )
     check_pair(lm, processor, cfg.model)
     fingerprint = weights_fingerprint(lm)  # what the adapter is trained on, whatever path or hub id named it
     check_same_settings(accelerator, {"base model weights": fingerprint}, "base models")

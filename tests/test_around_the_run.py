@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 import higgs_train.generate as generate_module
 from higgs_train.cli import app
+from higgs_train.layouts import tensor_names
 from tests.conftest import load_base, train_args
 
 runner = CliRunner()
@@ -159,6 +160,12 @@ def test_merge_loads_with_from_pretrained_and_matches_the_adapter(trained, tiny_
         torch.testing.assert_close(
             reloaded.model.eval()(input_ids=ids).logits, adapter(input_ids=ids).logits, rtol=1e-5, atol=1e-5
         )
+    # what a serving engine reads: exactly the tensor names a fresh from_pretrained save holds (no peft prefixes,
+    # no LoRA remnants), and the generation config
+    fresh = tmp_path / "fresh"
+    load_base(str(tiny_model)).model.save_pretrained(fresh)
+    assert set(tensor_names(merged)) == set(tensor_names(fresh))
+    assert (merged / "generation_config.json").is_file()
 
 
 def test_plot_writes_a_png(trained):

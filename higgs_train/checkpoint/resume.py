@@ -172,15 +172,23 @@ def same_source(a: str | None, b: str | None) -> bool:
     return (Path(a).resolve() == Path(b).resolve()) if Path(a).exists() or Path(b).exists() else a == b
 
 
-def check_same_base(loaded: LoadedCheckpoint, model: str, fingerprint: str) -> None:
+def check_same_base(loaded: LoadedCheckpoint, model: str, fingerprint: str, commit: str | None = None) -> None:
     """Refuse a checkpoint trained on other base weights: by the weights' fingerprint when the checkpoint has one,
-    else (checkpoints from before 0.2) by the normalised --model path.
+    else (checkpoints from before 0.2) by the normalised --model path. Under the same hub id at another commit
+    the repository changed since the run started: both commits are named.
 
     Raises:
         CheckpointError: naming both, and the fixes.
     """
     saved = loaded.model_fingerprint
     same = saved == fingerprint if saved else same_source(loaded.config.get("model"), model)
+    then = loaded.config.get("model_revision")
+    if not same and loaded.config.get("model") == model and then and commit and then != commit:
+        raise CheckpointError(
+            f"{loaded.path}: the repository changed since this run started: --model {model} was commit {then}, "
+            f"now commit {commit}, with other weights (fingerprint {saved} then, {fingerprint} now); pass "
+            f"--model_revision {then} to resume on the weights it was trained on, or another --output_dir"
+        )
     if not same:
         raise CheckpointError(
             f"{loaded.path} was trained on other base weights (--model {loaded.config.get('model')!r}, "
@@ -304,7 +312,7 @@ def restore_weights(path: Path, config: dict[str, Any], model, fingerprint: str,
         CheckpointError: another base model or LoRA shape, or an adapter missing LoRA tensors.
     """
     loaded = load_checkpoint(path, rank)
-    check_same_base(loaded, config["model"], fingerprint)
+    check_same_base(loaded, config["model"], fingerprint, config.get("model_revision"))
     check_lora_shape(loaded.config, config, path)
     load_adapter_weights(model, loaded.adapter, path)
     return loaded

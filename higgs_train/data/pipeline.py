@@ -347,8 +347,8 @@ def run_prepare(cfg: TrainConfig, say: Callable[[str], None], progress_bar: bool
     say = say if main else (lambda _msg: None)
     on_main(state, check_output_dir, Path(cfg.output_dir))
     quiet_libraries()
-    max_positions = load_lm_config(cfg.model).max_position_embeddings
-    processor = load_processor(cfg.model, cfg.audio_tokenizer)
+    max_positions = load_lm_config(cfg.model, cfg.model_revision).max_position_embeddings
+    processor = load_processor(cfg.model, cfg.audio_tokenizer, cfg.model_revision, cfg.audio_tokenizer_revision)
     processor.audio_tokenizer.to(state.device)
     out = []
     with contextlib.ExitStack() as held, StopSignal(say) as stop:
