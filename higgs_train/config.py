@@ -23,6 +23,7 @@ BASE_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"  # in transformers' lay
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 MIXED_PRECISION = ("no", "bf16", "fp16")
 RESUME_MODES = ("auto", "never")
+LABEL_AUDIO = ("last", "all")
 AUTO = 0  # --batch_size auto, until the run resolves it (train.setup)
 ON_SAVE_ERROR = ("stop", "continue")
 ON_BAD_SAMPLE = ("error", "skip")
@@ -82,6 +83,12 @@ class TrainConfig:
     max_text_tokens: int = _f(1024, "Drop or refuse rows whose text has more tokens.", DATA)
     num_workers: int = _f(0, "Processes decoding audio while encoding codes.", DATA)
     cache_shard_clips: int = _f(256, "Clips per code-cache shard: the most a kill during encoding can lose.", DATA)
+    label_audio: str = _f(
+        "last",
+        "Which assistant clips of a row are trained on: last (the target; context clips such as a cloning reference "
+        "are not) or all (every assistant clip, e.g. each turn of a dialogue, the reference included).",
+        DATA,
+    )
     group_by_length: bool = _f(True, "Batch rows of similar length together, so padding stays small.", DATA)
     model: str = _f(BASE_MODEL, "Base model: hub id or local folder (see `higgs-train init-tiny`).", MODEL)
     audio_tokenizer: str | None = _f(
@@ -281,6 +288,7 @@ def _choice_problems(cfg: TrainConfig) -> list[str]:
         ("on_bad_sample", ON_BAD_SAMPLE),
         ("on_data_change", ON_DATA_CHANGE),
         ("attn_implementation", ATTENTION),
+        ("label_audio", LABEL_AUDIO),
     )
     return [
         f"--{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}"

@@ -68,7 +68,7 @@ def synthetic_examples(cfg, n: int, seq_len: int, rng: np.random.Generator) -> l
             ids += [cfg.audio_token_id] * (len(f) - k + 1) + [cfg.audio_delay_token_id] * (k - 1)
             frames.append(f)
             labels.append(target_labels(codes, cfg.audio_stream_eos_id) if is_target else np.full(f.shape, IGNORE))
-        out.append(Example(np.asarray(ids), np.concatenate(frames), np.concatenate(labels)))
+        out.append(Example(np.asarray(ids), np.concatenate(frames), np.concatenate(labels), np.full(len(ids), IGNORE)))
     return out
 
 

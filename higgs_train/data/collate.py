@@ -1,10 +1,13 @@
 """Samples + codes -> model inputs and training-ready labels.
 
 The processor's own labels are not fit for training (see docs): it never labels end-of-audio, labels every
-audio segment including a voice-cloning reference, and labels the prompt text. Here:
-- only the target clip (the last assistant audio) is labelled; context audio and all text are not;
-- the labels are the delay-patterned stream [codes..., EOS]: each codebook's real end-of-audio code is
-  labelled, the stream-bos and the delay pattern's EOS padding (which generation forces anyway) are not;
+audio segment including a voice-cloning reference, and labels the prompt text. Here, as Boson's recipe labels:
+- audio: the target clip (the last assistant audio; every assistant clip with --label_audio all), as the
+  delay-patterned stream [codes..., EOS]: each codebook's real end-of-audio code is labelled, the stream-bos and
+  the delay pattern's EOS padding (which generation forces anyway) are not; context audio is not;
+- text (used with --text_loss_weight): the labelled assistant turns' markup, `<|audio_out_bos|>` before the clip
+  and `<|audio_eos|>` and the turn's end (`<|eot_id|>`/`<|eom_id|>`) after it; never the system prompt, scene,
+  user text or headers;
 - labels are per position (B, L, K), so the loss needs no alignment with the frame tensor.
 """
 
@@ -34,10 +37,13 @@ class TokenLayout:
     stream_bos: int
     stream_eos: int
     num_codebooks: int
-    special_ids: frozenset[int] = frozenset()  # special tokens (headers, markers): never text labels
+    audio_bos_id: int = -1  # <|audio_out_bos|>: opens an assistant clip
+    turn_end_ids: frozenset[int] = frozenset()  # <|eot_id|>, <|eom_id|>: end a turn
+    label_all_audio: bool = False  # --label_audio all: every assistant clip labelled, not the last only
 
     @classmethod
-    def from_processor(cls, processor, num_codebooks: int) -> TokenLayout:
+    def from_processor(cls, processor, num_codebooks: int, label_audio: str = "last") -> TokenLayout:
+        vocab = processor.tokenizer.get_vocab()
         return cls(
             tokenizer=processor.tokenizer,
             chat_template=processor.chat_template,
@@ -48,22 +54,21 @@ class TokenLayout:
             stream_bos=processor.audio_stream_bos_id,
             stream_eos=processor.audio_stream_eos_id,
             num_codebooks=num_codebooks,
-            special_ids=frozenset(i for i, t in processor.tokenizer.added_tokens_decoder.items() if t.special),
+            audio_bos_id=vocab.get("<|audio_out_bos|>", -1),
+            turn_end_ids=frozenset(vocab[t] for t in ("<|eot_id|>", "<|eom_id|>") if t in vocab),
+            label_all_audio=label_audio == "all",
         )
-
-    def text_labels(self, input_ids: np.ndarray) -> np.ndarray:
-        """The plain text tokens (system prompt, transcripts) labelled; audio, padding and special tokens not."""
-        skip = np.isin(input_ids, [*self.special_ids, self.audio_token_id, self.delay_token_id, self.pad_token_id])
-        return np.where(skip, IGNORE, input_ids)
 
 
 @dataclass
 class Example:
-    """One tokenized sample: input ids (L,), audio frames (F, K) for every audio placeholder, labels (L, K)."""
+    """One tokenized sample: input ids (L,), audio frames (F, K) for every audio placeholder, labels (L, K) and
+    text labels (L,)."""
 
     input_ids: np.ndarray
     audio_frames: np.ndarray
     labels: np.ndarray
+    text_labels: np.ndarray
 
     @property
     def num_label_codes(self) -> int:
@@ -125,11 +130,16 @@ def example_length(piece_lengths, clip_frames, num_codebooks: int) -> int:
 
 def assemble(pieces: list[np.ndarray], clips: list[np.ndarray], layout: TokenLayout) -> Example:
     """An example from its text pieces' token ids and its clips' codes (K, T): each placeholder expanded to the
-    clip's delay-patterned frames, the last clip (the target) labelled."""
+    clip's delay-patterned frames; the target clip (every assistant clip with label_all_audio) labelled, with its
+    turn's markup as text labels."""
     ids: list[np.ndarray] = []
-    frames, label_rows, length = [], [], 0
+    frames, label_rows, text_spans, length = [], [], [], 0
     k = layout.num_codebooks
+    labelled = range(len(clips)) if layout.label_all_audio else range(len(clips) - 1, len(clips))
     for i, piece in enumerate(pieces):
+        if i - 1 in labelled:  # after a labelled clip: its <|audio_eos|> through the turn's end
+            ends = np.flatnonzero(np.isin(piece, list(layout.turn_end_ids)))
+            text_spans.append((length, length + (int(ends[0]) + 1 if len(ends) else min(1, len(piece)))))
         ids.append(piece.astype(np.int64))
         length += len(piece)
         if i == len(clips):
@@ -137,17 +147,23 @@ def assemble(pieces: list[np.ndarray], clips: list[np.ndarray], layout: TokenLay
         clip = clips[i]
         clip_frames = delay_pattern(clip, layout.stream_bos, layout.stream_eos)
         n = len(clip_frames)
-        if i == len(clips) - 1:
+        if i in labelled:
             label_rows.append((length, target_labels(clip, layout.stream_eos)))
+            if len(piece) and piece[-1] == layout.audio_bos_id:
+                text_spans.append((length - 1, length))
         placeholders = np.full(n, layout.audio_token_id, dtype=np.int64)
         placeholders[n - (k - 1) :] = layout.delay_token_id
         ids.append(placeholders)
         length += n
         frames.append(clip_frames)
+    input_ids = np.concatenate(ids)
     labels = np.full((length, k), IGNORE, dtype=np.int64)
     for start, clip_labels in label_rows:
         labels[start : start + len(clip_labels)] = clip_labels
-    return Example(np.concatenate(ids), np.concatenate(frames), labels)
+    text_labels = np.full(length, IGNORE, dtype=np.int64)
+    for start, end in text_spans:
+        text_labels[start:end] = input_ids[start:end]
+    return Example(input_ids, np.concatenate(frames), labels, text_labels)
 
 
 def build_example(sample: Sample, codes: dict[str, np.ndarray], layout: TokenLayout) -> Example:
@@ -174,7 +190,7 @@ def collate(examples: list[Example], layout: TokenLayout) -> dict[str, torch.Ten
         audio_input_ids[i, :f] = torch.from_numpy(e.audio_frames)
         audio_mask[i, :f] = True
         labels[i, :n] = torch.from_numpy(e.labels)
-        text_labels[i, :n] = torch.from_numpy(layout.text_labels(e.input_ids))
+        text_labels[i, :n] = torch.from_numpy(e.text_labels)
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,

@@ -213,7 +213,7 @@ def _rows_without_gc():
 def _build(cfg, processor, num_codebooks, say, progress, should_stop, max_positions, share) -> TrainingData:
     """The run's data from the memo of an earlier start when every process can use it (data/memo.py), else
     prepared (and remembered by the main process)."""
-    layout = TokenLayout.from_processor(processor, num_codebooks)
+    layout = TokenLayout.from_processor(processor, num_codebooks, cfg.label_audio)
     tokens = RowTokens(cfg.output_dir, layout, say)
     audio_fingerprint = tokenizer_fingerprint(processor.audio_tokenizer)
     key = memo_key(cfg, limits(cfg, processor, max_positions), layout_fingerprint(layout), audio_fingerprint)

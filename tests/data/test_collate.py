@@ -65,6 +65,20 @@ def test_only_target_audio_is_labelled(layout):
     assert ((ex.labels == layout.stream_eos).sum(0) == 1).all()
 
 
+def test_label_audio_all_labels_every_assistant_clip_and_its_markup(base, layout):
+    from dataclasses import replace
+
+    clips = {"ref.wav": codes(6, 2), "tgt.wav": codes(4, 3)}
+    every = replace(layout, label_all_audio=True)
+    last, both = build_example(clone_sample(), clips, layout), build_example(clone_sample(), clips, every)
+    assert ((last.labels != IGNORE).sum(0) == 4 + 1).all()
+    assert ((both.labels != IGNORE).sum(0) == (6 + 1) + (4 + 1)).all()  # each clip: its codes and its end
+    decode = base.processor.tokenizer.decode
+    assert decode(last.input_ids[last.text_labels != IGNORE]) == "<|audio_out_bos|><|audio_eos|><|eot_id|>"
+    assert decode(both.input_ids[both.text_labels != IGNORE]) == "<|audio_out_bos|><|audio_eos|><|eot_id|>" * 2
+    assert np.array_equal(last.input_ids, both.input_ids) and np.array_equal(last.audio_frames, both.audio_frames)
+
+
 def test_reserved_token_in_text_is_a_manifest_error(layout):
     sample = Sample("m.jsonl:7", (Turn("user", text="say <|AUDIO_OUT|>"), Turn("assistant", audio="a.wav")))
     with pytest.raises(ManifestError, match=r"m.jsonl:7: the text contains the reserved token <\|AUDIO_OUT\|>"):
