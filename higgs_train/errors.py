@@ -43,6 +43,12 @@ class ModelError(HiggsTrainError):
     """A model folder or hub id that cannot be loaded."""
 
 
+class DivergedError(HiggsTrainError):
+    """The loss or gradient norm stopped being finite: the step was neither applied nor saved."""
+
+    exit_code = 5
+
+
 class PeerError(HiggsTrainError):
     """Another process of a multi-process run stopped answering or died; the published checkpoints are intact."""
 

@@ -18,7 +18,7 @@ import torch
 from higgs_train import faults
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.hook import CheckpointHook, enforce_save_policy
-from higgs_train.checkpoint.io import atomic_write_text
+from higgs_train.checkpoint.io import atomic_write_text, read_pointer
 from higgs_train.checkpoint.lock import RunLock
 from higgs_train.checkpoint.preflight import check_output_dir
 from higgs_train.checkpoint.resume import (
@@ -46,6 +46,7 @@ from higgs_train.distributed import (
     settings_identity,
 )
 from higgs_train.errors import Interrupted, PeerError
+from higgs_train.health import Collapse, NonFinite, check_finite, diverged
 from higgs_train.identity import weights_fingerprint
 from higgs_train.listening import make_scorer, refresh_report, sample_now, score_now
 from higgs_train.loss import TextLoss, audio_loss_sum, evaluate, window_scale
@@ -116,6 +117,7 @@ class Run:
     text_loss: TextLoss | None = None
     scorer: tuple | None = None
     last_eval: float | None = None
+    collapse: Collapse = field(default_factory=Collapse)
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bool = True) -> RunResult:
@@ -312,23 +314,30 @@ def step(run: Run) -> StepStats | None:
     batches = [next_batch(run.plan, run.progress, run.data.train, run.data.layout) for _ in range(run.cfg.grad_accum)]
     data_s = time.perf_counter() - t0
     lr = run.scheduler.get_last_lr()[0]  # the rate this step uses
-    out = optimizer_step(
-        run.model,
-        run.optimizer,
-        run.scheduler,
-        run.accelerator,
-        batches,
-        run.cfg,
-        run.codebook_size,
-        run.text_loss,
-        run.stop,
-    )
+    try:
+        out = optimizer_step(
+            run.model,
+            run.optimizer,
+            run.scheduler,
+            run.accelerator,
+            batches,
+            run.cfg,
+            run.codebook_size,
+            run.text_loss,
+            run.stop,
+        )
+    except NonFinite as e:
+        latest = read_pointer(Path(run.cfg.output_dir), layout.LATEST)
+        last_good = str(Path(run.cfg.output_dir) / latest) if latest else None
+        raise diverged(e, run.progress.step + 1, lr, last_good) from None
     if out is None:
         run.result.saves += _stop_mid_window(run, window)
         return None
     loss, grad_norm, tokens, text = out
     run.progress.step += 1
     run.result.losses.append(loss)
+    if warning := run.collapse.observe(run.progress.step, loss, grad_norm):
+        run.say(warning)
     padded = sum(b["attention_mask"].numel() for b in batches)
     return StepStats(loss, grad_norm, tokens, padded, text, lr, data_s, time.perf_counter() - t0)
 
@@ -404,7 +413,6 @@ def _plan(cfg: TrainConfig, data: TrainingData, accelerator, seed: int) -> Batch
 def _mark_stopped(cfg: TrainConfig, reason: str) -> None:
     """OUTPUT_DIR/STOPPED: a clean stop after a save, for job scripts (`accelerate launch` returns 1 whatever the
     ranks' exit codes); removed when the run starts again."""
-    from higgs_train.checkpoint.io import read_pointer
 
     note = {"reason": reason, "latest": read_pointer(Path(cfg.output_dir), layout.LATEST), "time": time.time()}
     atomic_write_text(Path(cfg.output_dir) / layout.STOPPED, json.dumps(note) + "\n")
@@ -463,11 +471,18 @@ def optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codeb
     if cfg.max_grad_norm > 0:
         norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)  # DeepSpeed: clipped inside
         grad_norm = None if norm is None else float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-    optimizer.step()
+    text = global_sum(accelerator, text_sum.item()) / window.text_tokens if text_loss is not None else None
+    loss = global_sum(accelerator, loss_sum.item()) / window.codes  # note: the step's sync
+    check_finite(loss, grad_norm, text)  # the same values on every rank: all stop before the weights change
+    try:
+        optimizer.step()
+    except RuntimeError as e:  # an update too large for the weights' dtype (AdamW's step size overflows)
+        if "overflow" not in str(e):
+            raise
+        raise NonFinite("the update overflows float32: the learning rate is", scheduler.get_last_lr()[0]) from e
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    text = global_sum(accelerator, text_sum.item()) / window.text_tokens if text_loss is not None else None
-    return global_sum(accelerator, loss_sum.item()) / window.codes, grad_norm, tokens, text  # note: the step's sync
+    return loss, grad_norm, tokens, text
 
 
 def next_batch(plan: BatchPlan, progress: TrainingProgress, examples, layout) -> dict[str, torch.Tensor]:
