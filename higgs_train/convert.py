@@ -25,6 +25,7 @@ import torch
 
 from higgs_train import layouts
 from higgs_train.checkpoint import layout
+from higgs_train.checkpoint.preflight import refuse_overlap
 from higgs_train.errors import ConfigError, HiggsTrainError, ModelError
 
 DROPPED = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq", "audio_codebook_weights")
@@ -62,6 +63,9 @@ def convert(
 
     quiet_libraries()
     src, out = Path(src), Path(out).absolute()
+    refuse_overlap(
+        "OUTPUT", out, {"SRC": src, "--audio_tokenizer": audio_tokenizer, "--tokenizer_config": tokenizer_config}
+    )
     if out.exists():
         raise ConfigError(f"{out} already exists; choose a new folder for the converted model")
     tmp = layout.tmp_sibling(out)

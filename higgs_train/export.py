@@ -31,10 +31,12 @@ def export_adapter(s: ExportSettings, say: Callable[[str], None] = print) -> tup
         CheckpointError: no valid checkpoint, or the one named is invalid.
         OutputDirError: OUT exists and is not empty.
     """
+    from higgs_train.checkpoint.preflight import refuse_overlap
     from higgs_train.checkpoint.resume import find_resume_point, read_trainer_state
     from higgs_train.checkpoint.verify import verify_checkpoint
 
     run, out = Path(s.run_dir), Path(s.output)
+    refuse_overlap("OUTPUT", out, {"RUN_DIR": run, "--checkpoint": s.checkpoint})
     checkpoint = Path(s.checkpoint) if s.checkpoint else _best(run)
     if checkpoint is None:
         found = find_resume_point([run], say)

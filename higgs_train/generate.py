@@ -96,7 +96,10 @@ def _generated_frames(ids: torch.Tensor, processor) -> int:
 
 def speak(s: GenerateSettings) -> tuple[Path, Speech]:
     """`higgs-train generate`: check the request, load base + adapter, generate, write the WAV."""
+    from higgs_train.checkpoint.preflight import refuse_overlap
+
     check_request(s.text, s.out, s.ref_audio)
+    refuse_overlap("--out", s.out, {"--model": s.model, "--adapter": s.adapter, "--ref_audio": s.ref_audio})
     lm, processor = load_with_adapter(s.model, s.adapter)
     speech = generate_speech(lm, processor, s.text, s.ref_audio, s.ref_text, s.max_frames, s.temperature, s.seed)
     return write_wav(speech, s.out), speech

@@ -10,6 +10,7 @@ import torch
 
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.lock import RunLock
+from higgs_train.checkpoint.preflight import refuse_overlap
 from higgs_train.errors import CheckpointError, ConfigError, HiggsTrainError
 from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, save_processor
 
@@ -30,7 +31,9 @@ def merge_adapter(model: str, adapter: str, output: str | Path, max_shard_size: 
     from higgs_train.model import load_lm
 
     output = Path(output).absolute()
-    _check_output(output, {"--model": model, "--adapter": adapter})
+    refuse_overlap("--output", output, {"--model": model, "--adapter": adapter})
+    if output.exists():
+        raise ConfigError(f"--output {output} already exists; choose a new folder (a merge never overwrites one)")
     with RunLock(output.parent, "merge", flag="--output", name=f".{output.name}.lock"):
         with_adapter, processor = load_with_adapter(model, adapter)
         with_adapter = with_adapter.float().cpu()
@@ -60,18 +63,6 @@ def merge_adapter(model: str, adapter: str, output: str | Path, max_shard_size: 
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return diff
-
-
-def _check_output(output: Path, inputs: dict[str, str]) -> None:
-    for flag, source in inputs.items():
-        folder = Path(source).absolute()
-        if folder.exists() and (output == folder or folder in output.parents or output in folder.parents):
-            raise ConfigError(
-                f"--output {output} overlaps {flag} {source}; merging there would overwrite what it reads from. "
-                "Choose a folder outside both"
-            )
-    if output.exists():
-        raise ConfigError(f"--output {output} already exists; choose a new folder (a merge never overwrites one)")
 
 
 def _probe(config) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.hook import CheckpointHook, enforce_save_policy
 from higgs_train.checkpoint.io import atomic_write_text, read_pointer
 from higgs_train.checkpoint.lock import RunLock
-from higgs_train.checkpoint.preflight import check_output_dir
+from higgs_train.checkpoint.preflight import check_output_dir, refuse_run_overlap
 from higgs_train.checkpoint.resume import (
     check_data,
     choose_resume,
@@ -126,6 +126,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     The main process holds the run folder's lock throughout; a stop signal is honoured from the start (during
     encoding: the finished clips are kept) to the end.
     """
+    refuse_run_overlap(cfg)  # before anything is written: never over the model, a manifest or a clip
     check_output_dir(Path(cfg.output_dir))  # fail fast: before the manifest is parsed or the model loads
     accelerator = make_accelerator(cfg)
     with contextlib.ExitStack() as held:

@@ -93,7 +93,7 @@ def test_merge_refuses_an_output_inside_its_inputs(tiny_model, trained, tmp_path
         result = runner.invoke(
             app, ["merge", "--model", str(tiny_model), "--adapter", str(trained), "--output", str(output)]
         )
-        one_line_error(result, 2, "overlaps", "merging there would overwrite what it reads from")
+        one_line_error(result, 2, f"--output {output} is", "writing there would overwrite what the command reads")
     assert sorted(p.name for p in tiny_model.iterdir()) == before
     (tmp_path / "exists").mkdir()
     result = runner.invoke(
@@ -172,3 +172,44 @@ def test_a_read_only_file_system_is_named_as_such(synth_manifest, tiny_model, sm
         pytest.skip("cannot remount the tmpfs read-only here")
     result = runner.invoke(app, train_args(synth_manifest, disk / "run", tiny_model, "--max_steps", "1"))
     one_line_error(result, 2, f"--output_dir {disk / 'run'}: cannot write there (a read-only file system)")
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_no_command_writes_an_output_over_its_inputs(synth_manifest, tiny_model, trained, tmp_path):
+    """Equal to, inside or holding an input: refused before anything is written, and the inputs are unchanged."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    run = trained.parent
+    data = synth_manifest.parent
+    clip = str(data / "clips" / "clip_0.wav")
+    cases = {
+        "train into the model": train_args(synth_manifest, model, model),
+        "train inside the model": train_args(synth_manifest, model / "run", model),
+        "train holding the manifest": train_args(synth_manifest, data, model),
+        "prepare into the model": ["prepare", *train_args(synth_manifest, model, model)],
+        "export inside the checkpoint": ["export", str(run), str(trained / "shipped")],
+        "export into the run": ["export", str(run), str(run)],
+        "convert inside its source": ["convert", str(model), str(model / "hf")],
+        "generate over the reference": [
+            "generate",
+            "--model",
+            str(model),
+            "--text",
+            "hi",
+            "--ref_audio",
+            clip,
+            "--ref_text",
+            "hi",
+            "--out",
+            clip,
+        ],
+        "prep into its recordings": ["prep", str(data), "--output_dir", str(data / "clean")],
+    }
+    before = {f: _snapshot(f) for f in (model, run, data)}
+    for name, args in cases.items():
+        result = runner.invoke(app, args)
+        one_line_error(result, 2, "writing there would overwrite what the command reads")
+        assert {f: _snapshot(f) for f in (model, run, data)} == before, name

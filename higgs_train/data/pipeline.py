@@ -336,12 +336,13 @@ def run_prepare(cfg: TrainConfig, say: Callable[[str], None], progress_bar: bool
     run folder's lock; SIGTERM/SIGINT/SIGHUP keep the finished clips and stop (exit 130). Under `accelerate
     launch` every process tokenizes and encodes its part (on its own device); rank 0 holds the lock and reports."""
     from higgs_train.checkpoint.lock import RunLock
-    from higgs_train.checkpoint.preflight import check_output_dir
+    from higgs_train.checkpoint.preflight import check_output_dir, refuse_run_overlap
     from higgs_train.data.share import clean_syncs, end_share, launch_share
     from higgs_train.distributed import make_accelerator, on_main
     from higgs_train.model import load_lm_config, load_processor, quiet_libraries
     from higgs_train.signals import StopSignal
 
+    refuse_run_overlap(cfg)  # before anything is written
     state = make_accelerator(cfg)  # the processes of a launch, joined (gloo on the CPU)
     main = state.is_main_process
     say = say if main else (lambda _msg: None)

@@ -21,6 +21,7 @@ import soundfile as sf
 import torch
 
 from higgs_train.checkpoint.io import atomic_write_bytes
+from higgs_train.checkpoint.preflight import refuse_overlap
 from higgs_train.config import PrepSettings
 from higgs_train.data.audio import load_audio
 from higgs_train.data.formats import AUDIO_SUFFIXES, TRANSCRIPT_SUFFIXES
@@ -86,6 +87,7 @@ def prep(
         OutputDirError: OUTPUT_DIR cannot be written (full or read-only disk); no half-written clip is left.
     """
     src, out = Path(src), Path(output_dir)
+    refuse_overlap("--output_dir", out, {"SRC": src})  # clips written among the recordings they are cut from
     if not src.exists():
         raise ManifestError(f"{src}: no such file or folder; pass a recording or a folder of them", "no data")
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES) if src.is_dir() else [src]
