@@ -14,6 +14,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.io import read_json, read_pointer, sha256_file
 from higgs_train.config import ExportSettings
@@ -22,6 +24,7 @@ from higgs_train.errors import CheckpointError, HiggsTrainError, OutputDirError
 CARD = "README.md"
 LICENSE = "boson-higgs-audio-2-community-license"  # the released weights' license, as the hub's license_name
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+_LANGUAGE = re.compile(r"[a-z]{2}")  # ISO 639-1, as language.parse_languages checked
 
 
 def export_adapter(s: ExportSettings, say: Callable[[str], None] = print) -> tuple[Path, Path]:
@@ -123,16 +126,16 @@ def model_card(run: Path, checkpoint: Path, state: dict, clips: list[dict], lang
     speakers = len((data.get("stats") or {}).get("speakers") or {})
     score = next((r for r in read_scores(run) if r.step == step), None)
     eval_loss = score.eval_loss if score and score.eval_loss is not None else _eval_loss(run, step)
-    meta = ["---", "library_name: peft", "pipeline_tag: text-to-speech", "license: other", f"license_name: {LICENSE}"]
+    base = _one_line(base)
+    meta = {"library_name": "peft", "pipeline_tag": "text-to-speech", "license": "other", "license_name": LICENSE}
     if _HUB_ID.fullmatch(base):
-        meta.append(f"base_model: {base}")
-    meta += ["tags:", "- higgs-audio", "- text-to-speech", "- lora", "- higgs-train"]
+        meta["base_model"] = base
+    meta["tags"] = ["higgs-audio", "text-to-speech", "lora", "higgs-train"]
     if languages:
-        meta += ["language:", *(f"- {code}" for code in languages)]
-    meta.append("---")
+        meta["language"] = [code for code in languages if _LANGUAGE.fullmatch(code)]
     targets = adapter.get("target_modules") or []
     lines = [
-        f"# {run.name}: a LoRA adapter for Higgs Audio v2",
+        f"# {_one_line(run.name)}: a LoRA adapter for Higgs Audio v2",
         "",
         f"A LoRA adapter for [{base}]({_link(base)}), trained with higgs-train; checkpoint `{checkpoint.name}`.",
         "",
@@ -157,7 +160,9 @@ def model_card(run: Path, checkpoint: Path, state: dict, clips: list[dict], lang
             f"speaker similarity {_f(score.similarity)}, duration ratio {_f(score.duration_ratio)}"
         )
     lines += ["", "## Samples", ""]
-    lines += [f"- [{c['file']}]({c['file']}): {c['text']}" for c in clips] or ["No samples were made at this step."]
+    lines += [f"- [{c['file']}]({c['file']}): {_one_line(c['text'])}" for c in clips] or [
+        "No samples were made at this step."
+    ]
     lines += [
         "",
         "## Use",
@@ -184,7 +189,13 @@ def model_card(run: Path, checkpoint: Path, state: dict, clips: list[dict], lang
         "Community License Agreement (based on the Meta Llama 3 Community License). The license of the training "
         "data applies too.",
     ]
-    return "\n".join(meta + [""] + lines) + "\n"
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)  # values quoted as YAML needs: no injection
+    return "\n".join(["---", front.rstrip("\n"), "---", "", *lines]) + "\n"
+
+
+def _one_line(text) -> str:
+    """A value as one line of Markdown: newlines (which could open a new front-matter block) become spaces."""
+    return " ".join(str(text).split())
 
 
 def _duration(hours: float) -> str:

@@ -86,3 +86,27 @@ def test_export_refuses_a_run_without_checkpoints_and_a_folder_in_use(listened_r
     result = runner.invoke(app, ["export", str(listened_run), str(tmp_path / "busy")])
     assert result.exit_code == 2 and "exists and is not empty; export into a new folder" in result.output
     shutil.rmtree(tmp_path / "busy")
+
+
+@pytest.mark.parametrize("language", ["en\nlicense: mit", "en: {pwned: 1}", "[en"])
+def test_a_hostile_language_is_refused_before_anything_is_written(listened_run, tmp_path, language):
+    result = runner.invoke(app, ["export", str(listened_run), str(tmp_path / "out"), "--language", language])
+    assert result.exit_code == 2 and "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_the_card_parses_to_exactly_its_keys_whatever_the_values(listened_run, tmp_path):
+    from higgs_train.checkpoint.resume import read_trainer_state
+    from higgs_train.export import model_card
+
+    best = listened_run / (listened_run / "best").read_text().strip()
+    state = read_trainer_state(best)
+    state["config"]["model"] = "me/base\n---\nlicense: mit"
+    run = tmp_path / "run\n---\npwned: 1"
+    shutil.copytree(listened_run, run)
+    clips = [{"file": "samples/a.wav", "text": "hello\n---\nlicense: mit\n---"}]
+    card = model_card(run, best, state, clips, ["en", "en: {pwned: 1}", "[en", "fr"])
+    _, meta, body = card.split("---\n", 2)
+    assert set(yaml.safe_load(meta)) == {"library_name", "pipeline_tag", "license", "license_name", "tags", "language"}
+    assert yaml.safe_load(meta)["license"] == "other" and yaml.safe_load(meta)["language"] == ["en", "fr"]
+    assert not [line for line in body.splitlines() if line.strip().startswith("---")]  # no new front matter
+    assert "license: mit" not in meta and "pwned" not in meta
