@@ -127,7 +127,9 @@ def checkpoints(r: settings.RunFolder) -> None:
     rows = checkpoint_rows(r.run_dir, {s.step: s for s in read_scores(r.run_dir)})
     if rows:
         out.print(checkpoint_table(rows))
-    show("\n".join(checkpoint_notes(rows) or [f"{r.run_dir}: no checkpoints"]))
+    notes = checkpoint_notes(rows) if rows else [f"{r.run_dir}: no checkpoints"]
+    if notes:
+        show("\n".join(notes))
 
 
 @command("verify", settings.CheckpointFolder)

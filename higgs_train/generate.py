@@ -147,7 +147,13 @@ def write_wav(speech: Speech, path: str | Path) -> Path:
     return path
 
 
-def load_with_adapter(model: str, adapter: str | None, mixed_precision: str = "no", audio_tokenizer: str | None = None):
+def load_with_adapter(
+    model: str,
+    adapter: str | None,
+    mixed_precision: str = "no",
+    audio_tokenizer: str | None = None,
+    flag: str = "--adapter",
+):
     """Base model + processor, with the adapter applied when given (a checkpoint folder or its adapter files). A
     checkpoint's base loads at the commits its run recorded (--model_revision), when it names the same --model."""
     from higgs_train.checkpoint.resume import attach_adapter
@@ -156,13 +162,13 @@ def load_with_adapter(model: str, adapter: str | None, mixed_precision: str = "n
     quiet_libraries()
     revisions = {}
     if adapter:
-        check_adapter_folder(adapter)  # before the model loads: a wrong folder fails in a second
+        check_adapter_folder(adapter, flag)  # before the model loads: a wrong folder fails in a second
         revisions = _trained_revisions(model, audio_tokenizer, adapter)
     processor = load_processor(model, audio_tokenizer, revisions.get("model"), revisions.get("audio_tokenizer"))
     lm = load_lm(model, mixed_precision, revision=revisions.get("model"))
     check_pair(lm, processor, model)
     if adapter:
-        lm = attach_adapter(lm, adapter)
+        lm = attach_adapter(lm, adapter, flag)
     if torch.cuda.is_available():
         lm = lm.cuda()
     return lm.eval(), processor
@@ -182,29 +188,29 @@ def _trained_revisions(model: str, audio_tokenizer: str | None, adapter: str) ->
     return out
 
 
-def check_adapter_folder(adapter: str) -> None:
+def check_adapter_folder(adapter: str, flag: str = "--adapter") -> None:
     """A local adapter must hold its files (never tried on the hub), and a checkpoint folder must pass `verify`.
 
     Raises:
         CheckpointError: what is missing or damaged, and the fix.
     """
     from higgs_train.checkpoint import layout
+    from higgs_train.checkpoint.resume import looks_local
     from higgs_train.checkpoint.verify import verify_checkpoint
     from higgs_train.errors import CheckpointError
 
     folder = Path(adapter)
-    looks_local = folder.exists() or adapter.startswith((".", "/", "~")) or adapter.count("/") != 1
-    if not looks_local:
+    if not looks_local(adapter):
         return  # a hub id: attach_adapter fetches it
     if not folder.is_dir():
-        raise CheckpointError(f"--adapter {adapter}: no such folder; pass a checkpoint folder of a run")
+        raise CheckpointError(f"{flag} {adapter}: no such folder; pass a checkpoint folder of a run")
     missing = [n for n in (layout.ADAPTER_CONFIG, layout.ADAPTER_WEIGHTS) if not (folder / n).is_file()]
     if missing:
         raise CheckpointError(
-            f"--adapter {adapter}: {' and '.join(missing)} not found; pass a checkpoint folder of a run "
+            f"{flag} {adapter}: {' and '.join(missing)} not found; pass a checkpoint folder of a run "
             "(e.g. RUN/checkpoint-500)"
         )
     if (folder / layout.INTEGRITY).is_file():
         result = verify_checkpoint(folder)
         if not result.ok:
-            raise CheckpointError(f"--adapter {adapter}: {'; '.join(result.problems)}")
+            raise CheckpointError(f"{flag} {adapter}: {'; '.join(result.problems)}")

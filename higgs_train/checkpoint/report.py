@@ -38,9 +38,12 @@ def checkpoint_rows(run_dir: str | Path, scores: dict | None = None) -> list[Che
     paths = list_checkpoints(run_dir) + sorted(p for p in run_dir.iterdir() if p.is_dir() and layout.is_tmp(p.name))
     rows = []
     for path in paths:
-        result = verify_checkpoint(path)
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        mtime = datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%m-%d %H:%M")
+        try:
+            result = verify_checkpoint(path)
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            mtime = datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%m-%d %H:%M")
+        except FileNotFoundError:
+            continue  # removed while listed: rotation by a running training, not an error
         reason = "ok" if result.ok else "; ".join(result.problems)
         if layout.is_tmp(path.name):
             reason = "unfinished save (removed at the next start)"

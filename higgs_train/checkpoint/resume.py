@@ -73,17 +73,26 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / layout.TRAINER_STATE).read_text())
 
 
-def attach_adapter(model, source: str | Path):
+def looks_local(source: str | Path) -> bool:
+    """A path, not a hub id (OWNER/NAME): a local adapter or checkpoint is never looked for on the hub."""
+    text = str(source)
+    return Path(text).exists() or text.startswith((".", "/", "~")) or text.count("/") != 1
+
+
+def attach_adapter(model, source: str | Path, flag: str = "--adapter"):
     """The base model wrapped with the adapter at `source` (a checkpoint folder, its adapter files, or a hub id),
     for inference: the LoRA config from its adapter_config.json, the weights through `load_adapter_weights`.
 
     Raises:
-        CheckpointError: the adapter cannot be read, or lacks tensors.
+        CheckpointError: the adapter cannot be read (a local folder that is gone, say, by rotation), or lacks
+            tensors.
     """
     from peft import LoraConfig, PeftModel
     from safetensors.torch import load_file
     from transformers.utils import cached_file
 
+    if looks_local(source) and not Path(source).is_dir():
+        raise CheckpointError(f"{flag} {source}: no such folder (removed, or rotated away by a running training)")
     try:
         config = LoraConfig.from_pretrained(str(source))
         config.inference_mode = True
@@ -91,7 +100,7 @@ def attach_adapter(model, source: str | Path):
         wrapped = PeftModel(model, config)
         load_adapter_weights(wrapped, load_file(weights), source)
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"--adapter {source}: cannot load the adapter ({str(e).splitlines()[0]})") from e
+        raise CheckpointError(f"{flag} {source}: cannot load the adapter ({str(e).splitlines()[0]})") from e
     return wrapped
 
 

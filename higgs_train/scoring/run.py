@@ -43,8 +43,6 @@ def score_run(settings: ScoreSettings, say: Callable[[str], None] = print) -> tu
     """
     from safetensors.torch import load_file
 
-    from higgs_train.generate import load_with_adapter
-
     if settings.select_best_by not in SELECT_BEST_BY:
         raise ConfigError(f"--select_best_by must be {', '.join(SELECT_BEST_BY)}, got {settings.select_best_by!r}")
     run_dir = Path(settings.run_dir)
@@ -52,8 +50,7 @@ def score_run(settings: ScoreSettings, say: Callable[[str], None] = print) -> tu
     valid = sorted((r.path for r in valid_checkpoints(paths, say)), key=lambda p: layout.parse_step(p.name) or 0)
     if not valid:
         raise CheckpointError(f"{run_dir}: no valid checkpoint to score; see `higgs-train checkpoints {run_dir}`")
-    config = read_trainer_state(valid[-1])["config"]
-    model, processor = load_with_adapter(config["model"], str(valid[-1]), audio_tokenizer=config.get("audio_tokenizer"))
+    model, processor, config = _load_newest(valid, say)
     report = run_dir / REPORT_FILE
     data = json.loads(report.read_text()) if report.exists() else {}
     asr = settings.asr_model or config.get("asr_model", DEFAULT_ASR_MODEL)
@@ -71,7 +68,13 @@ def score_run(settings: ScoreSettings, say: Callable[[str], None] = print) -> tu
     eval_losses = _eval_losses(run_dir)
     rows = []
     for path in valid:
-        load_adapter_weights(model, load_file(str(path / layout.ADAPTER_WEIGHTS)), path)
+        try:
+            load_adapter_weights(model, load_file(str(path / layout.ADAPTER_WEIGHTS)), path)
+        except OSError:
+            if path.exists():
+                raise
+            say(f"skipped {path.name}: removed while scoring (rotated away by the training run)")
+            continue
         step = layout.parse_step(path.name) or 0
         row = scorer.score(model, items, step, eval_losses.get(step), keep=scored_clips_dir(run_dir, step))
         row.checkpoint = path.name
@@ -81,6 +84,29 @@ def score_run(settings: ScoreSettings, say: Callable[[str], None] = print) -> tu
     best = mark_best(run_dir, settings.select_best_by)
     refresh_report(run_dir, say)
     return rows, best
+
+
+def _load_newest(valid: list[Path], say):
+    """The base with the newest checkpoint's adapter (its run's model and audio tokenizer); a checkpoint that a
+    running training rotated away since it was listed is skipped, saying so.
+
+    Raises:
+        CheckpointError: every checkpoint listed is gone.
+    """
+    from higgs_train.generate import load_with_adapter
+
+    for path in reversed(valid):
+        try:
+            config = read_trainer_state(path)["config"]
+            model, processor = load_with_adapter(
+                config["model"], str(path), audio_tokenizer=config.get("audio_tokenizer"), flag="checkpoint"
+            )
+            return model, processor, config
+        except (OSError, CheckpointError):
+            if path.exists():
+                raise
+            say(f"skipped {path.name}: removed while scoring (rotated away by the training run)")
+    raise CheckpointError(f"{valid[0].parent}: every checkpoint listed was removed while scoring; run score again")
 
 
 def _eval_losses(run_dir: Path) -> dict[int, float]:

@@ -114,3 +114,40 @@ def test_async_save_failure_is_learnt_at_the_next_save(synth_manifest, tiny_mode
     # the step-2 save ran in the background; its failure was learnt at the step-4 save, which still completes
     # (the run waits for it) before the run stops: no tmp folder is left behind
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-4"]
+
+
+def test_checkpoints_never_fails_while_rotation_removes_folders(tmp_path, snapshot_factory):
+    import shutil
+    import threading
+
+    from higgs_train.checkpoint.report import checkpoint_rows
+
+    source = save_checkpoint(tmp_path / "src", snapshot_factory(2)).path
+    save_checkpoint(tmp_path, snapshot_factory(1))
+    done = threading.Event()
+
+    def rotate():  # a training run saving a new checkpoint and rotating the one before, as fast as it can
+        step = 2
+        while not done.is_set():
+            step += 1
+            shutil.copytree(source, tmp_path / f"checkpoint-{step}")
+            shutil.rmtree(tmp_path / f"checkpoint-{step - 1}", ignore_errors=True)
+
+    rotator = threading.Thread(target=rotate)
+    rotator.start()
+    try:
+        for _ in range(300):
+            rows = checkpoint_rows(tmp_path)  # never FileNotFoundError: a vanished folder is left out
+            assert "checkpoint-1" in [r.name for r in rows]
+    finally:
+        done.set()
+        rotator.join()
+
+
+def test_checkpoints_with_only_valid_ones_does_not_say_there_are_none(tmp_path, snapshot_factory):
+    save_checkpoint(tmp_path, snapshot_factory(2))
+    save_checkpoint(tmp_path, snapshot_factory(4))
+    result = runner.invoke(app, ["checkpoints", str(tmp_path)])
+    assert result.exit_code == 0 and "no checkpoints" not in result.output
+    (tmp_path / "empty").mkdir()
+    assert "no checkpoints" in runner.invoke(app, ["checkpoints", str(tmp_path / "empty")]).output

@@ -257,3 +257,23 @@ def test_each_row_is_heard_in_its_language_and_timed_at_its_languages_speaking_r
     assert heard == ["zh"] and (row.metric, row.wer) == ("cer", None)
     assert row.error == row.cer == pytest.approx(0.25) and row.headline_name == "CER"
     assert row.duration_ratio == pytest.approx(1.0)  # 2 s for 4 characters at 2 chars/s (at 15/s it would be 7.5)
+
+
+def test_a_checkpoint_rotated_away_mid_score_is_skipped_and_said(listened_run, tiny_whisper, tmp_path, monkeypatch):
+    import shutil
+
+    import higgs_train.scoring.score as score_module
+
+    run = tmp_path / "run"
+    shutil.copytree(listened_run, run)
+    real = score_module.Scorer.score
+
+    def rotating(self, model, items, step, *args, **kwargs):  # training rotates checkpoint-4 away meanwhile
+        shutil.rmtree(run / "checkpoint-4", ignore_errors=True)
+        return real(self, model, items, step, *args, **kwargs)
+
+    monkeypatch.setattr(score_module.Scorer, "score", rotating)
+    result = runner.invoke(app, ["score", str(run), "--asr_model", str(tiny_whisper), "--score_samples", "1"])
+    assert result.exit_code == 0, result.output
+    assert "skipped checkpoint-4: removed while scoring (rotated away by the training run)" in result.output
+    assert "--adapter" not in result.output and "scored checkpoint-2" in result.output
