@@ -156,7 +156,7 @@ def merge(s: settings.MergeSettings) -> None:
     """Fold the adapter into the base weights; the folder loads with from_pretrained (checked against the adapter)."""
     from higgs_train.merge import merge_adapter
 
-    diff = merge_adapter(s.model, s.adapter, s.output)
+    diff = merge_adapter(s.model, s.adapter, s.output, say=say)
     show(f"merged model in {s.output} (max logit difference vs base + adapter: {diff:.2e})")
 
 

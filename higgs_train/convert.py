@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-from higgs_train import layouts
+from higgs_train import faults, layouts
 from higgs_train.checkpoint import layout
+from higgs_train.checkpoint.lock import RunLock
 from higgs_train.checkpoint.preflight import refuse_overlap
 from higgs_train.errors import ConfigError, HiggsTrainError, ModelError
 
@@ -68,6 +69,15 @@ def convert(
     )
     if out.exists():
         raise ConfigError(f"{out} already exists; choose a new folder for the converted model")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with RunLock(out.parent, "convert", flag="OUTPUT", name=f".{out.name}.lock"):
+        for leftover in layout.remove_leftovers(out):
+            say(f"removed {leftover.name}: left by an interrupted convert")
+        _convert_into(src, out, audio_tokenizer, tokenizer_config, say)
+    return out
+
+
+def _convert_into(src: Path, out: Path, audio_tokenizer, tokenizer_config, say) -> None:
     tmp = layout.tmp_sibling(out)
     try:
         if layouts.is_original_tokenizer(str(src)):
@@ -82,12 +92,12 @@ def convert(
                 f"{layouts.ORIGINAL_MODEL_TYPE!r}, no {layouts.ORIGINAL_TOKENIZER_WEIGHTS}); if it loads with "
                 "--model already, it needs no conversion"
             )
+        faults.failpoint("before_publish")
         os.rename(tmp, out)
     except OSError as e:
         raise ModelError(f"{out}: cannot write the converted model ({e.strerror or e}); free disk space") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def _convert_lm(src: Path, original: dict, tmp: Path, audio_tokenizer, tokenizer_config, say) -> None:

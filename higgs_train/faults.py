@@ -8,7 +8,8 @@ Each point counts in its own scope, set by the code that owns it:
   written), before_rename (everything written and verified), after_rename (published, `latest` not yet updated);
 - cache (shards written so far): after_shard;
 - clip (clips encoded so far): encoded;
-- data (micro-batches taken so far): micro_batch.
+- data (micro-batches taken so far): micro_batch;
+- publish (convert and merge, their whole folder written, not yet renamed into place): before_publish.
 Unset, a point costs one dictionary lookup.
 """
 
@@ -28,6 +29,7 @@ SCOPES = {
     "after_shard": "cache",
     "encoded": "clip",
     "micro_batch": "data",
+    "before_publish": "publish",
 }
 _counters: dict[str, int] = {}
 

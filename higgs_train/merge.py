@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from higgs_train import faults
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.lock import RunLock
 from higgs_train.checkpoint.preflight import refuse_overlap
@@ -15,7 +17,9 @@ from higgs_train.errors import CheckpointError, ConfigError, HiggsTrainError
 from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, save_processor
 
 
-def merge_adapter(model: str, adapter: str, output: str | Path, max_shard_size: str = "2GB") -> float:
+def merge_adapter(
+    model: str, adapter: str, output: str | Path, max_shard_size: str = "2GB", say: Callable[[str], None] = print
+) -> float:
     """Merge, save (sharded safetensors + processor + audio tokenizer) into a hidden folder beside OUTPUT, reload
     it and compare its logits with base + adapter on a fixed input, then rename it to OUTPUT. A failure at any
     point (a full or read-only disk, a mismatch) leaves no OUTPUT folder that looks usable.
@@ -35,6 +39,8 @@ def merge_adapter(model: str, adapter: str, output: str | Path, max_shard_size: 
     if output.exists():
         raise ConfigError(f"--output {output} already exists; choose a new folder (a merge never overwrites one)")
     with RunLock(output.parent, "merge", flag="--output", name=f".{output.name}.lock"):
+        for leftover in layout.remove_leftovers(output):
+            say(f"removed {leftover.name}: left by an interrupted merge")
         with_adapter, processor = load_with_adapter(model, adapter)
         with_adapter = with_adapter.float().cpu()
         probe = _probe(with_adapter.config)
@@ -51,6 +57,7 @@ def merge_adapter(model: str, adapter: str, output: str | Path, max_shard_size: 
             tolerance = 1e-4 * max(1.0, expected.abs().max().item())
             if diff > tolerance:
                 raise CheckpointError(f"merged model differs from base + adapter by {diff:.2e} (> {tolerance:.1e})")
+            faults.failpoint("before_publish")
             os.rename(tmp, output)
         except HiggsTrainError:
             raise

@@ -195,3 +195,24 @@ def test_the_converted_generation_config_is_transformers_converters(converted, t
     assert saved["ras_win_len"] == 7 and saved["ras_win_max_num_repeat"] == 2
     assert (saved["bos_token_id"], saved["eos_token_id"]) == (1, eot_id)
     assert load_lm(str(converted)).generation_config.ras_win_len == 7  # what generate, samples and scores sample with
+
+
+@pytest.mark.slow
+def test_a_killed_convert_leaves_nothing_after_the_next_run(original, tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    from higgs_train.faults import ENV
+
+    out = tmp_path / "hf"
+    config = tiny_model / "audio_tokenizer" / "config.json"
+    args = ["convert", str(original), str(out), "--tokenizer_config", str(config)]
+    env = {**os.environ, ENV: "before_publish"}  # a real SIGKILL once everything is written, before the rename
+    killed = subprocess.run([sys.executable, "-m", "higgs_train", *args], env=env, capture_output=True, timeout=300)
+    assert killed.returncode == -9
+    (leftover,) = tmp_path.glob(".hf.tmp-*")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"removed {leftover.name}: left by an interrupted convert" in result.output
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert load_lm(str(out)) is not None

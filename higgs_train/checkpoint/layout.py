@@ -63,5 +63,17 @@ def tmp_sibling(path: Path, tag: str | None = None) -> Path:
     return path.parent / f".{path.name}{TMP_MARK}{tag or secrets.token_hex(4)}"
 
 
+def remove_leftovers(path: Path) -> list[Path]:
+    """Remove what killed writers of `path` left beside it (every `tmp_sibling(path)`); the caller holds the lock
+    that makes it the only writer. Returns what was removed."""
+    import shutil
+
+    path = Path(path)
+    found = sorted(path.parent.glob(f".{path.name}{TMP_MARK}*")) if path.parent.is_dir() else []
+    for leftover in found:
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+    return found
+
+
 def is_tmp(name: str) -> bool:
     return name.startswith(PREFIX) and TMP_MARK in name

@@ -104,6 +104,9 @@ def remember(output_dir: str | Path, key: str, memo: Remembered) -> None:
 
     root = Path(output_dir) / MEMO_SUBDIR
     final = root / key
+    if root.is_dir():  # what a killed writer left (the run folder's lock makes this the only writer)
+        for leftover in root.glob(".*"):
+            shutil.rmtree(leftover, ignore_errors=True)
     tmp = tmp_sibling(final)
     try:
         tmp.mkdir(parents=True)

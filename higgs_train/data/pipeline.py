@@ -218,6 +218,8 @@ def _build(cfg, processor, num_codebooks, say, progress, should_stop, max_positi
     audio_fingerprint = tokenizer_fingerprint(processor.audio_tokenizer)
     key = memo_key(cfg, limits(cfg, processor, max_positions), layout_fingerprint(layout), audio_fingerprint)
     recalled = _recall(cfg, key, tokens, audio_fingerprint, layout, say) if key else None
+    if share.rank == 0:  # nobody writes before the barrier below: a killed writer's leftovers can go
+        tokens.clean()
     if all(p["hit"] for p in share.gather("memo", {"hit": recalled is not None}, should_stop)):
         return recalled
     data, memo = _prepare_all(cfg, processor, layout, tokens, say, progress, should_stop, max_positions, share)

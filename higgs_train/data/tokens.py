@@ -87,6 +87,11 @@ class RowTokens:
         self._tables.append(table)
         self._paths.add(path)
 
+    def clean(self) -> None:
+        """Remove the shards a killed process left half-written (call before any process of the launch writes)."""
+        for leftover in self.root.glob(".shard-*.writing") if self.root.is_dir() else []:
+            leftover.unlink(missing_ok=True)
+
     def _index(self) -> None:
         order = np.argsort(self._all_keys, kind="stable")
         self._keys, self._handles = self._all_keys[order], order.astype(np.int64)
