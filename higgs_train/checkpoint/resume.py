@@ -143,6 +143,8 @@ def load_checkpoint(path: str | Path, rank: int = 0) -> LoadedCheckpoint:
     path = Path(path)
     try:
         state = read_trainer_state(path)
+        if bad := TrainingProgress.problems(state["progress"]):  # checked again: the file may change after verify
+            raise ValueError("; ".join(bad[:3]))
         adapter = load_file(str(path / layout.ADAPTER_WEIGHTS))
         full = state["kind"] == layout.KIND_FULL
 

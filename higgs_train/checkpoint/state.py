@@ -26,6 +26,22 @@ class TrainingProgress:
         return asdict(self)
 
     @classmethod
+    def problems(cls, data: object) -> list[str]:
+        """What makes a saved progress unusable: a field of the wrong type, or a counter below its minimum."""
+        if not isinstance(data, dict):
+            return ["progress is not an object"]
+        out = []
+        for name, f in cls.__dataclass_fields__.items():
+            if name not in data:
+                continue  # older checkpoints lack the newer fields: their defaults apply
+            value, kind = data[name], type(f.default)
+            if type(value) is not kind:  # bool is not an int here, nor "5" a number
+                out.append(f"progress.{name} is {value!r}, not {'an integer' if kind is int else 'a string'}")
+            elif kind is int and value < (1 if name == "world_size" else 0):
+                out.append(f"progress.{name} is {value}, below {1 if name == 'world_size' else 0}")
+        return out
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingProgress:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 

@@ -71,13 +71,23 @@ def _files_intact(path: Path, files: dict[str, dict], result: VerifyResult) -> b
     for name in required:
         if name not in files:
             result.problems.append(f"{name} is not listed in {layout.INTEGRITY}")
-    present = {p.name for p in path.iterdir()}
-    for name in sorted(present - set(files) - {layout.INTEGRITY}):
-        result.problems.append(f"unexpected file {name} (not written by the save)")
+    entries = list(path.iterdir())
+    odd = [p.name for p in entries if p.is_symlink() or not p.is_file()]
+    if odd:  # never followed: a link could point anywhere, a folder or device is nothing a save writes
+        result.problems.append(f"{_some(odd)} not a regular file (a link, folder or device): refused")
+    present = {p.name for p in entries} - set(odd)
+    unexpected = sorted(present - set(files) - {layout.INTEGRITY})
+    if unexpected:
+        result.problems.append(f"unexpected {_some(unexpected)} (not written by the save)")
     for name, meta in files.items():
         file = path / name
-        if name not in present:
-            result.problems.append(f"{name} is missing")
+        if name in odd:
+            continue
+        if name not in present or "/" in name or name in (".", ".."):
+            result.problems.append(f"{name[:80]} is missing")
+            continue
+        if not isinstance(meta, dict) or not isinstance(meta.get("size"), int):
+            result.problems.append(f"{layout.INTEGRITY}: the entry of {name} is malformed")
             continue
         size = file.stat().st_size
         result.total_bytes += size
@@ -86,6 +96,39 @@ def _files_intact(path: Path, files: dict[str, dict], result: VerifyResult) -> b
         elif sha256_file(file) != meta["sha256"]:
             result.problems.append(f"{name} sha256 mismatch (corrupted)")
     return result.ok
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    """A few names of a list, and how many in all: a message stays one short line however many there are."""
+    head = ", ".join(n[:80] for n in names[:shown])
+    return f"file {head}" if len(names) == 1 else f"{len(names)} files ({head}{', ...' if len(names) > shown else ''})"
+
+
+def _check_adapter_config(path: Path, tensors: dict[str, torch.Tensor], result: VerifyResult) -> None:
+    """adapter_config.json must describe the tensors beside it: the rank of every LoRA pair and the modules."""
+    import re
+
+    try:
+        config = json.loads((path / layout.ADAPTER_CONFIG).read_text())
+        r, targets = config["r"], config.get("target_modules")
+        pattern = config.get("rank_pattern") or {}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        result.problems.append(f"{layout.ADAPTER_CONFIG} unreadable ({type(e).__name__})")
+        return
+    for name, t in tensors.items():
+        m = re.search(r"^(.*)\.lora_([AB])(?:\.[^.]+)?\.weight$", name)
+        if not m:
+            continue
+        module, ab = m[1], m[2]
+        rank = t.shape[0] if ab == "A" else t.shape[-1]
+        want = next((v for k, v in pattern.items() if re.search(k, module)), r)
+        if rank != want:
+            result.problems.append(f"{layout.ADAPTER_CONFIG} says r={want} but {name} has rank {rank}: tampered")
+            return
+        leaf = module.rsplit(".", 1)[-1]
+        if isinstance(targets, list) and leaf not in targets:
+            result.problems.append(f"{layout.ADAPTER_CONFIG} target_modules {targets} do not include {leaf}: tampered")
+            return
 
 
 def _check_adapter(path: Path, expected: dict[str, torch.Tensor] | None, result: VerifyResult) -> None:
@@ -100,6 +143,7 @@ def _check_adapter(path: Path, expected: dict[str, torch.Tensor] | None, result:
     if not tensors:
         result.problems.append(f"{layout.ADAPTER_WEIGHTS} holds 0 tensors: an empty adapter is never valid")
         return
+    _check_adapter_config(path, tensors, result)
     bad = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
     if bad:
         result.problems.append(f"{len(bad)} adapter tensors hold NaN or Inf, first {bad[0]}")
@@ -125,6 +169,11 @@ def _check_trainer_state(path: Path, result: VerifyResult) -> None:
         step = state["progress"]["step"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         result.problems.append(f"{layout.TRAINER_STATE} unreadable ({type(e).__name__})")
+        return
+    from higgs_train.checkpoint.state import TrainingProgress
+
+    if bad := TrainingProgress.problems(state["progress"]):
+        result.problems.append(f"{layout.TRAINER_STATE}: {'; '.join(bad[:3])}")
         return
     if result.step is not None and step != result.step:
         result.problems.append(f"{layout.TRAINER_STATE} says step {step} but the folder is step {result.step}")

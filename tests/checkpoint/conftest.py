@@ -8,7 +8,9 @@ def make_snapshot(step: int, seed: int = 0, adapter=None) -> Snapshot:
     gen = torch.Generator().manual_seed(seed)
     if adapter is None:
         adapter = {
-            f"base_model.model.model.layers.{i}.self_attn.q_proj.lora_{ab}.weight": torch.randn(4, 16, generator=gen)
+            f"base_model.model.model.layers.{i}.self_attn.q_proj.lora_{ab}.weight": torch.randn(
+                *((4, 16) if ab == "A" else (16, 4)), generator=gen
+            )  # A: (r, in), B: (out, r)
             for i in range(2)
             for ab in "AB"
         }

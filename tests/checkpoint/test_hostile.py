@@ -168,3 +168,66 @@ def test_resume_with_a_longer_max_steps_and_a_new_lr_runs_the_new_schedule(synth
 
     expected = 2e-3 * 0.5 * (1 + math.cos(math.pi * 4 / 8))
     assert _lrs(run)[5] == pytest.approx(expected)  # not lr 0, not the old peak
+
+
+def _rewrite(path, name: str, data: bytes) -> None:
+    """Tamper with a file and with integrity.json, as a careful tamperer would: the hashes agree again."""
+    (path / name).write_bytes(data)
+    integrity = json.loads((path / "integrity.json").read_text())
+    integrity["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (path / "integrity.json").write_text(json.dumps(integrity))
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"r": 8}, "adapter_config.json says r=8 but "),
+        ({"target_modules": ["k_proj"]}, "adapter_config.json target_modules ['k_proj'] do not include q_proj"),
+    ],
+)
+def test_an_adapter_config_that_does_not_fit_its_tensors_is_invalid(tmp_path, snapshot_factory, change, says):
+    path = save_checkpoint(tmp_path, snapshot_factory(2)).path
+    config = json.loads((path / "adapter_config.json").read_text())
+    _rewrite(path, "adapter_config.json", json.dumps({**config, **change}).encode())
+    result = verify_checkpoint(path)
+    assert not result.ok and says in result.summary() and "tampered" in result.summary()
+
+
+def test_a_link_inside_a_checkpoint_is_never_followed(tmp_path, snapshot_factory):
+    path = save_checkpoint(tmp_path / "run", snapshot_factory(2)).path
+    outside = tmp_path / "elsewhere.json"
+    outside.write_bytes((path / "adapter_config.json").read_bytes())
+    (path / "adapter_config.json").unlink()
+    (path / "adapter_config.json").symlink_to(outside)  # the same bytes: only the link is wrong
+    result = verify_checkpoint(path)
+    assert (
+        not result.ok and "file adapter_config.json not a regular file (a link, folder or device)" in result.summary()
+    )
+
+
+@pytest.mark.parametrize(
+    "field, value, says",
+    [
+        ("micro_batches", -5, "progress.micro_batches is -5, below 0"),
+        ("samples_seen", -100, "progress.samples_seen is -100, below 0"),
+        ("micro_batches", "x", "progress.micro_batches is 'x', not an integer"),
+        ("world_size", 0, "progress.world_size is 0, below 1"),
+    ],
+)
+def test_every_progress_field_is_type_and_range_checked(tmp_path, snapshot_factory, field, value, says):
+    path = save_checkpoint(tmp_path, snapshot_factory(2)).path
+    state = json.loads((path / "trainer_state.json").read_text())
+    state["progress"][field] = value
+    _rewrite(path, "trainer_state.json", json.dumps(state).encode())
+    result = verify_checkpoint(path)
+    assert not result.ok and says in result.summary()
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_thousands_of_junk_files_make_one_short_line(tmp_path, snapshot_factory):
+    path = save_checkpoint(tmp_path, snapshot_factory(2)).path
+    for i in range(5000):
+        (path / f"junk-{i}").write_bytes(b"")
+    summary = verify_checkpoint(path).summary()
+    assert "unexpected 5000 files (junk-0, junk-1, junk-10, ...)" in summary and len(summary) < 400
