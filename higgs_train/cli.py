@@ -98,7 +98,10 @@ def plan_command(ctx: typer.Context, config: str | None = None, **flags) -> None
     from higgs_train.plan import plan_for, plan_lines
 
     cfg = settings.build_config(flags, config, require_data=False)
-    show("\n".join(plan_lines(plan_for(cfg), cfg.batch_size, cfg.gradient_checkpointing)))
+    batch = (
+        1 if cfg.batch_size == settings.AUTO else cfg.batch_size
+    )  # auto: what one row needs, and the largest that fits
+    show("\n".join(plan_lines(plan_for(cfg), batch, cfg.gradient_checkpointing)))
 
 
 @command("init-tiny", settings.TinySettings)

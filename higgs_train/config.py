@@ -24,7 +24,7 @@ DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 MIXED_PRECISION = ("no", "bf16", "fp16")
 RESUME_MODES = ("auto", "never")
 LABEL_AUDIO = ("last", "all")
-AUTO = 0  # --batch_size auto, until the run resolves it (train.setup)
+AUTO = "auto"  # --batch_size auto, until the run resolves it (train.setup); never a number, so 0 is refused
 ON_SAVE_ERROR = ("stop", "continue")
 ON_BAD_SAMPLE = ("error", "skip")
 ON_DATA_CHANGE = ("error", "restart_epoch", "continue")  # data/rows.py
@@ -311,8 +311,12 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         problems.append("--train_manifest is required: the JSONL manifest of clips to train on")
     if require_data and not cfg.output_dir:
         problems.append("--output_dir is required: the folder for checkpoints and logs")
-    if cfg.batch_size < 0:
+    if cfg.batch_size != AUTO and cfg.batch_size < 1:
         problems.append(f"--batch_size must be at least 1 or auto, got {cfg.batch_size}")
+    if not cfg.stop_save_s >= 0:
+        problems.append(f"--stop_save_s must be 0 (wait for the full save) or more seconds, got {cfg.stop_save_s}")
+    if cfg.dist_timeout_s < 1:
+        problems.append(f"--dist_timeout_s must be at least 1 second, got {cfg.dist_timeout_s}")
     positive = (
         "lora_r",
         "lora_alpha",

@@ -191,7 +191,7 @@ def resolve_auto_batch(cfg, model, data, accelerator, resume_path, say):
     from higgs_train.loss import audio_loss_sum
 
     saved = read_trainer_state(resume_path)["config"] if resume_path is not None else {}
-    if saved.get("batch_size", AUTO) != AUTO:
+    if saved.get("batch_size") not in (AUTO, 0, None):  # 0: how versions before 2026-12-01 wrote auto
         say(f"--batch_size auto: the checkpoint's batch {saved['batch_size']} x --grad_accum {saved['grad_accum']}")
         return replace(cfg, batch_size=saved["batch_size"], grad_accum=saved["grad_accum"])
     longest = data.train[int(data.train.lengths.argmax())]

@@ -43,3 +43,36 @@ def test_resume_must_be_a_mode_or_a_folder(tmp_path):
         build_config({"train_manifest": "m.jsonl", "output_dir": "o", "resume": "autoo"})
     assert str(e.value) == "--resume 'autoo' is neither auto nor never nor a checkpoint folder; pass one of them"
     assert build_config({"train_manifest": "m.jsonl", "output_dir": "o", "resume": str(tmp_path)}).resume
+
+
+@pytest.mark.parametrize(
+    "flag, value, says",
+    [
+        ("batch_size", 0, "--batch_size must be at least 1 or auto, got 0"),  # 0 never means auto
+        ("stop_save_s", -1, "--stop_save_s must be 0 (wait for the full save) or more seconds, got -1"),
+        ("dist_timeout_s", 0, "--dist_timeout_s must be at least 1 second, got 0"),
+    ],
+)
+def test_values_out_of_range_are_refused(flag, value, says):
+    with pytest.raises(ConfigError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        build_config({"train_manifest": "m.jsonl", "output_dir": "o", flag: value})
+
+
+def test_batch_size_auto_is_a_word_not_a_number():
+    from higgs_train.config import AUTO
+
+    assert build_config({"train_manifest": "m.jsonl", "output_dir": "o", "batch_size": "auto"}).batch_size == AUTO
+    assert AUTO == "auto"
+
+
+def test_deepspeeds_cpu_fallback_note_is_not_printed():
+    import logging
+
+    import higgs_train  # noqa: F401 - installs the filter
+
+    note = logging.LogRecord(
+        "DeepSpeed", logging.WARNING, "x", 1, "Setting accelerator to CPU. If you have", None, None
+    )
+    other = logging.LogRecord("DeepSpeed", logging.WARNING, "x", 1, "something else", None, None)
+    logger = logging.getLogger("DeepSpeed")
+    assert not logger.filter(note) and logger.filter(other)

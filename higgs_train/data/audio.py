@@ -57,6 +57,10 @@ def _missing(path: str, prefix: str) -> AudioError:
             f"{prefix}audio file {path} is a broken or looping symbolic link; point it at a real file",
             "missing audio",
         )
+    if os.path.isdir(path):
+        return AudioError(
+            f"{prefix}{path} is a folder, not an audio file; fix the path in the manifest", "missing audio"
+        )
     return AudioError(f"{prefix}audio file {path} not found; fix the path in the manifest", "missing audio")
 
 

@@ -44,6 +44,7 @@ class Clip:
     codes: np.ndarray
     seconds: float
     rms_db: float | None = None
+    peak: float | None = None  # the largest absolute sample (1.0 is full scale), None in older caches
 
 
 def tokenizer_fingerprint(audio_tokenizer) -> str:
@@ -118,6 +119,7 @@ class CodeCache:
                 "codebooks": pa.array([c.shape[0] for c in codes], pa.int16()),
                 "seconds": pa.array([entries[k].seconds for k in keys], pa.float64()),
                 "rms_db": pa.array([entries[k].rms_db for k in keys], pa.float64()),
+                "peak": pa.array([entries[k].peak for k in keys], pa.float64()),
             }
         )
         name = f"shard-{time.time_ns()}-{os.getpid()}"
@@ -154,11 +156,12 @@ def _read_shard(path: Path, keys: set[str]) -> dict[str, Clip]:
     values = column.values.to_numpy(zero_copy_only=True) if column is not None else None
     offsets = column.offsets.to_numpy() if column is not None else None
     books, seconds, rms = (table.column(c).to_pylist() for c in ("codebooks", "seconds", "rms_db"))
+    peaks = table.column("peak").to_pylist() if "peak" in table.column_names else [None] * table.num_rows
     found = {}
     for i, key in enumerate(table.column("key").to_pylist()):
         if key in keys:
             codes = values[offsets[i] : offsets[i + 1]].reshape(books[i], -1)
-            found[key] = Clip(codes, seconds[i], rms[i])
+            found[key] = Clip(codes, seconds[i], rms[i], peaks[i])
     return found
 
 
@@ -384,4 +387,4 @@ def _encode(audio_tokenizer, wave: torch.Tensor, rate: int, device) -> Clip:
             f"the {len(wave) / rate:.3f}s clip encodes to 0 frames; use a longer clip", "unencodable audio"
         )
     rms_db = float(20 * torch.log10(wave.pow(2).mean().sqrt().clamp_min(1e-9)))
-    return Clip(codes.to(torch.int16).cpu().numpy(), len(wave) / rate, rms_db)
+    return Clip(codes.to(torch.int16).cpu().numpy(), len(wave) / rate, rms_db, float(wave.abs().max()))

@@ -170,6 +170,9 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[Row]:
                 f"{name}:{line_no}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object"
             )
             yield f"{name}:{line_no}", ManifestError(message, "invalid JSON"), base
+        except RecursionError:
+            message = f"{name}:{line_no}: the row nests too deeply to read; a row is one flat JSON object"
+            yield f"{name}:{line_no}", ManifestError(message, "invalid JSON"), base
 
 
 def _json_array_rows(path: Path, text: str) -> Iterator[Row]:
@@ -177,6 +180,10 @@ def _json_array_rows(path: Path, text: str) -> Iterator[Row]:
         rows = json.loads(text)
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})", "invalid JSON") from e
+    except RecursionError as e:
+        raise ManifestError(
+            f"{path}: nests too deeply to read; give an array of flat row objects", "invalid JSON"
+        ) from e
     if not isinstance(rows, list):
         raise ManifestError(f"{path}: a .json manifest must be an array of row objects", "invalid JSON")
     for i, row in enumerate(rows):  # rows of a pretty-printed array span many lines: name the index

@@ -228,6 +228,7 @@ def dataset_stats(samples: list[Sample], clips) -> dict:
     chars = np.array([len(s.target_text) for s in samples])
     rate = chars / np.maximum(seconds, 1e-6)
     levels = np.array([c for s in samples if (c := clips[s.target_audio].rms_db) is not None])
+    peaks = [c.peak for p in dict.fromkeys(x for s in samples for x in s.audio_paths) if (c := clips[p]).peak]
     speakers = collections.Counter(s.speaker or "(none)" for s in samples)
     languages = {}
     for code in sorted({s.language or "(none)" for s in samples}):
@@ -258,6 +259,7 @@ def dataset_stats(samples: list[Sample], clips) -> dict:
             "median": round(float(np.median(rate)), 2),
             "q3": round(float(np.percentile(rate, 75)), 2),
         },
+        "over_full_scale": {"clips": sum(p > 1.0 for p in peaks), "peak": round(max(peaks, default=0.0), 2)},
         "rms_dbfs": (
             {
                 "min": round(float(levels.min()), 1),
@@ -289,6 +291,12 @@ def stats_lines(stats: dict) -> list[str]:
                 f"{c} {v['hours']:.3f} h, {v['clips']} clips, {v['chars_per_second']} chars/s"
                 for c, v in languages.items()
             )
+        )
+    over = stats.get("over_full_scale") or {}
+    if over.get("clips"):
+        lines.append(
+            f"  warning: {over['clips']} clip(s) have samples beyond full scale (peak {over['peak']}, full scale "
+            "1.0): the codec hears them clipped; normalise them (higgs-train prep does) or check the files"
         )
     if stats.get("rms_dbfs"):
         lv = stats["rms_dbfs"]

@@ -235,3 +235,34 @@ def test_resume_by_weights_not_by_path(synth_manifest, tmp_path, monkeypatch):
     assert "was trained on other base weights" in result.output and "pass the base model it was trained on" in (
         result.output
     )
+
+
+def test_a_row_nested_100000_levels_deep_is_a_bad_row_not_a_traceback(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"audio": "a.wav", "text": "hi"}\n' + '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    problems = []
+    assert len(load_manifest(path, problems)) == 1
+    (problem,) = problems
+    assert problem.where == f"{path}:2" and "the row nests too deeply to read" in problem.message
+
+
+def test_a_folder_named_like_a_clip_is_said_to_be_a_folder(base, tmp_path):
+    (tmp_path / "x.wav").mkdir()
+    _clip(tmp_path, "a.wav")
+    manifest = _manifest(tmp_path, [{"audio": "x.wav", "text": "hello"}, {"audio": "a.wav", "text": "hello"}])
+    report = _prepare(manifest, tmp_path / "out", base).report
+    (problem,) = report.problems
+    assert f"{tmp_path / 'x.wav'} is a folder, not an audio file" in problem.message
+
+
+def test_a_float_wav_beyond_full_scale_is_warned_about(base, tmp_path):
+    from higgs_train.data.prepare import stats_lines
+
+    _clip(tmp_path, "a.wav")
+    wave, rate = sf.read(tmp_path / "a.wav", dtype="float32")
+    sf.write(tmp_path / "loud.wav", wave / np.abs(wave).max() * 50, rate, subtype="FLOAT")  # peaks at 50
+    manifest = _manifest(tmp_path, [{"audio": "a.wav", "text": "hello"}, {"audio": "loud.wav", "text": "hello"}])
+    for _ in range(2):  # encoded, then read back from the cache: the peak is kept with the codes
+        stats = _prepare(manifest, tmp_path / "out", base).report.stats
+        assert stats["over_full_scale"] == {"clips": 1, "peak": 50.0}
+        assert any("warning: 1 clip(s) have samples beyond full scale (peak 50.0" in x for x in stats_lines(stats))
