@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from higgs_train import faults
+from higgs_train import dual_ffn, faults
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.hook import CheckpointHook, enforce_save_policy
 from higgs_train.checkpoint.io import atomic_write_text, read_pointer
@@ -279,6 +279,7 @@ def _model(cfg: TrainConfig, accelerator, processor, resume_path: Path | None, s
             cfg.model, cfg.mixed_precision, cfg.attn_implementation, cfg.text_loss_weight > 0, cfg.model_revision
         )
     check_pair(lm, processor, cfg.model)
+    dual_ffn.install(lm, say)  # bitwise the native layer, without its host sync per layer
     fingerprint = weights_fingerprint(lm)  # what the adapter is trained on, whatever path or hub id named it
     check_same_settings(accelerator, {"base model weights": fingerprint}, "base models")
     torch.manual_seed(cfg.seed)
@@ -315,18 +316,9 @@ def step(run: Run) -> StepStats | None:
     batches = [next_batch(run.plan, run.progress, run.data.train, run.data.layout) for _ in range(run.cfg.grad_accum)]
     data_s = time.perf_counter() - t0
     lr = run.scheduler.get_last_lr()[0]  # the rate this step uses
+    parts = (run.model, run.optimizer, run.scheduler, run.accelerator)
     try:
-        out = optimizer_step(
-            run.model,
-            run.optimizer,
-            run.scheduler,
-            run.accelerator,
-            batches,
-            run.cfg,
-            run.codebook_size,
-            run.text_loss,
-            run.stop,
-        )
+        out = optimizer_step(*parts, batches, run.cfg, run.codebook_size, run.text_loss, run.stop)
     except NonFinite as e:
         latest = read_pointer(Path(run.cfg.output_dir), layout.LATEST)
         last_good = str(Path(run.cfg.output_dir) / latest) if latest else None
