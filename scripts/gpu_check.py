@@ -4,7 +4,8 @@
    checkpointing, each beside the plain baseline in the same run: tokens/s, MFU, step time, peak memory, data wait
    and the checkpoint stall share at --save_steps 50;
 2. the memory plan's estimate against each measured peak (torch.cuda.max_memory_allocated);
-3. a 30-step CLI run of a released-shape random model (`higgs-train init-tiny DIR --full_shape`) with
+3. the sync-free DualFFN against transformers' layer (scripts/bench_dual_ffn.py: one training step, A B B A);
+4. a 30-step CLI run of a released-shape random model (`higgs-train init-tiny DIR --full_shape`) with
    --save_steps 10, SIGKILLed right after checkpoint-20 is published, resumed by rerunning the same command, and
    `verify` of every checkpoint.
 
@@ -123,6 +124,11 @@ def main() -> None:
         "transformers": transformers.__version__,
         "smoke": args.cpu_smoke,
         "bench": bench(args.cpu_smoke),
+        "dual_ffn": run_json(  # the sync-free DualFFN against transformers' layer, A B B A in one process
+            [sys.executable, "scripts/bench_dual_ffn.py", "--preset", "tiny" if args.cpu_smoke else "full"]
+            + (["--seq_len", "64", "--rounds", "1"] if args.cpu_smoke else ["--seq_len", "2048", "--batch_size", "2"]),
+            300,
+        ),
     }
     with tempfile.TemporaryDirectory() as tmp:
         report["cli_run"] = cli_run(args.cpu_smoke, Path(tmp))

@@ -28,6 +28,7 @@ def test_gpu_check_cpu_smoke(tmp_path):
         assert row["gradient_checkpointing"] is gc and row["tokens_per_s"] > 0 and row["baseline_tokens_per_s"] > 0
         assert {"mfu", "step_s", "peak_memory_gb", "data_wait_share", "checkpoint_stall_share"} <= set(row)
         assert {"planned_gib", "measured_gib", "plan_over_measured"} == set(row["plan"])
+    assert report["dual_ffn"]["layers_installed"] == 2 and report["dual_ffn"]["speedup_cpu"] > 0
     run = report["cli_run"]
     assert run["killed_by_sigkill"] and run["resumed_exit"] == 0 and run["resumed_at_20"]
     assert run["checkpoints_valid"] == {"10": True, "20": True, "30": True}
