@@ -93,13 +93,3 @@ def sample_now(cfg: TrainConfig, model, processor, step: int, metrics, say) -> N
         say(f"sample: {path} ({len(speech.wave) / speech.sample_rate:.2f}s)")
     except Exception as e:  # a sample is a convenience: report it, keep training
         say(f"warning: sample at step {step} failed ({type(e).__name__}: {e}); training goes on")
-
-
-def refresh_report(run_dir, say) -> None:
-    """Rewrite RUN/report.html after a score or sample; a failure is logged and training goes on."""
-    from higgs_train.report import write_report
-
-    try:
-        write_report(run_dir)
-    except Exception as e:  # the report is a view of the run folder: it never stops training
-        say(f"warning: report.html not updated ({type(e).__name__}: {e}); training goes on")

@@ -23,6 +23,16 @@ def training_panels(rows: list[dict]) -> dict[str, list[tuple[float, float | Non
     return {title: [(r["step"], r.get(key)) for r in rows] for key, title in titles.items()}
 
 
+def score_panels(rows: list) -> dict[str, list[tuple[float, float | None]]]:
+    """The headline error rate (WER, or CER for scripts without spaces), similarity, duration ratio and trailing
+    share against the step."""
+    error = "/".join(dict.fromkeys(r.headline_name for r in rows)) or "WER"
+    panels = {f"{error} (headline error)": [(r.step, r.headline) for r in rows]}
+    titles = {"similarity": "speaker similarity", "duration_ratio": "duration ratio"}
+    titles["trailing_share"] = "trailing non-speech share"
+    return panels | {title: [(r.step, getattr(r, key)) for r in rows] for key, title in titles.items()}
+
+
 def plot_panels(panels: dict[str, list[tuple[float, float | None]]], out, title: str | None = None):
     """Four (title -> [(step, value)]) panels in a 2x2 PNG written to `out` (a path or a binary file); None values
     are left out, an empty panel says so."""

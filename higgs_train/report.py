@@ -24,6 +24,14 @@ REPORT_HTML = "report.html"
 REPORT_FILES = "report_files"  # copies of the reference clips the page plays
 
 
+def refresh_report(run_dir, say) -> None:
+    """Rewrite RUN/report.html after a score or sample; a failure is logged and training goes on."""
+    try:
+        write_report(run_dir)
+    except Exception as e:  # the report is a view of the run folder: it never stops training
+        say(f"warning: report.html not updated ({type(e).__name__}: {e}); training goes on")
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN/report.html (atomically) from what the run folder holds now.
 
@@ -121,8 +129,7 @@ def _png(panels: dict, title: str) -> str:
 
 
 def _curves_section(rows: list[dict], scores) -> str:
-    from higgs_train.plot import training_panels
-    from higgs_train.scoring.run import score_panels
+    from higgs_train.plot import score_panels, training_panels
 
     if not rows:
         return _section("curves", "Curves", "<p>Nothing logged yet.</p>")

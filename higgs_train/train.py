@@ -48,7 +48,7 @@ from higgs_train.distributed import (
 from higgs_train.errors import Interrupted, PeerError
 from higgs_train.health import Collapse, NonFinite, check_finite, diverged
 from higgs_train.identity import weights_fingerprint
-from higgs_train.listening import make_scorer, refresh_report, sample_now, score_now
+from higgs_train.listening import make_scorer, sample_now, score_now
 from higgs_train.loss import TextLoss, audio_loss_sum, evaluate, window_scale
 from higgs_train.metrics import MetricsLog
 from higgs_train.model import (
@@ -64,6 +64,7 @@ from higgs_train.model import (
 )
 from higgs_train.plan import resolve_auto_batch
 from higgs_train.progress import progress_bar
+from higgs_train.report import refresh_report
 from higgs_train.schedule import WarmupCosine
 from higgs_train.sharded import backward, check_supported, configure_deepspeed, whole_models
 from higgs_train.sharded import describe as describe_sharding

@@ -11,7 +11,7 @@ from higgs_train.checkpoint.resume import list_checkpoints, load_adapter_weights
 from higgs_train.config import DEFAULT_ASR_MODEL, SELECT_BEST_BY, ScoreSettings
 from higgs_train.data.prepare import DEFAULT_CHARS_PER_SECOND, REPORT_FILE
 from higgs_train.errors import CheckpointError, ConfigError
-from higgs_train.listening import refresh_report
+from higgs_train.report import refresh_report
 from higgs_train.scoring.best import ScoreRow
 from higgs_train.scoring.score import (
     Scorer,
@@ -119,19 +119,9 @@ def _eval_losses(run_dir: Path) -> dict[int, float]:
 
 def plot_scores(run_dir: str | Path) -> Path:
     """scores.png: WER, similarity, duration ratio and trailing share against the step."""
-    from higgs_train.plot import plot_panels
+    from higgs_train.plot import plot_panels, score_panels
 
     return plot_panels(score_panels(read_scores(run_dir)), Path(run_dir) / "scores.png")
-
-
-def score_panels(rows: list[ScoreRow]) -> dict[str, list[tuple[float, float | None]]]:
-    """The headline error rate (WER, or CER for scripts without spaces), similarity, duration ratio and trailing
-    share against the step."""
-    error = "/".join(dict.fromkeys(r.headline_name for r in rows)) or "WER"
-    panels = {f"{error} (headline error)": [(r.step, r.headline) for r in rows]}
-    titles = {"similarity": "speaker similarity", "duration_ratio": "duration ratio"}
-    titles["trailing_share"] = "trailing non-speech share"
-    return panels | {title: [(r.step, getattr(r, key)) for r in rows] for key, title in titles.items()}
 
 
 def score_table(rows: list[ScoreRow], best: ScoreRow | None):
