@@ -140,6 +140,14 @@ def check_replicas(digests: list[str], step: int) -> None:
         )
 
 
+def main_only(accelerator, fn, *args, **kwargs) -> Any:
+    """Run `fn` on rank 0 alone and return its value there (None on the other ranks, which never see it: an
+    object that holds a lock, a tracker or a model stays where it was made); its error is raised on every rank."""
+    box = []
+    on_main(accelerator, lambda: box.append(fn(*args, **kwargs)))
+    return box[0] if box else None
+
+
 def on_main(accelerator, fn, *args, **kwargs) -> Any:
     """Run `fn` on rank 0 and give every rank its value, or raise its error on every rank (so no rank is left
     waiting at a collective for a writer that failed)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from higgs_train.checkpoint.state import capture_rng, restore_rng
 from higgs_train.config import TrainConfig
-from higgs_train.distributed import on_main
+from higgs_train.distributed import main_only
 
 
 def make_scorer(cfg: TrainConfig, accelerator, processor, data):
@@ -17,27 +17,25 @@ def make_scorer(cfg: TrainConfig, accelerator, processor, data):
     from higgs_train.language import parse_languages
     from higgs_train.scoring.score import Scorer, items_from_samples
 
-    box = {}
-
-    def make() -> None:
+    def make() -> tuple:
         columns, languages = Columns(cfg.text_column, cfg.audio_column), parse_languages(cfg.language)
         if cfg.score_manifest:
             samples = load_manifest(cfg.score_manifest, columns=columns, languages=languages)
         else:
             samples = data.eval_samples
-        box["items"] = items_from_samples(samples, cfg.score_samples)
-        box["scorer"] = Scorer(
+        items = items_from_samples(samples, cfg.score_samples)
+        scorer = Scorer(
             processor,
             cfg.asr_model,
             data.chars_per_second,
             cfg.sample_max_frames,
             cfg.speaker_model,
             data.rates_by_language,
-            {item.language for item in box["items"]},
+            {item.language for item in items},
         )
+        return scorer, items
 
-    on_main(accelerator, make)  # an ASR model that fails to load stops every rank, before training
-    return (box["scorer"], box["items"]) if box else None
+    return main_only(accelerator, make)  # an ASR model that fails to load stops every rank, before training
 
 
 def score_now(cfg: TrainConfig, scorer, model, step: int, eval_loss, metrics, say) -> None:

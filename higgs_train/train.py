@@ -40,6 +40,7 @@ from higgs_train.distributed import (
     any_rank,
     check_same_settings,
     global_sum,
+    main_only,
     make_accelerator,
     on_main,
     peer_failure,
@@ -132,7 +133,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
     accelerator = make_accelerator(cfg)
     with contextlib.ExitStack() as held:
         held.callback(gc.unfreeze)  # the rows were frozen out of collections for the run (data/pipeline.py)
-        on_main(accelerator, lambda: held.enter_context(RunLock(cfg.output_dir, "training", say=log)) and None)
+        main_only(accelerator, lambda: held.enter_context(RunLock(cfg.output_dir, "training", say=log)))
         stop = held.enter_context(StopSignal(log))
         run = None
         try:
@@ -206,11 +207,8 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
         if progress.data_seed != cfg.seed:  # the checkpoint's data order wins
             plan = _plan(cfg, data, accelerator, progress.data_seed)
     move_data_position(progress, data.identity, data_change, cfg.on_data_change, plan, say)
-    metrics = {}  # a tracker that cannot start stops every rank, before training
-    on_main(
-        accelerator,
-        lambda: metrics.update(log=MetricsLog(cfg.output_dir, progress.step, cfg.report_to, say, cfg.to_dict())),
-    )
+    # on rank 0 alone; a tracker that cannot start stops every rank, before training
+    metrics = main_only(accelerator, MetricsLog, cfg.output_dir, progress.step, cfg.report_to, say, cfg.to_dict())
     if data.eval:
         say(f"eval set: {len(data.eval)} rows")
     say(f"training {len(data.train)} samples for {max_steps} steps ({plan.batches_per_epoch} batches per epoch)")
@@ -230,7 +228,7 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
         hook=CheckpointHook(cfg, accelerator, say, fingerprint),
         progress=progress,
         result=RunResult(progress, resumed_from=resume_path),
-        metrics=metrics.get("log"),
+        metrics=metrics,
         codebook_size=accelerator.unwrap_model(model).config.codebook_size,
         text_loss=text_loss,
         scorer=scorer,

@@ -299,3 +299,22 @@ def test_fsdp_version_1_is_refused_naming_the_fix(monkeypatch):
     monkeypatch.setattr(distributed, "_new_accelerator", lambda cfg, cpu, timeout: fsdp1)
     with pytest.raises(ConfigError, match=r"FSDP version 1, which higgs-train does not support; set fsdp_version: 2"):
         distributed.make_accelerator(build_config({}, require_data=False))
+
+
+def test_main_only_runs_on_rank_0_alone_and_returns_there_only():
+    from types import SimpleNamespace
+
+    from higgs_train.distributed import main_only
+
+    calls = []
+    main = SimpleNamespace(is_main_process=True, num_processes=1)
+    other = SimpleNamespace(is_main_process=False, num_processes=1)
+    lock = object()
+    assert main_only(main, lambda: calls.append(1) or lock) is lock
+    assert main_only(other, lambda: calls.append(2) or lock) is None and calls == [1]
+
+    def broken():
+        raise ValueError("no tracker")
+
+    with pytest.raises(ValueError, match="no tracker"):
+        main_only(main, broken)

@@ -340,7 +340,7 @@ def run_prepare(cfg: TrainConfig, say: Callable[[str], None], progress_bar: bool
     from higgs_train.checkpoint.lock import RunLock
     from higgs_train.checkpoint.preflight import check_output_dir, refuse_run_overlap
     from higgs_train.data.share import clean_syncs, end_share, launch_share
-    from higgs_train.distributed import make_accelerator, on_main
+    from higgs_train.distributed import main_only, make_accelerator, on_main
     from higgs_train.model import load_lm_config, load_processor, quiet_libraries
     from higgs_train.signals import StopSignal
 
@@ -356,7 +356,7 @@ def run_prepare(cfg: TrainConfig, say: Callable[[str], None], progress_bar: bool
     out = []
     with contextlib.ExitStack() as held, StopSignal(say) as stop:
         held.callback(gc.unfreeze)
-        on_main(state, lambda: held.enter_context(RunLock(cfg.output_dir, "prepare", say=say)) and None)
+        main_only(state, lambda: held.enter_context(RunLock(cfg.output_dir, "prepare", say=say)))
         share = launch_share(state, cfg.output_dir)
         if main:
             clean_syncs(Path(cfg.output_dir) / "cache", share.folder)
