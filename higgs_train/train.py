@@ -319,6 +319,7 @@ def step(run: Run) -> StepStats | None:
     try:
         out = optimizer_step(*parts, batches, run.cfg, run.codebook_size, run.text_loss, run.stop)
     except NonFinite as e:
+        run.hook.finish()  # a save of an earlier, good step still being written: the last good checkpoint
         latest = read_pointer(Path(run.cfg.output_dir), layout.LATEST)
         last_good = str(Path(run.cfg.output_dir) / latest) if latest else None
         raise diverged(e, run.progress.step + 1, lr, last_good) from None

@@ -201,6 +201,11 @@ def save_stall(model, optimizer, scheduler) -> float:
     return copy_s + timed_save(adapter, optimizer.state_dict(), scheduler.state_dict())[0]
 
 
+def _rank(adapter) -> int:
+    """The LoRA rank the adapter's tensors have (verify checks adapter_config.json against them)."""
+    return next((t.shape[0] for name, t in adapter.items() if ".lora_A" in name), 1)
+
+
 def timed_save(adapter, optimizer_state, scheduler_state, folder=None, kind: str = "full") -> tuple[float, int]:
     """(seconds, bytes) of one guarded save of this state (write, fsync, verify from disk, rename) into a temporary
     folder under `folder`. `kind`: full, fallback (the adapter-only writer alone) or stop (a stop-save: the adapter
@@ -210,7 +215,13 @@ def timed_save(adapter, optimizer_state, scheduler_state, folder=None, kind: str
 
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         snap = Snapshot(
-            TrainingProgress(step=1), adapter, {"r": 1}, {}, optimizer_state, scheduler_state, rng={0: capture_rng()}
+            TrainingProgress(step=1),
+            adapter,
+            {"r": _rank(adapter)},
+            {},
+            optimizer_state,
+            scheduler_state,
+            rng={0: capture_rng()},
         )
         start = time.perf_counter()
         if kind == "fallback":
