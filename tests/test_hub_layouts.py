@@ -75,6 +75,14 @@ def test_a_run_pins_its_commits_and_a_resume_stays_on_them(hub, synth_manifest, 
     assert again.exit_code == 0, again.output
     assert f"resumed from {run / 'checkpoint-1'}" in again.output
     assert read_json(run / "checkpoint-2" / "trainer_state.json")["config"]["model_revision"] == A
+    # generate, merge and score load a checkpoint's base at the commit its run recorded, not the moved branch
+    from higgs_train.generate import load_with_adapter
+    from higgs_train.model import load_lm
+
+    with_adapter, _ = load_with_adapter(BASE_MODEL, str(run / "checkpoint-2"))
+    at_a = load_lm(str(cache / f"models--{BASE_MODEL.replace('/', '--')}" / "snapshots" / A))
+    embed = with_adapter.get_base_model().model.embed_tokens.weight
+    assert torch.equal(embed, at_a.model.embed_tokens.weight)
     moved = runner.invoke(app, [*args[:-1], "3", "--model_revision", "main"])
     assert moved.exit_code == 3
     assert f"the repository changed since this run started: --model {BASE_MODEL} was commit {A}, now commit {B}" in (
