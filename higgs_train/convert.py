@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from higgs_train import faults, layouts
-from higgs_train.checkpoint import layout
+from higgs_train import faults, files, layouts
 from higgs_train.checkpoint.lock import RunLock
 from higgs_train.checkpoint.preflight import refuse_overlap
 from higgs_train.errors import ConfigError, HiggsTrainError, ModelError
@@ -71,14 +70,14 @@ def convert(
         raise ConfigError(f"{out} already exists; choose a new folder for the converted model")
     out.parent.mkdir(parents=True, exist_ok=True)
     with RunLock(out.parent, "convert", flag="OUTPUT", name=f".{out.name}.lock"):
-        for leftover in layout.remove_leftovers(out):
+        for leftover in files.remove_leftovers(out):
             say(f"removed {leftover.name}: left by an interrupted convert")
         _convert_into(src, out, audio_tokenizer, tokenizer_config, say)
     return out
 
 
 def _convert_into(src: Path, out: Path, audio_tokenizer, tokenizer_config, say) -> None:
-    tmp = layout.tmp_sibling(out)
+    tmp = files.tmp_sibling(out)
     try:
         if layouts.is_original_tokenizer(str(src)):
             _convert_tokenizer(src, tokenizer_config).save_pretrained(tmp)

@@ -198,7 +198,7 @@ def peer_failure(e: BaseException) -> bool:
 
 def settings_identity(cfg) -> dict[str, Any]:
     """The settings every process must share, with the manifests' content (not only their paths)."""
-    from higgs_train.checkpoint.io import sha256_file
+    from higgs_train.files import sha256_file
 
     values = {f"--{k}": v for k, v in cfg.to_dict().items()}
     for flag in ("train_manifest", "eval_manifest"):

@@ -17,9 +17,10 @@ from pathlib import Path
 import yaml
 
 from higgs_train.checkpoint import layout
-from higgs_train.checkpoint.io import read_json, read_pointer, sha256_file
+from higgs_train.checkpoint.io import read_pointer
 from higgs_train.config import ExportSettings
 from higgs_train.errors import CheckpointError, HiggsTrainError, OutputDirError
+from higgs_train.files import read_json, sha256_file
 
 CARD = "README.md"
 LICENSE = "boson-higgs-audio-2-community-license"  # the released weights' license, as the hub's license_name

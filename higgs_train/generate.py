@@ -133,8 +133,8 @@ def write_wav(speech: Speech, path: str | Path) -> Path:
     """
     import io
 
-    from higgs_train.checkpoint.io import atomic_write_bytes
     from higgs_train.errors import OutputDirError
+    from higgs_train.files import atomic_write_bytes
 
     path = Path(path)
     try:
@@ -177,7 +177,7 @@ def load_with_adapter(
 def _trained_revisions(model: str, audio_tokenizer: str | None, adapter: str) -> dict[str, str]:
     """The hub commits a checkpoint's run recorded for this --model (and audio tokenizer), by source."""
     from higgs_train.checkpoint import layout
-    from higgs_train.checkpoint.io import read_json
+    from higgs_train.files import read_json
 
     config = (read_json(Path(adapter) / layout.TRAINER_STATE) or {}).get("config") or {}
     out = {}

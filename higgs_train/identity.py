@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from higgs_train.checkpoint.io import atomic_write_text, sha256_file
+from higgs_train.files import atomic_write_text, sha256_file
 
 
 class FileDigests:

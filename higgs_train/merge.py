@@ -9,8 +9,7 @@ from pathlib import Path
 
 import torch
 
-from higgs_train import faults
-from higgs_train.checkpoint import layout
+from higgs_train import faults, files
 from higgs_train.checkpoint.lock import RunLock
 from higgs_train.checkpoint.preflight import refuse_overlap
 from higgs_train.errors import CheckpointError, ConfigError, HiggsTrainError
@@ -39,7 +38,7 @@ def merge_adapter(
     if output.exists():
         raise ConfigError(f"--output {output} already exists; choose a new folder (a merge never overwrites one)")
     with RunLock(output.parent, "merge", flag="--output", name=f".{output.name}.lock"):
-        for leftover in layout.remove_leftovers(output):
+        for leftover in files.remove_leftovers(output):
             say(f"removed {leftover.name}: left by an interrupted merge")
         with_adapter, processor = load_with_adapter(model, adapter)
         with_adapter = with_adapter.float().cpu()
@@ -47,7 +46,7 @@ def merge_adapter(
         with torch.no_grad():
             expected = with_adapter(**probe).logits
         merged = with_adapter.merge_and_unload()
-        tmp = layout.tmp_sibling(output)
+        tmp = files.tmp_sibling(output)
         try:
             merged.save_pretrained(tmp, max_shard_size=max_shard_size)
             _save_processor(processor, tmp)

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from higgs_train.checkpoint.io import atomic_write_text
 from higgs_train.config import report_to_names
 from higgs_train.errors import ConfigError
+from higgs_train.files import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"

@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 from higgs_train.checkpoint import layout
-from higgs_train.checkpoint.io import atomic_write_text, read_json, read_pointer
+from higgs_train.checkpoint.io import read_pointer
 from higgs_train.errors import AudioError, HiggsTrainError
+from higgs_train.files import atomic_write_text, read_json
 
 REPORT_HTML = "report.html"
 REPORT_FILES = "report_files"  # copies of the reference clips the page plays
@@ -245,8 +246,8 @@ class _References:
     def _copy(source: str, target: Path) -> None:
         import soundfile as sf
 
-        from higgs_train.checkpoint.io import atomic_write_bytes
         from higgs_train.data.audio import load_audio
+        from higgs_train.files import atomic_write_bytes
 
         wave = load_audio(source, 24000)
         buf = io.BytesIO()

@@ -18,7 +18,7 @@ import torch
 from higgs_train import dual_ffn, faults
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.hook import CheckpointHook, enforce_save_policy
-from higgs_train.checkpoint.io import atomic_write_text, read_pointer
+from higgs_train.checkpoint.io import read_pointer
 from higgs_train.checkpoint.lock import RunLock
 from higgs_train.checkpoint.preflight import check_output_dir, refuse_run_overlap
 from higgs_train.checkpoint.resume import (
@@ -47,6 +47,7 @@ from higgs_train.distributed import (
     settings_identity,
 )
 from higgs_train.errors import Interrupted, PeerError
+from higgs_train.files import atomic_write_text
 from higgs_train.health import Collapse, NonFinite, check_finite, diverged
 from higgs_train.identity import weights_fingerprint
 from higgs_train.listening import make_scorer, sample_now, score_now

@@ -9,8 +9,8 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from higgs_train.checkpoint.io import sha256_file
 from higgs_train.cli import app
+from higgs_train.files import sha256_file
 from tests.conftest import load_base
 
 runner = CliRunner()

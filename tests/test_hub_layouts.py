@@ -15,10 +15,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from higgs_train.checkpoint.io import read_json
 from higgs_train.cli import app
 from higgs_train.config import BASE_MODEL
 from higgs_train.errors import ModelError
+from higgs_train.files import read_json
 from higgs_train.model import load_audio_tokenizer, load_lm_config
 from tests.conftest import train_args
 

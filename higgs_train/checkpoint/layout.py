@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import secrets
-from pathlib import Path
+
+from higgs_train.files import TMP_MARK  # checkpoint-N.tmp-XXXX: a save in progress, never read, removed at start-up
 
 PREFIX = "checkpoint-"
-TMP_MARK = ".tmp-"  # checkpoint-N.tmp-XXXX: a save in progress, never read, removed at start-up
+
 FAILED_DIR = ".failed"  # partial saves moved aside, each with an error.txt
 LATEST = "latest"  # a one-line file naming the newest published checkpoint folder
 BEST = "best"  # a one-line file naming the best-scoring checkpoint folder (never rotated away)
@@ -55,24 +55,6 @@ def parse_step(name: str) -> int | None:
     """The step of a published checkpoint folder name, or None for anything else (tmp folders included)."""
     match = _NAME.match(name)
     return int(match.group(1)) if match else None
-
-
-def tmp_sibling(path: Path, tag: str | None = None) -> Path:
-    """A hidden temporary name beside `path` for writing it whole before a rename (never read as `path`)."""
-    path = Path(path)
-    return path.parent / f".{path.name}{TMP_MARK}{tag or secrets.token_hex(4)}"
-
-
-def remove_leftovers(path: Path) -> list[Path]:
-    """Remove what killed writers of `path` left beside it (every `tmp_sibling(path)`); the caller holds the lock
-    that makes it the only writer. Returns what was removed."""
-    import shutil
-
-    path = Path(path)
-    found = sorted(path.parent.glob(f".{path.name}{TMP_MARK}*")) if path.parent.is_dir() else []
-    for leftover in found:
-        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
-    return found
 
 
 def is_tmp(name: str) -> bool:

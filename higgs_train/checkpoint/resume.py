@@ -13,10 +13,10 @@ from typing import Any
 import torch
 
 from higgs_train.checkpoint import layout
-from higgs_train.checkpoint.io import remove_tree
 from higgs_train.checkpoint.state import TrainingProgress, load_weights_only, read_rng, restore_rng
 from higgs_train.checkpoint.verify import VerifyResult, verify_checkpoint
 from higgs_train.errors import CheckpointError
+from higgs_train.files import remove_tree
 
 # Settings that shape the adapter: resuming with another value would load weights into the wrong model. The base
 # model is compared by its weights (check_same_base), not by the path or hub id that named it.

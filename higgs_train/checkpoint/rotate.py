@@ -8,8 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from higgs_train.checkpoint import layout
-from higgs_train.checkpoint.io import fsync_dir, read_pointer, remove_tree
+from higgs_train.checkpoint.io import read_pointer
 from higgs_train.checkpoint.resume import list_checkpoints
+from higgs_train.files import fsync_dir, remove_tree
 
 
 def rotate(root: str | Path, keep: int, newest: Path, log: Callable[[str], None] = print) -> list[Path]:

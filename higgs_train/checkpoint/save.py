@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 
 from higgs_train.checkpoint import layout
-from higgs_train.checkpoint.io import atomic_write_text, fsync_dir, fsync_file, remove_tree, torch_bytes, write_bytes
+from higgs_train.checkpoint.io import torch_bytes
 from higgs_train.checkpoint.preflight import check_free_space
 from higgs_train.checkpoint.state import Snapshot, rng_to_tensors
 from higgs_train.checkpoint.verify import verify_checkpoint
 from higgs_train.errors import CheckpointError
 from higgs_train.faults import count, failpoint
+from higgs_train.files import atomic_write_text, fsync_dir, fsync_file, remove_tree, write_bytes
 
 
 class StepExistsError(CheckpointError):

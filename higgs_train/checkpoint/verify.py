@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from higgs_train.checkpoint import layout
-from higgs_train.checkpoint.io import sha256_file
+from higgs_train.files import sha256_file
 
 
 @dataclass

@@ -12,9 +12,9 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from higgs_train.checkpoint.io import sha256_file
 from higgs_train.data.formats import EMBEDDED, undecoded
 from higgs_train.errors import AudioError
+from higgs_train.files import sha256_file
 
 
 def _embedded_bytes(source: str) -> bytes:

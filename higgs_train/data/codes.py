@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from higgs_train import faults
-from higgs_train.checkpoint.io import sha256_file
 from higgs_train.data.audio import load_audio, source_identity
 from higgs_train.data.share import ALONE, Share
 from higgs_train.errors import AudioError, Interrupted, OutputDirError
+from higgs_train.files import sha256_file
 from higgs_train.identity import FileDigests, weights_fingerprint
 
 CACHE_SUBDIR = "cache/codes"

@@ -52,7 +52,7 @@ class Remembered:
 
 def memo_key(cfg, limits, layout_fingerprint: str, audio_fingerprint: str) -> str | None:
     """The key of a run's prepared data: every input of preparing it. None when a manifest is not a file."""
-    from higgs_train.checkpoint.io import sha256_file
+    from higgs_train.files import sha256_file
     from higgs_train.language import parse_languages
 
     manifests = [m for m in (cfg.train_manifest, cfg.eval_manifest) if m]
@@ -100,7 +100,7 @@ def remember(output_dir: str | Path, key: str, memo: Remembered) -> None:
     """Write `memo` as `key` (best effort: without it the next start prepares again) and drop the oldest."""
     import pyarrow as pa
 
-    from higgs_train.checkpoint.layout import tmp_sibling
+    from higgs_train.files import tmp_sibling
 
     root = Path(output_dir) / MEMO_SUBDIR
     final = root / key

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from higgs_train.checkpoint.io import atomic_write_bytes
 from higgs_train.data.audio import probe_seconds
 from higgs_train.data.codes import SHARD_CLIPS, Clip, encode_clips, lookup_clips
 from higgs_train.data.formats import Columns
 from higgs_train.data.manifest import Problem, Sample, load_manifest
 from higgs_train.data.share import ALONE, Share
 from higgs_train.errors import AudioError, ManifestError
+from higgs_train.files import atomic_write_bytes
 
 REPORT_FILE = "data_report.json"
 EVAL_REPORT_FILE = "eval_data_report.json"  # the --eval_manifest's: never over the training data's report

@@ -64,7 +64,7 @@ def comparable(saved_digest: str) -> bool:
 
 def remember(identity: DataIdentity, output_dir: str | Path) -> None:
     """Keep this digest's row hashes in the run folder (once per digest; best effort: only messages need them)."""
-    from higgs_train.checkpoint.io import atomic_write_bytes
+    from higgs_train.files import atomic_write_bytes
 
     path = Path(output_dir) / ROWS_SUBDIR / f"{identity.digest}.npz"
     if path.exists():

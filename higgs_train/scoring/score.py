@@ -123,7 +123,7 @@ class Scorer:
     ) -> ScoreRow:
         """Score `model` on `items`; with `keep`, each generated clip goes to KEEP/item-I.wav and what it was asked
         and how it scored to KEEP/items.json (the listening report reads them)."""
-        from higgs_train.checkpoint.io import atomic_write_text
+        from higgs_train.files import atomic_write_text
         from higgs_train.generate import generate_speech, write_wav
         from higgs_train.scoring.speaker import embed, similarity
         from higgs_train.scoring.stopping import duration_ratio, trailing_share
@@ -201,7 +201,7 @@ def read_scores(run_dir: str | Path) -> list[ScoreRow]:
 def mark_best(run_dir: str | Path, by: str) -> ScoreRow | None:
     """Point OUTPUT_DIR/best at the best scored checkpoint that still exists; returns its row."""
     from higgs_train.checkpoint import layout
-    from higgs_train.checkpoint.io import atomic_write_text
+    from higgs_train.files import atomic_write_text
     from higgs_train.scoring.best import best_row
 
     run_dir = Path(run_dir)

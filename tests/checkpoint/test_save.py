@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-import higgs_train.checkpoint.io as ckpt_io
 import higgs_train.checkpoint.save as save_module
+import higgs_train.files as ckpt_io
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.resume import clean_stale, find_resume_point
 from higgs_train.checkpoint.rotate import rotate
