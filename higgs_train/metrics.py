@@ -15,10 +15,8 @@ from pathlib import Path
 from higgs_train.config import report_to_names
 from higgs_train.errors import ConfigError
 from higgs_train.files import atomic_write_text
+from higgs_train.run_folder import METRICS_FILE, TENSORBOARD_DIR, TRACKER_IDS  # noqa: F401 - the names this module writes
 
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
-TRACKER_IDS = "trackers.json"  # {"wandb": run id, "mlflow": run id}: a resume logs into the same runs
 PROJECT = "higgs-train"  # the W&B project and MLflow experiment unless WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME say
 
 

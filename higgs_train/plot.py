@@ -7,13 +7,14 @@ from pathlib import Path
 
 from higgs_train.errors import HiggsTrainError
 from higgs_train.metrics import METRICS_FILE, read_metrics
+from higgs_train.run_folder import CURVES_PNG
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / METRICS_FILE).is_file():
         raise HiggsTrainError(f"{run_dir}: no {METRICS_FILE}; pass the --output_dir of a run")
-    out = Path(out) if out else run_dir / "curves.png"
+    out = Path(out) if out else run_dir / CURVES_PNG
     return plot_panels(training_panels(read_metrics(run_dir)), out, title=str(run_dir))
 
 

@@ -20,9 +20,7 @@ from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.io import read_pointer
 from higgs_train.errors import AudioError, HiggsTrainError
 from higgs_train.files import atomic_write_text, read_json
-
-REPORT_HTML = "report.html"
-REPORT_FILES = "report_files"  # copies of the reference clips the page plays
+from higgs_train.run_folder import REPORT_FILES, REPORT_HTML  # noqa: F401 - the names this module writes
 
 
 def refresh_report(run_dir, say) -> None:

@@ -67,6 +67,7 @@ from higgs_train.model import (
 from higgs_train.plan import resolve_auto_batch
 from higgs_train.progress import progress_bar
 from higgs_train.report import refresh_report
+from higgs_train.run_folder import CACHE_DIR
 from higgs_train.schedule import WarmupCosine
 from higgs_train.sharded import backward, check_supported, configure_deepspeed, whole_models
 from higgs_train.sharded import describe as describe_sharding
@@ -262,7 +263,7 @@ def _data(cfg: TrainConfig, accelerator, stop: StopSignal, say, show: bool) -> t
     processor.audio_tokenizer.to(accelerator.device)
     share = launch_share(accelerator, cfg.output_dir)
     if accelerator.is_main_process:
-        clean_syncs(Path(cfg.output_dir) / "cache", share.folder)  # markers of launches that were killed
+        clean_syncs(Path(cfg.output_dir) / CACHE_DIR, share.folder)  # markers of launches that were killed
     codebooks, positions = processor.audio_tokenizer.config.num_quantizers, lm_config.max_position_embeddings
     with encoding_progress(show) as encoding:
         data = build_training_data(cfg, processor, codebooks, say, encoding, lambda: stop.requested, positions, share)

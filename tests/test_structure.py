@@ -45,3 +45,17 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_module_imports_itself_back():
     assert _cycles(_graph()) == []
+
+
+def test_every_run_folder_name_is_defined_in_one_map():
+    from higgs_train import run_folder
+
+    names = {v for k, v in vars(run_folder).items() if k.isupper() and isinstance(v, str)}
+    elsewhere = []
+    for file in PACKAGE.rglob("*.py"):
+        if file.name == "run_folder.py":
+            continue
+        for node in ast.parse(file.read_text()).body:  # module constants spelling a run-folder name again
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value in names:
+                elsewhere.append(f"{file.relative_to(PACKAGE)}: {ast.unparse(node)}")
+    assert not elsewhere, elsewhere

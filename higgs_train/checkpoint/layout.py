@@ -5,14 +5,10 @@ from __future__ import annotations
 import re
 
 from higgs_train.files import TMP_MARK  # checkpoint-N.tmp-XXXX: a save in progress, never read, removed at start-up
+from higgs_train.run_folder import BEST, CONFIG_FILE, FAILED_DIR, LATEST, STOPPED  # noqa: F401 - the names this module writes
 
 PREFIX = "checkpoint-"
 
-FAILED_DIR = ".failed"  # partial saves moved aside, each with an error.txt
-LATEST = "latest"  # a one-line file naming the newest published checkpoint folder
-BEST = "best"  # a one-line file naming the best-scoring checkpoint folder (never rotated away)
-CONFIG_FILE = "config.json"  # the resolved config of the run's latest start
-STOPPED = "STOPPED"  # written when a run stopped cleanly on a signal after saving; removed when it starts again
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"

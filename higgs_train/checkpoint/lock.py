@@ -20,8 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from higgs_train.errors import OutputDirError
-
-LOCK_FILE = ".higgs-train.lock"
+from higgs_train.run_folder import LOCK_FILE  # noqa: F401 - the names this module writes
 
 
 class RunLock:

@@ -29,8 +29,8 @@ from higgs_train.data.share import ALONE, Share
 from higgs_train.errors import AudioError, Interrupted, OutputDirError
 from higgs_train.files import sha256_file
 from higgs_train.identity import FileDigests, weights_fingerprint
+from higgs_train.run_folder import CODES_SUBDIR as CACHE_SUBDIR  # noqa: F401 - the names this module writes
 
-CACHE_SUBDIR = "cache/codes"
 CHECKSUMS = "checksums.json"
 DIGESTS = "digests.json"  # clip and shard file digests remembered by stat (identity.FileDigests)
 SHARD_FILE = "codes.arrow"

@@ -26,8 +26,8 @@ import numpy as np
 
 from higgs_train.data.manifest import Sample, Turn
 from higgs_train.data.rows import DataIdentity
+from higgs_train.run_folder import MEMO_SUBDIR  # noqa: F401 - the names this module writes
 
-MEMO_SUBDIR = "cache/prepared"
 MEMO_VERSION = "prepared1"  # what a memo holds and how its key is made: change it with either
 KEEP = 3  # memos kept per run folder, newest first
 PARTS = ("train", "eval")

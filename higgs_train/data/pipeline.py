@@ -38,6 +38,7 @@ from higgs_train.errors import ManifestError
 from higgs_train.identity import FileDigests
 from higgs_train.language import parse_languages
 from higgs_train.progress import progress_bar
+from higgs_train.run_folder import CACHE_DIR
 
 
 @dataclass
@@ -359,7 +360,7 @@ def run_prepare(cfg: TrainConfig, say: Callable[[str], None], progress_bar: bool
         main_only(state, lambda: held.enter_context(RunLock(cfg.output_dir, "prepare", say=say)))
         share = launch_share(state, cfg.output_dir)
         if main:
-            clean_syncs(Path(cfg.output_dir) / "cache", share.folder)
+            clean_syncs(Path(cfg.output_dir) / CACHE_DIR, share.folder)
         for manifest in [m for m in (cfg.train_manifest, cfg.eval_manifest) if m]:
             with encoding_progress(progress_bar and main) as progress:
                 data = prepare(

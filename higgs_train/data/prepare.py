@@ -19,9 +19,9 @@ from higgs_train.data.manifest import Problem, Sample, load_manifest
 from higgs_train.data.share import ALONE, Share
 from higgs_train.errors import AudioError, ManifestError
 from higgs_train.files import atomic_write_bytes
+from higgs_train.run_folder import DATA_REPORT as REPORT_FILE  # noqa: F401 - the names this module writes
+from higgs_train.run_folder import EVAL_DATA_REPORT as EVAL_REPORT_FILE  # noqa: F401
 
-REPORT_FILE = "data_report.json"
-EVAL_REPORT_FILE = "eval_data_report.json"  # the --eval_manifest's: never over the training data's report
 DEFAULT_CHARS_PER_SECOND = 15.0  # English read speech: the speaking rate assumed when a run's data says nothing
 EXAMPLES_PER_REASON = 3
 

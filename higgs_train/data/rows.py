@@ -20,8 +20,8 @@ import numpy as np
 
 from higgs_train.data.manifest import Sample
 from higgs_train.data.tokens import row_key
+from higgs_train.run_folder import ROWS_SUBDIR  # noqa: F401 - the names this module writes
 
-ROWS_SUBDIR = "cache/rows"
 IDENTITY_VERSION = "rows1"  # the digest's recipe: a checkpoint of another recipe is not compared (see comparable)
 
 

@@ -17,8 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from higgs_train.errors import Interrupted
-
-SYNC_PREFIX = ".sync-"  # OUTPUT_DIR/cache/.sync-LAUNCH/: the markers of one launch
+from higgs_train.run_folder import CACHE_DIR, SYNC_PREFIX  # noqa: F401 - the names this module writes
 
 
 class Share:
@@ -96,7 +95,7 @@ def launch_share(state, output_dir: str | Path) -> Share:
     from higgs_train.distributed import from_main
 
     launch = from_main(state, secrets.token_hex(4))
-    return Share(state.process_index, state.num_processes, Path(output_dir) / "cache" / f"{SYNC_PREFIX}{launch}")
+    return Share(state.process_index, state.num_processes, Path(output_dir) / CACHE_DIR / f"{SYNC_PREFIX}{launch}")
 
 
 def end_share(state, share: Share) -> None:

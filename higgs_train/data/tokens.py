@@ -21,8 +21,8 @@ from higgs_train.data.collate import TokenLayout, example_length, text_pieces
 from higgs_train.data.manifest import Sample
 from higgs_train.data.share import ALONE, Share
 from higgs_train.errors import Interrupted, ManifestError, OutputDirError
+from higgs_train.run_folder import TOKENS_SUBDIR  # noqa: F401 - the names this module writes
 
-TOKENS_SUBDIR = "cache/tokens"
 SHARD_ROWS = 65536
 
 

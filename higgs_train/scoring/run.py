@@ -12,6 +12,7 @@ from higgs_train.config import DEFAULT_ASR_MODEL, SELECT_BEST_BY, ScoreSettings
 from higgs_train.data.prepare import DEFAULT_CHARS_PER_SECOND, REPORT_FILE
 from higgs_train.errors import CheckpointError, ConfigError
 from higgs_train.report import refresh_report
+from higgs_train.run_folder import SCORES_PNG
 from higgs_train.scoring.best import ScoreRow
 from higgs_train.scoring.score import (
     Scorer,
@@ -121,7 +122,7 @@ def plot_scores(run_dir: str | Path) -> Path:
     """scores.png: WER, similarity, duration ratio and trailing share against the step."""
     from higgs_train.plot import plot_panels, score_panels
 
-    return plot_panels(score_panels(read_scores(run_dir)), Path(run_dir) / "scores.png")
+    return plot_panels(score_panels(read_scores(run_dir)), Path(run_dir) / SCORES_PNG)
 
 
 def score_table(rows: list[ScoreRow], best: ScoreRow | None):

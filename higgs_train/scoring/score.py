@@ -12,10 +12,9 @@ import numpy as np
 from higgs_train.data.audio import load_audio, probe_seconds
 from higgs_train.data.manifest import Sample
 from higgs_train.errors import AudioError
+from higgs_train.run_folder import SAMPLES_DIR, SCORES_FILE  # noqa: F401 - the names this module writes
 from higgs_train.scoring.best import ScoreRow
 
-SCORES_FILE = "scores.jsonl"
-SAMPLES_DIR = "samples"  # samples/step-N.wav (--sample_steps), samples/step-N/item-I.wav + items.json (scores)
 SCORED_ITEMS = "items.json"
 
 
