@@ -31,6 +31,14 @@ def remove_leftovers(path: Path) -> list[Path]:
     return found
 
 
+def remove_tmp_files(folder: Path) -> list[Path]:
+    """Remove the temporaries of atomic writes a killed process left in `folder` (hidden `.NAME.tmp-*` files)."""
+    found = sorted(p for p in Path(folder).glob(f".*{TMP_MARK}*") if p.is_file()) if Path(folder).is_dir() else []
+    for leftover in found:
+        leftover.unlink(missing_ok=True)
+    return found
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Write a whole file and fsync it. OS errors (ENOSPC, EACCES, EIO) propagate to the caller."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -134,13 +134,14 @@ def write_wav(speech: Speech, path: str | Path) -> Path:
     import io
 
     from higgs_train.errors import OutputDirError
-    from higgs_train.files import atomic_write_bytes
+    from higgs_train.files import atomic_write_bytes, remove_leftovers
 
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         sf.write(buf, speech.wave.numpy(), speech.sample_rate, format="WAV", subtype="PCM_16")
+        remove_leftovers(path)  # what a killed generate left beside this file
         atomic_write_bytes(path, buf.getvalue())
     except OSError as e:
         raise OutputDirError(f"--out {path}: cannot write the WAV file ({e.strerror or e}); choose another path") from e

@@ -25,7 +25,7 @@ from higgs_train.config import PrepSettings
 from higgs_train.data.audio import load_audio
 from higgs_train.data.formats import AUDIO_SUFFIXES, TRANSCRIPT_SUFFIXES
 from higgs_train.errors import AudioError, ManifestError, OutputDirError
-from higgs_train.files import atomic_write_bytes
+from higgs_train.files import atomic_write_bytes, remove_tmp_files
 from higgs_train.scoring.stopping import speech_spans
 
 REPORT = "prep_report.json"
@@ -104,6 +104,8 @@ def prep(
 
 def _prep_files(src: Path, out: Path, files: list[Path], settings: PrepSettings, say) -> list[PrepEntry]:
     (out / "clips").mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / "clips"):  # what a killed prep left half-written
+        remove_tmp_files(folder)
     asr = None
     if settings.transcribe:
         from higgs_train.scoring.asr import Transcriber
