@@ -158,35 +158,22 @@ def load_with_adapter(
     """Base model + processor, with the adapter applied when given (a checkpoint folder or its adapter files). A
     checkpoint's base loads at the commits its run recorded (--model_revision), when it names the same --model."""
     from higgs_train.checkpoint.resume import attach_adapter
-    from higgs_train.model import check_pair, load_lm, load_processor, quiet_libraries
+    from higgs_train.model import check_pair, load_lm, load_processor, quiet_libraries, recorded_revisions
 
     quiet_libraries()
     revisions = {}
     if adapter:
         check_adapter_folder(adapter, flag)  # before the model loads: a wrong folder fails in a second
-        revisions = _trained_revisions(model, audio_tokenizer, adapter)
-    processor = load_processor(model, audio_tokenizer, revisions.get("model"), revisions.get("audio_tokenizer"))
-    lm = load_lm(model, mixed_precision, revision=revisions.get("model"))
+        revisions = recorded_revisions(adapter, model, audio_tokenizer)
+    model_revision = revisions.get("model_revision")
+    processor = load_processor(model, audio_tokenizer, model_revision, revisions.get("audio_tokenizer_revision"))
+    lm = load_lm(model, mixed_precision, revision=model_revision)
     check_pair(lm, processor, model)
     if adapter:
         lm = attach_adapter(lm, adapter, flag)
     if torch.cuda.is_available():
         lm = lm.cuda()
     return lm.eval(), processor
-
-
-def _trained_revisions(model: str, audio_tokenizer: str | None, adapter: str) -> dict[str, str]:
-    """The hub commits a checkpoint's run recorded for this --model (and audio tokenizer), by source."""
-    from higgs_train.checkpoint import layout
-    from higgs_train.files import read_json
-
-    config = (read_json(Path(adapter) / layout.TRAINER_STATE) or {}).get("config") or {}
-    out = {}
-    for source, name in (("model", model), ("audio_tokenizer", audio_tokenizer)):
-        commit = config.get(f"{source}_revision")
-        if commit and config.get(source) == name:
-            out[source] = commit
-    return out
 
 
 def check_adapter_folder(adapter: str, flag: str = "--adapter") -> None:
@@ -196,9 +183,9 @@ def check_adapter_folder(adapter: str, flag: str = "--adapter") -> None:
         CheckpointError: what is missing or damaged, and the fix.
     """
     from higgs_train.checkpoint import layout
-    from higgs_train.checkpoint.resume import looks_local
     from higgs_train.checkpoint.verify import verify_checkpoint
     from higgs_train.errors import CheckpointError
+    from higgs_train.layouts import looks_local
 
     folder = Path(adapter)
     if not looks_local(adapter):

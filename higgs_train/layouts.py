@@ -116,8 +116,13 @@ def processor_tokenizer(model: str, revision: str | None = None) -> str | None:
     name = named.get("audio_tokenizer_name_or_path") if isinstance(named, dict) else None
     if not isinstance(name, str) or not name:
         return None
-    looks_local = name.startswith(("/", ".", "~")) or name.count("/") != 1
-    return name if not looks_local or Path(name).is_dir() else None
+    return name if not looks_local(name) or Path(name).is_dir() else None
+
+
+def looks_local(source: str | Path) -> bool:
+    """A path, not a hub id (OWNER/NAME): a local model, adapter or checkpoint is never looked for on the hub."""
+    text = str(source)
+    return Path(text).exists() or text.startswith((".", "/", "~")) or text.count("/") != 1
 
 
 def tensor_names(folder: Path) -> list[str]:

@@ -40,21 +40,25 @@ def _revision(source: str, revision: str | None) -> dict:
     return {"revision": revision} if revision and not Path(source).expanduser().is_dir() else {}
 
 
+def recorded_revisions(checkpoint: str | Path, model: str, audio_tokenizer: str | None) -> dict[str, str]:
+    """The hub commits a checkpoint's run recorded for this --model and audio tokenizer, by flag
+    (`model_revision`, `audio_tokenizer_revision`); a source other than the run's gets none. Empty for a folder
+    without a readable trainer state (a hub adapter, a damaged checkpoint: their own checks name them)."""
+    from higgs_train.checkpoint import layout
+    from higgs_train.files import read_json
+
+    saved = (read_json(Path(checkpoint) / layout.TRAINER_STATE) or {}).get("config") or {}
+    sources = {"model_revision": ("model", model), "audio_tokenizer_revision": ("audio_tokenizer", audio_tokenizer)}
+    return {flag: saved[flag] for flag, (key, name) in sources.items() if saved.get(flag) and saved.get(key) == name}
+
+
 def resumed_revisions(cfg: TrainConfig, resume_path: Path | None) -> TrainConfig:
     """A resume without --model_revision / --audio_tokenizer_revision loads the commits its checkpoint recorded
     (for the same --model / --audio_tokenizer), not wherever the hub's branch has moved since."""
     if resume_path is None:
         return cfg
-    from higgs_train.checkpoint.resume import read_trainer_state
-
-    try:
-        saved = read_trainer_state(resume_path).get("config") or {}
-    except Exception:  # the resume's own checks name a damaged checkpoint
-        return cfg
-    changes = {}
-    for source, revision in (("model", "model_revision"), ("audio_tokenizer", "audio_tokenizer_revision")):
-        if getattr(cfg, revision) is None and saved.get(revision) and saved.get(source) == getattr(cfg, source):
-            changes[revision] = saved[revision]
+    recorded = recorded_revisions(resume_path, cfg.model, cfg.audio_tokenizer)
+    changes = {flag: commit for flag, commit in recorded.items() if getattr(cfg, flag) is None}
     return replace(cfg, **changes) if changes else cfg
 
 

@@ -73,12 +73,6 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / layout.TRAINER_STATE).read_text())
 
 
-def looks_local(source: str | Path) -> bool:
-    """A path, not a hub id (OWNER/NAME): a local adapter or checkpoint is never looked for on the hub."""
-    text = str(source)
-    return Path(text).exists() or text.startswith((".", "/", "~")) or text.count("/") != 1
-
-
 def attach_adapter(model, source: str | Path, flag: str = "--adapter"):
     """The base model wrapped with the adapter at `source` (a checkpoint folder, its adapter files, or a hub id),
     for inference: the LoRA config from its adapter_config.json, the weights through `load_adapter_weights`.
@@ -90,6 +84,8 @@ def attach_adapter(model, source: str | Path, flag: str = "--adapter"):
     from peft import LoraConfig, PeftModel
     from safetensors.torch import load_file
     from transformers.utils import cached_file
+
+    from higgs_train.layouts import looks_local
 
     if looks_local(source) and not Path(source).is_dir():
         raise CheckpointError(f"{flag} {source}: no such folder (removed, or rotated away by a running training)")
