@@ -90,6 +90,15 @@ class TrainConfig:
         DATA,
     )
     group_by_length: bool = _f(True, "Batch rows of similar length together, so padding stays small.", DATA)
+    streaming: bool = _f(
+        False,
+        "Stream --train_manifest (hf://OWNER/NAME[:SPLIT] or parquet shards) instead of caching it: each process reads "
+        "its shards, encoding rows as they arrive; needs --max_steps (see README: corpora larger than the disk).",
+        DATA,
+    )
+    shuffle_buffer: int = _f(
+        1000, "--streaming: encoded rows held to draw batches from (saved in each checkpoint: resumes are exact).", DATA
+    )
     model: str = _f(BASE_MODEL, "Base model: hub id or local folder (see `higgs-train init-tiny`).", MODEL)
     audio_tokenizer: str | None = _f(
         None,
@@ -297,6 +306,23 @@ def _choice_problems(cfg: TrainConfig) -> list[str]:
     ]
 
 
+def _streaming_problems(cfg: TrainConfig) -> list[str]:
+    if cfg.shuffle_buffer < 1:
+        return [f"--shuffle_buffer must be at least 1, got {cfg.shuffle_buffer}"]
+    if not cfg.streaming:
+        return []
+    problems = []
+    if cfg.max_steps is None:
+        problems.append("--streaming needs --max_steps: a stream's length is not known before it is read")
+    if cfg.eval_fraction:
+        problems.append("--streaming cannot hold out --eval_fraction of a stream; pass an --eval_manifest")
+    if cfg.batch_size == AUTO:
+        problems.append("--streaming needs a numeric --batch_size (auto measures the longest row of a cached manifest)")
+    if cfg.format not in ("auto", "parquet", "hub"):
+        problems.append(f"--streaming reads hf:// datasets and parquet shards, not --format {cfg.format}")
+    return problems
+
+
 def validate(cfg: TrainConfig, require_data: bool = True) -> None:
     """Check every value and combination; report all problems in one ConfigError (`require_data` False: a command
     such as `plan` that needs no manifest or run folder)."""
@@ -363,6 +389,7 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         problems.append(f"--eval_steps must be at least 1, got {cfg.eval_steps}")
     if cfg.num_workers < 0:
         problems.append(f"--num_workers must not be negative, got {cfg.num_workers}")
+    problems += _streaming_problems(cfg)
     if cfg.max_duration <= cfg.min_duration:
         problems.append(f"--max_duration {cfg.max_duration} must be above --min_duration {cfg.min_duration}")
     problems += _choice_problems(cfg)

@@ -33,9 +33,10 @@ from higgs_train.checkpoint.state import TrainingProgress, capture_rng, restore_
 from higgs_train.config import AUTO, TrainConfig
 from higgs_train.data.batches import BatchPlan
 from higgs_train.data.collate import collate
-from higgs_train.data.pipeline import TrainingData, build_training_data, encoding_progress
+from higgs_train.data.pipeline import TrainingData, build_stream_data, build_training_data, encoding_progress
 from higgs_train.data.prepare import stats_warnings
 from higgs_train.data.share import clean_syncs, end_share, launch_share
+from higgs_train.data.stream import resume_stream
 from higgs_train.distributed import (
     any_rank,
     check_same_settings,
@@ -198,7 +199,7 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     if cfg.batch_size == AUTO:
         cfg = resolve_auto_batch(cfg, model, data, accelerator, resume_path, say)
         on_main(accelerator, _record_config, cfg, say)  # the resolved sizes are what the checkpoints record
-    plan = _plan(cfg, data, accelerator, cfg.seed)
+    plan = _plan(cfg, data, accelerator, cfg.seed)  # None for a stream: it draws its own batches
     max_steps = cfg.max_steps or plan.steps_for_epochs(cfg.num_epochs, cfg.grad_accum)
     scheduler = WarmupCosine(optimizer, cfg.warmup_steps, max_steps)
     for warning in stats_warnings(data.stats, cfg.batch_size * cfg.grad_accum * accelerator.num_processes, max_steps):
@@ -208,12 +209,17 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
         progress = restore_state(loaded, cfg.to_dict(), accelerator, model, optimizer, scheduler, say)
         if progress.data_seed != cfg.seed:  # the checkpoint's data order wins
             plan = _plan(cfg, data, accelerator, progress.data_seed)
+        if data.stream is not None:
+            resume_stream(data.stream, loaded.stream, cfg.on_data_change, say)
     move_data_position(progress, data.identity, data_change, cfg.on_data_change, plan, say)
     # on rank 0 alone; a tracker that cannot start stops every rank, before training
     metrics = main_only(accelerator, MetricsLog, cfg.output_dir, progress.step, cfg.report_to, say, cfg.to_dict())
     if data.eval:
         say(f"eval set: {len(data.eval)} rows")
-    say(f"training {len(data.train)} samples for {max_steps} steps ({plan.batches_per_epoch} batches per epoch)")
+    if data.stream is not None:
+        say(f"streaming {cfg.train_manifest} for {max_steps} steps (shuffle buffer: {cfg.shuffle_buffer} rows each)")
+    else:
+        say(f"training {len(data.train)} samples for {max_steps} steps ({plan.batches_per_epoch} batches per epoch)")
     model.train()  # from_pretrained returns eval mode: dropout and gradient checkpointing need train mode
     return Run(
         cfg=cfg,
@@ -227,7 +233,7 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
         scheduler=scheduler,
         plan=plan,
         max_steps=max_steps,
-        hook=CheckpointHook(cfg, accelerator, say, fingerprint),
+        hook=CheckpointHook(cfg, accelerator, say, fingerprint, data.stream),
         progress=progress,
         result=RunResult(progress, resumed_from=resume_path),
         metrics=metrics,
@@ -266,9 +272,14 @@ def _data(cfg: TrainConfig, accelerator, stop: StopSignal, say, show: bool) -> t
         clean_syncs(Path(cfg.output_dir) / CACHE_DIR, share.folder)  # markers of launches that were killed
     codebooks, positions = processor.audio_tokenizer.config.num_quantizers, lm_config.max_position_embeddings
     with encoding_progress(show) as encoding:
-        data = build_training_data(cfg, processor, codebooks, say, encoding, lambda: stop.requested, positions, share)
+        parts = (cfg, processor, codebooks, say, encoding, lambda: stop.requested, positions, share)
+        if cfg.streaming:  # the audio tokenizer stays on the device: rows are encoded as they arrive
+            data = build_stream_data(*parts, accelerator.device)
+        else:
+            data = build_training_data(*parts)
     end_share(accelerator, share)
-    processor.audio_tokenizer.to("cpu")
+    if not cfg.streaming:
+        processor.audio_tokenizer.to("cpu")
     return processor, data, cfg
 
 
@@ -313,8 +324,10 @@ def step(run: Run) -> StepStats | None:
     """One optimizer step over --grad_accum micro-batches; None (nothing stepped, the window rewound and the last
     finished step saved) when a stop signal arrives between micro-batches."""
     t0 = time.perf_counter()
-    window = TrainingProgress(**run.progress.to_dict()), capture_rng()  # to rewind a window cut by a signal
-    batches = [next_batch(run.plan, run.progress, run.data.train, run.data.layout) for _ in range(run.cfg.grad_accum)]
+    stream = run.data.stream
+    # to rewind a window cut by a signal
+    window = TrainingProgress(**run.progress.to_dict()), capture_rng(), stream.mark() if stream else None
+    batches = [next_batch(run) for _ in range(run.cfg.grad_accum)]
     data_s = time.perf_counter() - t0
     lr = run.scheduler.get_last_lr()[0]  # the rate this step uses
     parts = (run.model, run.optimizer, run.scheduler, run.accelerator)
@@ -399,7 +412,9 @@ def _tok_s(run: Run, s: StepStats) -> float:
     return s.tokens * run.accelerator.num_processes / max(s.step_s, 1e-9)
 
 
-def _plan(cfg: TrainConfig, data: TrainingData, accelerator, seed: int) -> BatchPlan:
+def _plan(cfg: TrainConfig, data: TrainingData, accelerator, seed: int) -> BatchPlan | None:
+    if data.stream is not None:
+        return None
     lengths = data.train.lengths if cfg.group_by_length else None
     rank, world = accelerator.process_index, accelerator.num_processes
     return BatchPlan(len(data.train), cfg.batch_size, seed, rank, world, lengths)
@@ -424,10 +439,12 @@ def _record_config(cfg: TrainConfig, say) -> None:
 
 def _stop_mid_window(run: Run, window) -> list[SaveResult]:
     """Rewind the data position and RNG to the start of the dropped window, then save (unless that step is saved)."""
-    start, rng = window
+    start, rng, stream = window
     for name in ("micro_batches", "epoch", "samples_seen"):
         setattr(run.progress, name, getattr(start, name))
     restore_rng(rng)
+    if stream is not None:
+        run.data.stream.rewind(stream)
     resumed = run.result.resumed_from is not None and not run.result.losses  # the resumed checkpoint is this step
     if run.hook.last_step == run.progress.step or resumed or run.progress.step == 0:
         return run.hook.finish()  # this step is saved (or being saved) already
@@ -480,15 +497,22 @@ def optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codeb
     return loss, grad_norm, tokens, text
 
 
-def next_batch(plan: BatchPlan, progress: TrainingProgress, examples, layout) -> dict[str, torch.Tensor]:
-    """The next micro-batch of this rank, advancing the data position in `progress`."""
-    epoch, indices = plan.micro_batch(progress.micro_batches)
+def next_batch(run: Run) -> dict[str, torch.Tensor]:
+    """The next micro-batch of this rank (from the batch plan, or drawn from the stream), advancing the data
+    position in `run.progress`."""
+    progress, stream = run.progress, run.data.stream
+    if stream is not None:
+        examples = stream.take(run.cfg.batch_size)
+        epoch = stream.epoch
+    else:
+        epoch, indices = run.plan.micro_batch(progress.micro_batches)
+        examples = [run.data.train[i] for i in indices]
     progress.micro_batches += 1
     faults.count("data", progress.micro_batches)
     faults.failpoint("micro_batch")
     progress.epoch = epoch
-    progress.samples_seen += len(indices) * plan.world_size
-    batch = collate([examples[i] for i in indices], layout)
+    progress.samples_seen += len(examples) * run.accelerator.num_processes
+    batch = collate(examples, run.data.layout)
     if torch.cuda.is_available():  # pinned host memory lets the copy to the GPU run asynchronously
         batch = {k: v.pin_memory() for k, v in batch.items()}
     return batch

@@ -163,3 +163,29 @@ def raising(error: BaseException):
         raise error
 
     return fail
+
+
+SHARDS, ROWS_PER_SHARD = 4, 3  # of stream_corpus
+
+
+@pytest.fixture(scope="session")
+def stream_corpus(synth_manifest, tmp_path_factory):
+    """Four parquet shards as a hub download leaves them (Audio-typed bytes), 12 rows: the synthetic clips again,
+    each row's text numbered so every row is told apart."""
+    import datasets
+
+    rows = [json.loads(line) for line in synth_manifest.read_text().splitlines()]
+    folder = tmp_path_factory.mktemp("corpus")
+    n = 0
+    for s in range(SHARDS):
+        part = {"audio": [], "text": []}
+        for _ in range(ROWS_PER_SHARD):
+            row = rows[n % len(rows)]
+            clip = synth_manifest.parent / row["audio_filepath"]
+            part["audio"].append({"bytes": clip.read_bytes(), "path": clip.name})
+            part["text"].append(f"{row['text']} Row {n}.")
+            n += 1
+        ds = datasets.Dataset.from_dict(part).cast_column("audio", datasets.Audio())
+        (folder / "data").mkdir(exist_ok=True)
+        ds.to_parquet(str(folder / "data" / f"train-{s:05d}-of-{SHARDS:05d}.parquet"))
+    return folder

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -13,6 +14,7 @@ import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from higgs_train.checkpoint.verify import verify_checkpoint
@@ -123,6 +125,30 @@ def test_rank_killed_mid_save_then_resume_is_bitwise(synth_manifest, tiny_model,
     a = load_file(tmp_path / "a/checkpoint-6/adapter_model.safetensors")
     b = load_file(tmp_path / "b/checkpoint-6/adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_processes_stream_their_own_shards_and_save_both_positions(stream_corpus, tiny_model, tmp_path):
+    """--streaming under a 2-process launch: each process reads 2 of the 4 shards (its rows never the other's),
+    each checkpoint holds both processes' positions, and the launch's rerun resumes from them."""
+    from higgs_train.checkpoint.state import read_stream
+
+    out = tmp_path / "run"
+    args = train_args(stream_corpus, out, tiny_model, "--streaming", "--max_steps", "2", "--save_steps", "2")
+    code, log = finish(launch([*args, "--shuffle_buffer", "3"]))
+    assert code == 0, log
+    ckpt = out / "checkpoint-2"
+    assert verify_checkpoint(ckpt).ok
+    states = [read_stream(ckpt / f"stream_state_{rank}.safetensors") for rank in (0, 1)]
+    metas = [meta for _, meta in states]
+    assert [m["rank"] for m in metas] == [0, 1] and all(m["world"] == 2 and m["read"] >= 3 for m in metas)
+    assert metas[0]["identity"] == metas[1]["identity"]
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    buffered = [set(re.findall(r"Row (\d+)", tokenizer.decode(t["piece_ids"]))) for t, _ in states]
+    assert buffered[0] and buffered[1] and not buffered[0] & buffered[1]  # each process holds its own shards' rows
+    code, log = finish(launch([*args[:-4], "--max_steps", "3", "--save_steps", "2", "--shuffle_buffer", "3"]))
+    assert code == 0, log
+    assert "checkpoint-2 at step 2" in log and verify_checkpoint(out / "checkpoint-3").ok
 
 
 @pytest.mark.slow

@@ -31,8 +31,16 @@ def cpu_copy(obj):
 
 
 class CheckpointHook:
-    def __init__(self, cfg: TrainConfig, accelerator, say: Callable[[str], None], model_fingerprint: str | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        accelerator,
+        say: Callable[[str], None],
+        model_fingerprint: str | None = None,
+        stream=None,
+    ):
         self.cfg, self.accelerator, self.say = cfg, accelerator, say
+        self.stream = stream  # --streaming: each process's position and buffer go into the checkpoint
         self.model_fingerprint = model_fingerprint
         self.out = Path(cfg.output_dir)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="save") if cfg.async_save else None
@@ -59,7 +67,8 @@ class CheckpointHook:
         if acc.num_processes > 1 and sharding(acc) in (PLAIN, ZERO2):  # replicated weights: they must agree
             check_replicas(gather_object([adapter_digest(adapter)]), progress.step)
         gathered_optimizer = full_optimizer_state(acc, model, optimizer, progress.step)  # None when not sharded
-        rngs = gather_object([(acc.process_index, capture_rng())])
+        stream = self.stream.state_dict() if self.stream is not None else None
+        ranks = gather_object([(acc.process_index, capture_rng(), stream)])
 
         def snapshot() -> Snapshot:
             config = unwrapped.peft_config["default"].to_dict()
@@ -72,7 +81,8 @@ class CheckpointHook:
                 optimizer=gathered_optimizer if gathered_optimizer is not None else cpu_copy(optimizer.state_dict()),
                 scheduler=scheduler.state_dict(),
                 scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
-                rng=dict(rngs),
+                rng={rank: rng for rank, rng, _ in ranks},
+                streams={rank: state for rank, _, state in ranks if state is not None},
                 memory=memory,
                 model_fingerprint=self.model_fingerprint,
             )

@@ -40,6 +40,15 @@ def is_rng_file(name: str) -> bool:
     return bool(_RNG.match(name))
 
 
+def stream_file(rank: int) -> str:
+    """--streaming: one process's stream position and shuffle buffer (data/stream.py), tensors and JSON."""
+    return f"stream_state_{rank}.safetensors"
+
+
+def is_stream_file(name: str) -> bool:
+    return bool(re.match(r"^stream_state_\d+\.safetensors$", name))
+
+
 def checkpoint_name(step: int) -> str:
     return f"{PREFIX}{step}"
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from higgs_train.checkpoint import layout
-from higgs_train.checkpoint.state import TrainingProgress, load_weights_only, read_rng, restore_rng
+from higgs_train.checkpoint.state import TrainingProgress, load_weights_only, read_rng, read_stream, restore_rng
 from higgs_train.checkpoint.verify import VerifyResult, verify_checkpoint
 from higgs_train.errors import CheckpointError
 from higgs_train.files import remove_tree
@@ -130,6 +130,7 @@ class LoadedCheckpoint:
     scaler: dict[str, Any] | None
     rng: dict[str, Any] | None  # this rank's RNG, None when the checkpoint has no file for it
     model_fingerprint: str | None = None  # the base weights it was trained on (absent before 0.2)
+    stream: tuple | None = None  # --streaming: this rank's stream state (data/stream.py), None without one
 
 
 def load_checkpoint(path: str | Path, rank: int = 0) -> LoadedCheckpoint:
@@ -159,6 +160,7 @@ def load_checkpoint(path: str | Path, rank: int = 0) -> LoadedCheckpoint:
             scaler=opt(layout.SCALER),
             rng=rng_for_rank(path, rank) if full else None,
             model_fingerprint=state.get("model_fingerprint"),
+            stream=read_stream(path / layout.stream_file(rank)) if (path / layout.stream_file(rank)).exists() else None,
         )
     except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"{path}: cannot load the checkpoint ({type(e).__name__}: {e})") from e

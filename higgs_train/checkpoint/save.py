@@ -20,7 +20,7 @@ import torch
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.io import torch_bytes
 from higgs_train.checkpoint.preflight import check_free_space
-from higgs_train.checkpoint.state import Snapshot, rng_to_tensors
+from higgs_train.checkpoint.state import Snapshot, rng_to_tensors, stream_bytes
 from higgs_train.checkpoint.verify import verify_checkpoint
 from higgs_train.errors import CheckpointError
 from higgs_train.faults import count, failpoint
@@ -282,6 +282,8 @@ def _full_files(tmp: Path, snapshot: Snapshot, kind: str) -> None:
     for rank, rng in snapshot.rng.items():
         tensors, metadata = rng_to_tensors(rng)
         files[layout.rng_file(rank)] = safetensors_bytes(tensors, metadata=metadata)
+    for rank, state in snapshot.streams.items():
+        files[layout.stream_file(rank)] = stream_bytes(state)
     for name, data in files.items():
         write_bytes(tmp / name, data)
     manifest = _manifest(tmp, kind, snapshot.progress.step, files)

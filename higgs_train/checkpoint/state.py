@@ -58,6 +58,7 @@ class Snapshot:
     scheduler: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
     rng: dict[int, dict[str, Any]] = field(default_factory=dict)  # rank -> RNG states
+    streams: dict[int, tuple] = field(default_factory=dict)  # rank -> --streaming state (data/stream.py)
     memory: dict[str, Any] = field(default_factory=dict)
     model_fingerprint: str | None = None  # of the base weights (model.weights_fingerprint)
 
@@ -166,6 +167,41 @@ def read_rng(file: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or not {"python", "numpy", "torch"} <= set(state):
         raise ValueError("not an RNG state")
     return state
+
+
+STREAM_TENSORS = ("piece_ids", "piece_lengths", "pieces_per_row", "codes", "clip_frames", "clips_per_row")
+
+
+def stream_bytes(state: tuple[dict[str, torch.Tensor], dict[str, Any]]) -> bytes:
+    """One process's --streaming state (data/stream.py: buffer tensors, position as JSON) as safetensors bytes."""
+    import json
+
+    from safetensors.torch import save
+
+    tensors, meta = state
+    return save({k: v.contiguous() for k, v in tensors.items()}, metadata={"stream": json.dumps(meta)})
+
+
+def read_stream(file: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The inverse of `stream_bytes`, never running code from the file.
+
+    Raises:
+        ValueError / OSError: a damaged or foreign file.
+    """
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = f.metadata() or {}
+    try:
+        meta = json.loads(metadata["stream"])
+        if not isinstance(meta, dict) or not isinstance(meta.get("reader"), dict) or set(STREAM_TENSORS) - set(tensors):
+            raise ValueError("fields missing")
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"not a stream state ({type(e).__name__}: {e})") from e
+    return tensors, meta
 
 
 def load_weights_only(file: str | Path, allow: list | None = None) -> Any:

@@ -182,7 +182,7 @@ def _check_trainer_state(path: Path, result: VerifyResult) -> None:
 
 def _check_loadable(path: Path, result: VerifyResult) -> None:
     """Load every state file exactly as resume will (no unpickling beyond tensors): what passes here resumes."""
-    from higgs_train.checkpoint.state import load_weights_only, read_rng
+    from higgs_train.checkpoint.state import load_weights_only, read_rng, read_stream
 
     for file in sorted(path.iterdir()):
         name = file.name
@@ -195,5 +195,7 @@ def _check_loadable(path: Path, result: VerifyResult) -> None:
                 load_weights_only(file)
             elif layout.is_rng_file(name):
                 read_rng(file)
+            elif layout.is_stream_file(name):
+                read_stream(file)
         except Exception as e:  # torch.load and safetensors raise many types for a damaged or foreign file
             result.problems.append(f"{name} does not load safely ({type(e).__name__}: {str(e)[:200]})")

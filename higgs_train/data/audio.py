@@ -101,8 +101,13 @@ def load_audio(path: str, sample_rate: int, where: str = "") -> torch.Tensor:
             which).
     """
     prefix = f"{where}: " if where else ""
+    return decode_audio(_readable(path, prefix), path, sample_rate, prefix)
+
+
+def decode_audio(readable, path: str, sample_rate: int, prefix: str = "") -> torch.Tensor:
+    """`load_audio` of what soundfile reads (a path or a file-like of audio bytes); `path` names it in errors."""
     try:
-        data, file_rate = sf.read(_readable(path, prefix), dtype="float32", always_2d=True)
+        data, file_rate = sf.read(readable, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
         raise AudioError(
             f"{prefix}cannot decode audio file {path} ({e}); convert it to WAV or FLAC", "undecodable audio"

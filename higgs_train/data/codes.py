@@ -311,7 +311,7 @@ def _encode_all(mine, audio_tokenizer, cache, found, num_workers, progress, shou
     for done, (key, wave, error) in enumerate(loader, start=1):
         if error is None:
             try:
-                clip = _encode(audio_tokenizer, wave, rate, device)
+                clip = encode_wave(audio_tokenizer, wave, rate, device)
                 pending[key] = clip
                 seconds += clip.seconds
             except AudioError as e:
@@ -371,7 +371,7 @@ def _speed(part: dict) -> str:
     )
 
 
-def _encode(audio_tokenizer, wave: torch.Tensor, rate: int, device) -> Clip:
+def encode_wave(audio_tokenizer, wave: torch.Tensor, rate: int, device) -> Clip:
     """One clip's codes; a clip the codec cannot take (shorter than its kernels, say) is an AudioError."""
     try:
         with torch.no_grad():

@@ -284,9 +284,49 @@ def _table_rows(spec: str, label: str, base: Path, columns: Columns) -> Iterator
     if isinstance(ds, datasets.DatasetDict):
         message = f"{label}: a DatasetDict; pass one split's folder, e.g. {label}/train"
         raise ManifestError(message, "unreadable manifest")
-    names = list(ds.features)
+    picked = dataset_columns(ds.features, columns, label)
+    raw = undecoded(spec, picked.audio)
+    for i, item in enumerate(raw.select_columns(list(picked.names()))):
+        audio = item[picked.audio]
+        if isinstance(audio, dict):
+            source = f"{EMBEDDED}{spec}::{i}::{picked.audio}" if audio.get("bytes") else audio.get("path")
+        else:
+            source = audio
+        yield f"{label}:row {i}", picked.row(item, source), base
+
+
+class DatasetColumns(NamedTuple):
+    """The columns a dataset's rows are read from: audio and text, and speaker / language when it has them."""
+
+    audio: str
+    text: str
+    speaker: str | None
+    language: str | None
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(c for c in self if c)
+
+    def row(self, item: dict, source) -> dict:
+        """A manifest row (data/manifest.py) of one dataset item, its audio as `source`."""
+        row = {"audio_filepath": source, "text": item[self.text]}
+        if self.speaker and item.get(self.speaker) is not None:
+            row["speaker"] = str(item[self.speaker])
+        if self.language and item.get(self.language):
+            row["language"] = str(item[self.language])
+        return row
+
+
+def dataset_columns(features, columns: Columns, label: str) -> DatasetColumns:
+    """A dataset's columns: --audio_column or the Audio-typed one (else a usual name), --text_column or a usual name.
+
+    Raises:
+        ManifestError: no audio or no text column.
+    """
+    import datasets
+
+    names = list(features)
     audio_col = columns.audio or next(
-        (n for n, f in ds.features.items() if isinstance(f, datasets.Audio)),
+        (n for n, f in features.items() if isinstance(f, datasets.Audio)),
         next((n for n in AUDIO_COLUMNS if n in names), None),
     )
     text_col = columns.text or next((n for n in TEXT_COLUMNS if n in names), None)
@@ -296,18 +336,6 @@ def _table_rows(spec: str, label: str, base: Path, columns: Columns) -> Iterator
             f"column ({', '.join(TEXT_COLUMNS)}, or --text_column); it has {', '.join(names)}",
             "unreadable manifest",
         )
-    raw = undecoded(spec, audio_col)
     speaker_col = next((c for c in SPEAKER_COLUMNS if c in names), None)
     language_col = next((c for c in LANGUAGE_COLUMNS if c in names), None)
-    for i, item in enumerate(raw.select_columns([c for c in (audio_col, text_col, speaker_col, language_col) if c])):
-        audio = item[audio_col]
-        if isinstance(audio, dict):
-            source = f"{EMBEDDED}{spec}::{i}::{audio_col}" if audio.get("bytes") else audio.get("path")
-        else:
-            source = audio
-        row = {"audio_filepath": source, "text": item[text_col]}
-        if speaker_col and item.get(speaker_col) is not None:
-            row["speaker"] = str(item[speaker_col])
-        if language_col and item.get(language_col):
-            row["language"] = str(item[language_col])
-        yield f"{label}:row {i}", row, base
+    return DatasetColumns(audio_col, text_col, speaker_col, language_col)

@@ -33,6 +33,7 @@ from higgs_train.data.prepare import (
 )
 from higgs_train.data.rows import DataIdentity, data_identity, remember
 from higgs_train.data.share import ALONE, Share
+from higgs_train.data.stream import Stream
 from higgs_train.data.tokens import RowTokens, layout_fingerprint
 from higgs_train.errors import ManifestError
 from higgs_train.identity import FileDigests
@@ -51,6 +52,7 @@ class TrainingData:
     rates_by_language: dict[str, float]  # the same per row language
     stats: dict
     identity: DataIdentity  # of the training rows, in order: what a checkpoint's data position refers to
+    stream: Stream | None = None  # --streaming: the training rows come from it, `train` is empty
 
 
 def limits(cfg: TrainConfig, processor, max_positions: int | None = None) -> DataLimits:
@@ -313,6 +315,29 @@ def _prepare_all(cfg, processor, layout, tokens, say, progress, should_stop, max
         parts, paths, [contents[p] for p in paths], [r.to_dict() for r in reports], eval_samples, identity.digest
     )
     return data, memo
+
+
+def build_stream_data(
+    cfg: TrainConfig, processor, num_codebooks: int, say, progress, should_stop, max_positions, share, device
+) -> TrainingData:
+    """--streaming: the training rows as this process's `Stream` (encoded on `device` as they arrive); an
+    --eval_manifest prepared and cached as without streaming."""
+    layout = TokenLayout.from_processor(processor, num_codebooks, cfg.label_audio)
+    tokens = RowTokens(cfg.output_dir, layout, say)
+    stream = Stream(cfg, processor, layout, share.rank, share.world, say, max_positions, device)
+    samples, handles, lengths, clips, report = [], {}, {}, {}, DataReport(cfg.train_manifest)
+    if cfg.eval_manifest:
+        held = prepare(cfg, cfg.eval_manifest, processor, say, progress, should_stop, max_positions, tokens, share)
+        samples, handles, lengths, clips, report = held.samples, held.handles, held.lengths, held.clips, held.report
+    paths = list(dict.fromkeys(p for s in samples for p in s.audio_paths))
+    index = {p: i for i, p in enumerate(paths)}
+    eval_rows = Examples.of(samples, handles, lengths, index, [clips[p] for p in paths], tokens, layout)
+    no_rows = Examples.of([], {}, {}, {}, [], tokens, layout)
+    none = np.zeros(0, np.uint64)
+    identity = DataIdentity(stream.identity, 0, none, none)  # a stream's rows are not known before they are read
+    return TrainingData(
+        no_rows, eval_rows, layout, samples, report.chars_per_second, report.rates_by_language, {}, identity, stream
+    )
 
 
 def _columns(examples: Examples, names, contents) -> dict[str, np.ndarray]:

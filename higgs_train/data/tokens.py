@@ -134,7 +134,7 @@ class RowTokens:
                 )
             sample = samples[first[key]]
             try:
-                todo[key] = (text_pieces(sample, self.layout), self._count_user_tokens(sample))
+                todo[key] = (text_pieces(sample, self.layout), user_tokens(sample, self.layout.tokenizer))
             except ManifestError as e:
                 if problems_out is None:
                     raise
@@ -164,11 +164,6 @@ class RowTokens:
     def _add(self, rows: dict[int, tuple[list[np.ndarray], int]]) -> None:
         self._open(self._write(rows))
         self._index()
-
-    def _count_user_tokens(self, sample: Sample) -> int:
-        texts = [t.text for t in sample.turns if t.role == "user" and t.text]
-        ids = self.layout.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        return max((len(x) for x in ids), default=0)
 
     def _write(self, rows: dict[int, tuple[list[np.ndarray], int]]) -> Path:
         import pyarrow as pa
@@ -210,3 +205,10 @@ class RowTokens:
     def length(self, handle: int, clip_frames) -> int:
         """The whole example's tokens (text pieces and clips)."""
         return example_length([self.text_tokens[handle]], clip_frames, self.layout.num_codebooks)
+
+
+def user_tokens(sample: Sample, tokenizer) -> int:
+    """The most text tokens of one user turn (what --max_text_tokens bounds)."""
+    texts = [t.text for t in sample.turns if t.role == "user" and t.text]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    return max((len(x) for x in ids), default=0)
