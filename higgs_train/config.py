@@ -90,6 +90,18 @@ class TrainConfig:
         DATA,
     )
     group_by_length: bool = _f(True, "Batch rows of similar length together, so padding stays small.", DATA)
+    packing: bool = _f(
+        False,
+        "Train each micro-batch's rows as one sequence (position_ids restart per row, no padding, rows never attend "
+        "to each other); sparse with flex_attention or flash_attention_2, a dense block mask with sdpa/eager.",
+        DATA,
+    )
+    max_tokens_per_batch: int | None = _f(
+        None,
+        "Fill each micro-batch to this many tokens instead of --batch_size rows (first-fit-decreasing; use with "
+        "--packing: no padding at all).",
+        DATA,
+    )
     streaming: bool = _f(
         False,
         "Stream --train_manifest (hf://OWNER/NAME[:SPLIT] or parquet shards) instead of caching it: each process reads "
@@ -306,7 +318,13 @@ def _choice_problems(cfg: TrainConfig) -> list[str]:
     ]
 
 
-def _streaming_problems(cfg: TrainConfig) -> list[str]:
+def _batching_problems(cfg: TrainConfig) -> list[str]:
+    if cfg.max_tokens_per_batch is not None and cfg.max_tokens_per_batch < 1:
+        return [f"--max_tokens_per_batch must be at least 1, got {cfg.max_tokens_per_batch}"]
+    if cfg.max_tokens_per_batch and cfg.streaming:
+        return ["--max_tokens_per_batch plans over a cached manifest's rows; a stream draws --batch_size rows"]
+    if cfg.max_tokens_per_batch and cfg.batch_size == AUTO:
+        return ["--max_tokens_per_batch sets the micro-batch itself; drop --batch_size auto (size it with `plan`)"]
     if cfg.shuffle_buffer < 1:
         return [f"--shuffle_buffer must be at least 1, got {cfg.shuffle_buffer}"]
     if not cfg.streaming:
@@ -389,7 +407,7 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         problems.append(f"--eval_steps must be at least 1, got {cfg.eval_steps}")
     if cfg.num_workers < 0:
         problems.append(f"--num_workers must not be negative, got {cfg.num_workers}")
-    problems += _streaming_problems(cfg)
+    problems += _batching_problems(cfg)
     if cfg.max_duration <= cfg.min_duration:
         problems.append(f"--max_duration {cfg.max_duration} must be above --min_duration {cfg.min_duration}")
     problems += _choice_problems(cfg)

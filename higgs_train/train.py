@@ -31,8 +31,8 @@ from higgs_train.checkpoint.resume import (
 from higgs_train.checkpoint.save import SaveResult
 from higgs_train.checkpoint.state import TrainingProgress, capture_rng, restore_rng
 from higgs_train.config import AUTO, TrainConfig
-from higgs_train.data.batches import BatchPlan
-from higgs_train.data.collate import collate
+from higgs_train.data.batches import BatchPlan, TokenBudgetPlan
+from higgs_train.data.collate import collate, pack, positions
 from higgs_train.data.pipeline import TrainingData, build_stream_data, build_training_data, encoding_progress
 from higgs_train.data.prepare import stats_warnings
 from higgs_train.data.share import clean_syncs, end_share, launch_share
@@ -194,6 +194,11 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     with whole_models(accelerator):
         scorer = make_scorer(cfg, accelerator, processor, data)  # before the LM: a missing ASR model fails fast
     model, fingerprint, loaded = _model(cfg, accelerator, processor, resume_path, say)
+    if cfg.packing and cfg.attn_implementation in ("sdpa", "eager"):
+        say(
+            f"note: --packing with {cfg.attn_implementation}: rows are kept apart by a dense block-diagonal mask "
+            "(memory grows with the square of the packed length); flex_attention or flash_attention_2 keep it sparse"
+        )
     text_loss = TextLoss(model) if cfg.text_loss_weight > 0 else None
     model, optimizer = _optimizer(cfg, accelerator, model, say)
     if cfg.batch_size == AUTO:
@@ -346,7 +351,7 @@ def step(run: Run) -> StepStats | None:
     run.result.losses.append(loss)
     if warning := run.collapse.observe(run.progress.step, loss, grad_norm):
         run.say(warning)
-    padded = sum(b["attention_mask"].numel() for b in batches)
+    padded = sum(positions(b)[1] for b in batches)
     return StepStats(loss, grad_norm, tokens, padded, text, lr, data_s, time.perf_counter() - t0)
 
 
@@ -412,11 +417,13 @@ def _tok_s(run: Run, s: StepStats) -> float:
     return s.tokens * run.accelerator.num_processes / max(s.step_s, 1e-9)
 
 
-def _plan(cfg: TrainConfig, data: TrainingData, accelerator, seed: int) -> BatchPlan | None:
+def _plan(cfg: TrainConfig, data: TrainingData, accelerator, seed: int) -> BatchPlan | TokenBudgetPlan | None:
     if data.stream is not None:
         return None
     lengths = data.train.lengths if cfg.group_by_length else None
     rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.max_tokens_per_batch:
+        return TokenBudgetPlan(data.train.lengths, cfg.max_tokens_per_batch, seed, rank, world)
     return BatchPlan(len(data.train), cfg.batch_size, seed, rank, world, lengths)
 
 
@@ -462,7 +469,7 @@ def optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codeb
     """
     # every code weighs the same whatever its micro-batch or rank (loss.py)
     window = window_scale(accelerator, batches, cfg.text_loss_weight if text_loss is not None else 0.0)
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    tokens = sum(positions(b)[0] for b in batches)
     loss_sum = text_sum = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(batches):
         if i and stop is not None and any_rank(accelerator, stop.requested):
@@ -512,7 +519,7 @@ def next_batch(run: Run) -> dict[str, torch.Tensor]:
     faults.failpoint("micro_batch")
     progress.epoch = epoch
     progress.samples_seen += len(examples) * run.accelerator.num_processes
-    batch = collate(examples, run.data.layout)
+    batch = (pack if run.cfg.packing else collate)(examples, run.data.layout)
     if torch.cuda.is_available():  # pinned host memory lets the copy to the GPU run asynchronously
         batch = {k: v.pin_memory() for k, v in batch.items()}
     return batch

@@ -273,10 +273,10 @@ def move_data_position(progress: TrainingProgress, identity, change: str | None,
     over the new rows, continue keeps the samples seen. Either way the progress then records these rows."""
     if change is not None:
         if choice == "restart_epoch":
-            progress.micro_batches = (progress.epoch + 1) * plan.batches_per_epoch
+            progress.micro_batches = plan.epoch_start(progress.epoch + 1)
         else:
-            progress.micro_batches = progress.samples_seen // (plan.batch_size * plan.world_size)
-        progress.epoch = progress.micro_batches // plan.batches_per_epoch
+            progress.micro_batches = plan.position_for_samples(progress.samples_seen)
+        progress.epoch = plan.epoch_of(progress.micro_batches)
         say(
             f"warning: the training data changed ({change}); --on_data_change {choice}: training goes on from "
             f"epoch {progress.epoch}, micro-batch {progress.micro_batches}"

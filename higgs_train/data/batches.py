@@ -73,3 +73,102 @@ class BatchPlan:
 
     def steps_for_epochs(self, num_epochs: float, grad_accum: int) -> int:
         return max(1, math.ceil(num_epochs * self.batches_per_epoch / grad_accum))
+
+    def epoch_start(self, epoch: int) -> int:
+        """The index of epoch `epoch`'s first micro-batch."""
+        return epoch * self.batches_per_epoch
+
+    def epoch_of(self, index: int) -> int:
+        return index // self.batches_per_epoch
+
+    def position_for_samples(self, samples_seen: int) -> int:
+        """The micro-batch index after `samples_seen` rows over all ranks (--on_data_change continue)."""
+        return samples_seen // (self.batch_size * self.world_size)
+
+
+WINDOW_ROWS = 2048  # --max_tokens_per_batch packs rows within windows of this many rows of the epoch's permutation
+
+
+class TokenBudgetPlan:
+    """--max_tokens_per_batch: micro-batches filled to a token budget instead of a row count, a pure function of
+    (seed, epoch, rank) like BatchPlan. Each epoch's seeded permutation is cut into windows of WINDOW_ROWS rows; each
+    window is packed first-fit-decreasing into bins of at most `budget` tokens; consecutive runs of world_size bins
+    are the global batches (rank r takes the r-th), shuffled; the bins of a last incomplete global batch are left
+    out of that epoch (as BatchPlan leaves out rows). The bins never depend on the world size (which rank trains
+    which bin, and when, does); an epoch's batch count depends on its permutation, so the plan packs the epochs
+    before a position once (each O(rows))."""
+
+    def __init__(self, lengths, budget: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.num_examples, self.budget, self.seed = len(self.lengths), budget, seed
+        self.rank, self.world_size = rank, world_size
+        longest = int(self.lengths.max()) if len(self.lengths) else 0
+        if longest > budget:
+            raise ConfigError(
+                f"--max_tokens_per_batch {budget} is below the longest row ({longest} tokens); raise it to at least "
+                f"{longest} or lower --max_duration"
+            )
+        self.batch_size = max(1, budget // max(1, int(np.median(self.lengths))))  # rows of a typical micro-batch
+        self._epochs: list[tuple[list[np.ndarray], np.ndarray]] = []  # per epoch: bins, order of global batches
+        self._starts = [0]  # micro-batch index at which each epoch starts, per rank
+        self.batches_per_epoch = self._epoch(0)[1].size
+        if self.batches_per_epoch == 0:
+            raise ConfigError(
+                f"{self.num_examples} rows fill fewer than {world_size} micro-batches of --max_tokens_per_batch "
+                f"{budget}; lower it or run fewer processes"
+            )
+
+    def _epoch(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
+        while len(self._epochs) <= epoch:
+            e = len(self._epochs)
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+            order = torch.randperm(self.num_examples, generator=gen).numpy()
+            bins = [
+                b for start in range(0, len(order), WINDOW_ROWS) for b in self._pack(order[start : start + WINDOW_ROWS])
+            ]
+            groups = len(bins) // self.world_size
+            batches = torch.randperm(groups, generator=gen).numpy()
+            self._epochs.append((bins, batches))
+            self._starts.append(self._starts[-1] + groups)
+        return self._epochs[epoch]
+
+    def _pack(self, rows: np.ndarray) -> list[np.ndarray]:
+        """First-fit decreasing: longest first, each into the first bin with room (ties keep the permutation)."""
+        rows = rows[np.argsort(-self.lengths[rows], kind="stable")]
+        room = np.empty(0, np.int64)
+        members: list[list[int]] = []
+        for row in rows.tolist():
+            fits = np.flatnonzero(room >= self.lengths[row])
+            if len(fits):
+                j = int(fits[0])
+                room[j] -= self.lengths[row]
+                members[j].append(row)
+            else:
+                room = np.append(room, self.budget - self.lengths[row])
+                members.append([row])
+        return [np.asarray(m, np.int64) for m in members]
+
+    def epoch_of(self, index: int) -> int:
+        epoch = 0
+        while index >= self._starts[epoch + 1]:
+            epoch += 1
+            self._epoch(epoch)
+        return epoch
+
+    def micro_batch(self, index: int) -> tuple[int, list[int]]:
+        epoch = self.epoch_of(index)
+        bins, batches = self._epoch(epoch)
+        group = int(batches[index - self._starts[epoch]])
+        return epoch, bins[group * self.world_size + self.rank].tolist()
+
+    def epoch_start(self, epoch: int) -> int:
+        self._epoch(epoch)
+        return self._starts[epoch]
+
+    def steps_for_epochs(self, num_epochs: float, grad_accum: int) -> int:
+        """From the first epoch's batch count (later epochs pack to within a few batches of it)."""
+        return max(1, math.ceil(num_epochs * self.batches_per_epoch / grad_accum))
+
+    def position_for_samples(self, samples_seen: int) -> int:
+        per_batch = self.num_examples / max(1, len(self._epoch(0)[0]))  # rows of a micro-batch on average
+        return int(samples_seen / (per_batch * self.world_size))

@@ -199,3 +199,30 @@ def collate(examples: list[Example], layout: TokenLayout) -> dict[str, torch.Ten
         "labels": labels,
         "text_labels": text_labels,  # used only with --text_loss_weight
     }
+
+
+def pack(examples: list[Example], layout: TokenLayout) -> dict[str, torch.Tensor]:
+    """--packing: a list of examples as ONE sequence (batch of 1, no padding): `position_ids` restart at 0 for each
+    row and there is NO `attention_mask`, from which transformers' masking builds a block-diagonal causal mask
+    (an attention mask, even all ones, turns that detection off and rows would attend to each other). Labels are
+    each row's own: every row's first label is ignored, so no loss term predicts across a row boundary."""
+    input_ids = torch.from_numpy(np.concatenate([e.input_ids for e in examples]))[None]
+    frames = torch.from_numpy(np.concatenate([e.audio_frames for e in examples]))[None]
+    labels = torch.from_numpy(np.concatenate([e.labels for e in examples]))[None]
+    if any((e.labels[0] != IGNORE).any() for e in examples):
+        raise ValueError("a packed row starts with a labelled position: its loss would cross a row boundary")
+    return {
+        "input_ids": input_ids,
+        "position_ids": torch.from_numpy(np.concatenate([np.arange(len(e.input_ids)) for e in examples]))[None],
+        "audio_input_ids": frames,
+        "audio_input_ids_mask": torch.ones(frames.shape[:2], dtype=torch.bool),
+        "labels": labels,
+        "text_labels": torch.from_numpy(np.concatenate([e.text_labels for e in examples]))[None],
+    }
+
+
+def positions(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(real tokens, tokens computed) of a padded or packed batch."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum()), batch["attention_mask"].numel()
+    return batch["input_ids"].numel(), batch["input_ids"].numel()

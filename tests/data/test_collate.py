@@ -108,3 +108,59 @@ def test_collate_pads_right_with_masks(layout):
     assert batch["attention_mask"][1].sum() == len(b.input_ids)
     assert batch["audio_input_ids_mask"][1].sum() == len(b.audio_frames)
     assert (batch["labels"][1, len(b.input_ids) :] == IGNORE).all()
+
+
+def _rows(layout):
+    """Three rows of different lengths, a cloning row among them."""
+    plain = Sample(
+        "m.jsonl:2", (Turn("system", text="Speak."), Turn("user", text="hello"), Turn("assistant", audio="a"))
+    )
+    return [
+        build_example(clone_sample(), {"ref.wav": codes(6, 10), "tgt.wav": codes(9, 11)}, layout),
+        build_example(plain, {"a": codes(3, 12)}, layout),
+        build_example(clone_sample(), {"ref.wav": codes(4, 13), "tgt.wav": codes(5, 14)}, layout),
+    ]
+
+
+def _kept_logits(model, batch):
+    """The audio head's logits at every position whose next frame is labelled, in row order (as the loss uses)."""
+    keep = torch.zeros(batch["labels"].shape[:2], dtype=torch.bool)
+    keep[:, :-1] = (batch["labels"][:, 1:] != IGNORE).any(-1)
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "text_labels")}
+    with torch.no_grad():
+        return model(**inputs, use_cache=False, logits_to_keep=keep).logits
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "flex_attention"])
+def test_packed_rows_never_see_each_other(tiny_model, layout, attention):
+    """The leak canary: packed rows give each row's padded logits (within 1e-5) and the same summed loss; the same
+    packed batch with an all-ones attention mask (rows attending across boundaries) differs by more than 1e-2."""
+    from higgs_train.data.collate import pack, positions
+    from higgs_train.model import load_lm
+
+    model = load_lm(str(tiny_model), attn_implementation=attention).eval()
+    rows = _rows(layout)
+    padded, packed = collate(rows, layout), pack(rows, layout)
+    assert "attention_mask" not in packed and packed["input_ids"].shape == (1, sum(len(r.input_ids) for r in rows))
+    assert positions(packed) == (packed["input_ids"].numel(),) * 2
+    try:
+        want, got = _kept_logits(model, padded), _kept_logits(model, packed)
+    except Exception as e:  # flex_attention needs a compiler toolchain on the CPU
+        if attention != "flex_attention":
+            raise
+        pytest.skip(f"flex_attention does not run on this CPU ({type(e).__name__}: {str(e)[:100]})")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        size = model.config.codebook_size
+        torch.testing.assert_close(audio_loss_sum(model, packed, size), audio_loss_sum(model, padded, size))
+    leaky = {**packed, "attention_mask": torch.ones_like(packed["input_ids"])}
+    assert (_kept_logits(model, leaky) - want).abs().max() > 1e-2
+
+
+def test_pack_refuses_a_row_whose_first_position_is_labelled(layout):
+    from higgs_train.data.collate import pack
+
+    row = _rows(layout)[1]
+    row.labels[0] = 3
+    with pytest.raises(ValueError, match="cross a row boundary"):
+        pack([row], layout)
