@@ -95,13 +95,13 @@ def prepare_command(ctx: typer.Context, config: str | None = None, **flags) -> N
 @train_options
 def plan_command(ctx: typer.Context, config: str | None = None, **flags) -> None:
     """Estimated peak GPU memory by part, and the largest batch per common card (from --model's config.json)."""
-    from higgs_train.plan import plan_for, plan_lines
+    from higgs_train.plan import cards_for, plan_for, plan_lines
 
     cfg = settings.build_config(flags, config, require_data=False)
     batch = (
         1 if cfg.batch_size == settings.AUTO else cfg.batch_size
     )  # auto: what one row needs, and the largest that fits
-    show("\n".join(plan_lines(plan_for(cfg), batch, cfg.gradient_checkpointing)))
+    show("\n".join(plan_lines(plan_for(cfg), batch, cfg.gradient_checkpointing, cards_for(cfg))))
 
 
 @command("init-tiny", settings.TinySettings)

@@ -29,6 +29,7 @@ ON_SAVE_ERROR = ("stop", "continue")
 ON_BAD_SAMPLE = ("error", "skip")
 ON_DATA_CHANGE = ("error", "restart_epoch", "continue")  # data/rows.py
 ATTENTION = ("sdpa", "flash_attention_2", "flex_attention", "eager")
+QUANTIZE = ("none", "nf4", "fp4", "int8")  # --quantize (QLoRA: model.quantization_config)
 # manifest formats (data/formats.py)
 FORMATS = ("auto", "jsonl", "json", "folder", "hf", "parquet", "hub", "ljspeech", "csv", "pairs")
 SELECT_BEST_BY = ("combined", "error", "wer", "cer", "similarity", "loss")
@@ -129,6 +130,12 @@ class TrainConfig:
     mixed_precision: str = _f("no", "Mixed precision: no, bf16 or fp16.", MODEL)
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.", MODEL)
     attn_implementation: str = _f("sdpa", "Attention kernel: sdpa, flash_attention_2, flex_attention or eager.", MODEL)
+    quantize: str = _f(
+        "none",
+        "QLoRA: load the frozen base quantized, none, nf4, fp4 or int8 (LoRA stays full precision; the audio head "
+        "and embeddings are not quantized). Needs bitsandbytes: pip install -e '.[qlora]'.",
+        MODEL,
+    )
     compile: bool = _f(False, "torch.compile the model (inductor); pays off on long runs on a GPU.", MODEL)
     lora_r: int = _f(16, "LoRA rank.", LORA)
     lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).", LORA)
@@ -310,12 +317,26 @@ def _choice_problems(cfg: TrainConfig) -> list[str]:
         ("on_data_change", ON_DATA_CHANGE),
         ("attn_implementation", ATTENTION),
         ("label_audio", LABEL_AUDIO),
+        ("quantize", QUANTIZE),
     )
     return [
         f"--{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}"
         for name, allowed in choices
         if getattr(cfg, name) not in allowed
     ]
+
+
+def _quantize_problems(cfg: TrainConfig, loading: bool = True) -> list[str]:
+    """`loading` False: a command such as `plan` that never loads the weights (needs no bitsandbytes)."""
+    import importlib.util
+
+    if cfg.quantize == "none" or cfg.quantize not in QUANTIZE:
+        return []
+    if loading and importlib.util.find_spec("bitsandbytes") is None:
+        return [f"--quantize {cfg.quantize} needs bitsandbytes, which is not installed: pip install -e '.[qlora]'"]
+    if cfg.mixed_precision == "fp16":
+        return [f"--quantize {cfg.quantize} computes in the --mixed_precision dtype: use bf16 (or no), not fp16"]
+    return []
 
 
 def _batching_problems(cfg: TrainConfig) -> list[str]:
@@ -394,7 +415,9 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         )
     if cfg.eval_manifest and cfg.eval_fraction:
         problems.append("--eval_manifest and --eval_fraction both given; choose one")
-    problems += tracker_problems(cfg.report_to) + language_problems(cfg.language)
+    problems += (
+        tracker_problems(cfg.report_to) + language_problems(cfg.language) + _quantize_problems(cfg, require_data)
+    )
     if cfg.sample_steps is not None and (cfg.sample_steps < 1 or not cfg.sample_text):
         problems.append("--sample_steps needs a positive N and --sample_text with the words to speak")
     if bool(cfg.sample_ref_audio) != bool(cfg.sample_ref_text):

@@ -63,7 +63,7 @@ def _plan_checks(model: str) -> list[Check]:
         plan = plan_for(cfg)
     except HiggsTrainError as e:
         return [Check("plan", False, str(e))]
-    return [Check(name, ok, detail) for name, ok, detail in gpu_verdicts(plan, 1, False)]
+    return [Check(name, ok, detail) for name, ok, detail in gpu_verdicts(plan, 1, False, cfg)]
 
 
 def _gpu_checks() -> list[Check]:

@@ -155,6 +155,11 @@ def model_card(run: Path, checkpoint: Path, state: dict, clips: list[dict], lang
         else "- languages: not recorded (train with --language, or export with --language)",
         f"- eval loss at this step: {eval_loss:.4f}" if eval_loss is not None else "- eval loss: not measured",
     ]
+    if config.get("quantize", "none") != "none":
+        lines.append(
+            f"- trained on a {_one_line(str(config['quantize']))}-quantized base (QLoRA); the adapter loads on the "
+            "full-precision base as any other, and generates best on it"
+        )
     if score:
         lines.append(
             f"- scores (by listening, {config.get('score_samples', '?')} rows): WER {_f(score.wer)}, "

@@ -26,7 +26,9 @@ def audio_loss_sum(model, batch: dict[str, torch.Tensor], codebook_size: int) ->
     keep[:, :-1] = (targets != IGNORE).any(-1)
     logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (kept positions, K * codebook_size)
     picked = logits.float().reshape(-1, codebook_size)
-    return F.cross_entropy(picked, targets[keep[:, :-1]].reshape(-1), ignore_index=IGNORE, reduction="sum")
+    kept = targets[keep[:, :-1]].reshape(-1)
+    torch._check(picked.shape[0] == kept.shape[0])  # the same mask: tells torch.compile, which cannot see it
+    return F.cross_entropy(picked, kept, ignore_index=IGNORE, reduction="sum")
 
 
 class TextLoss:

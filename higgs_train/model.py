@@ -14,6 +14,7 @@ from higgs_train.errors import ConfigError, ModelError
 from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, HIGGS_MODEL_TYPE
 
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+QUANTIZE_SKIP = ["audio_lm_head", "text_lm_head"]  # the heads stay as they are (embeddings are never quantized)
 
 
 def quiet_libraries() -> None:
@@ -170,12 +171,14 @@ def load_lm(
     attn_implementation: str = "sdpa",
     use_text_head: bool = False,
     revision: str | None = None,
+    quantize: str = "none",
 ):
     """`HiggsAudioV2ForConditionalGeneration.from_pretrained`, for a hub id or a local folder alike, refusing to
     hand back a model with any weight left at random (see `check_loading_info`).
 
     Weights stay in float32 for "no"; with bf16/fp16 the frozen base is loaded in that dtype (LoRA weights are
-    kept in float32) to halve its memory.
+    kept in float32) to halve its memory. `quantize` (QLoRA): the decoder's linear layers loaded in 4 or 8 bits
+    (`quantization_config`).
     """
     from transformers import HiggsAudioV2ForConditionalGeneration
 
@@ -189,6 +192,7 @@ def load_lm(
             use_text_head=use_text_head,
             output_loading_info=True,
             ignore_mismatched_sizes=True,  # reported in the loading info, then refused below with the names
+            **quantization(quantize, mixed_precision),
         )
     except ImportError as e:  # flash_attention_2 without the flash-attn package, for example
         raise ModelError(f"--attn_implementation {attn_implementation}: {e}") from e
@@ -200,6 +204,25 @@ def load_lm(
         info["unexpected_keys"] = {k for k in info["unexpected_keys"] if not k.startswith("text_lm_head")}
     check_loading_info(info, "--model", model, text_head=use_text_head)
     return lm
+
+
+def quantization(quantize: str, mixed_precision: str) -> dict:
+    """from_pretrained's `quantization_config` for --quantize: NF4/FP4 with double quantization, computing in the
+    --mixed_precision dtype, or LLM.int8(); nothing for none."""
+    if quantize == "none":
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "int8":
+        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=QUANTIZE_SKIP)}
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantize,
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=DTYPES[mixed_precision],
+        llm_int8_skip_modules=QUANTIZE_SKIP,
+    )
+    return {"quantization_config": config}
 
 
 def check_loading_info(info: dict, flag: str, source: str, text_head: bool = False) -> None:
@@ -263,6 +286,20 @@ def lora_config(cfg: TrainConfig):
     )
 
 
+COMPILE_BUCKET = 64  # --compile: batch lengths padded to multiples of this, so few distinct shapes compile
+# Boolean masks (the audio frames, our DualFFN's token indices, the kept logits, the loss) have data-dependent
+# sizes: traced as unbacked sizes instead of a graph break each (36 breaks with the native DualFFN, 0 here).
+COMPILE_SETTINGS = {"capture_dynamic_output_shape_ops": True, "capture_scalar_outputs": True}
+
+
+def compile_for_training(model: torch.nn.Module) -> None:
+    """--compile: torch.compile in place (nn.Module.compile: parameter and state-dict names stay the PEFT model's)
+    with dynamic shapes and the data-dependent sizes traced (COMPILE_SETTINGS)."""
+    for name, value in COMPILE_SETTINGS.items():
+        setattr(torch._dynamo.config, name, value)
+    model.compile(dynamic=True)
+
+
 def apply_lora(model: torch.nn.Module, cfg: TrainConfig):
     """Wrap the model with PEFT LoRA; the base is frozen, only adapter weights train (in float32)."""
     from peft import get_peft_model
@@ -279,16 +316,23 @@ def apply_lora(model: torch.nn.Module, cfg: TrainConfig):
     return peft_model
 
 
-def meta_counts(config, cfg: TrainConfig) -> tuple[int, int]:
-    """(base parameters, LoRA parameters) of a model config under --lora_r / --lora_targets, counted on the meta
-    device: nothing is allocated, so the released shape counts anywhere."""
+def meta_counts(config, cfg: TrainConfig) -> tuple[int, int, int, int]:
+    """(base parameters, LoRA parameters, parameters --quantize quantizes, the largest of those matrices) of a model
+    config under --lora_r / --lora_targets, counted on the meta device: nothing is allocated, so the released shape
+    counts anywhere."""
     from transformers import HiggsAudioV2ForConditionalGeneration
 
     with torch.device("meta"):
         model = HiggsAudioV2ForConditionalGeneration(config, use_text_head=cfg.text_loss_weight > 0)
         base = sum(p.numel() for p in model.parameters())
+        quantized = [
+            m.weight.numel()
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and name.split(".")[-1] not in QUANTIZE_SKIP
+        ]
         lora = apply_lora(model, replace(cfg, gradient_checkpointing=False))
-        return base, sum(p.numel() for p in lora.parameters() if p.requires_grad)
+        trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+        return base, trainable, sum(quantized), max(quantized, default=0)
 
 
 def trainable_summary(model: torch.nn.Module) -> tuple[int, int]:

@@ -26,6 +26,10 @@ CUDA_CONTEXT = 1.0 * GIB  # CUDA context, cuBLAS workspaces and kernels
 ALLOCATOR_SLACK = 0.10  # fragmentation in PyTorch's caching allocator
 LABELLED_SHARE = 0.5  # share of a row's tokens whose next audio frame is labelled (the target clip)
 DTYPE_BYTES = {"no": 4, "bf16": 2, "fp16": 2}
+# --quantize: bytes per quantized weight. 4-bit: half a byte, an 8-bit absmax per block of 64 and a float32 one per
+# 256 blocks (double quantization); int8: a byte and a float32 scale per row (counted per weight: small)
+QUANTIZED_BYTES = {"nf4": 0.5 + 1 / 64 + 4 / (64 * 256), "fp4": 0.5 + 1 / 64 + 4 / (64 * 256), "int8": 1.0 + 0.001}
+SMALL_CARDS_GB = (8, 12, 16, 24)  # consumer cards, in the table with --quantize
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,11 @@ def memory_plan(config, cfg, seq_len: int | None = None) -> MemoryPlan:
     (default: the model's max_position_embeddings, the longest row `prepare` lets through)."""
     from higgs_train.model import meta_counts
 
-    base_params, lora_params = meta_counts(config, cfg)
+    base_params, lora_params, quantized, largest = meta_counts(config, cfg)
     lora_rank, act = cfg.lora_r, DTYPE_BYTES[cfg.mixed_precision]
+    base_weights = base_params * act
+    if cfg.quantize != "none":  # quantized linear layers, the rest as loaded, one weight dequantized at a time
+        base_weights = (base_params - quantized) * act + quantized * QUANTIZED_BYTES[cfg.quantize] + 2 * largest * act
     seq_len = seq_len or config.max_position_embeddings
     h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     q = config.num_attention_heads * config.head_dim
@@ -88,7 +95,7 @@ def memory_plan(config, cfg, seq_len: int | None = None) -> MemoryPlan:
     head = LABELLED_SHARE * config.num_codebooks * config.codebook_size * (act + 4 + 4)
     return MemoryPlan(
         seq_len=seq_len,
-        base_weights=base_params * act,
+        base_weights=base_weights,
         lora_state=lora_params * 16,
         act_per_token=per_token,
         act_per_token_gc=per_token_gc,
@@ -97,7 +104,8 @@ def memory_plan(config, cfg, seq_len: int | None = None) -> MemoryPlan:
 
 
 def plan_lines(plan: MemoryPlan, batch: int, gc: bool, cards_gb=CARDS_GB) -> list[str]:
-    """The table `higgs-train plan` prints: parts at this batch, then the largest batch per card."""
+    """The table `higgs-train plan` prints: parts at this batch, then the largest batch per card (with --quantize,
+    the consumer cards first)."""
     lines = [f"estimated peak GPU memory at batch {batch} x {plan.seq_len} tokens per process:"]
     for name, size in plan.parts(batch, gc).items():
         lines.append(f"  {name:<36} {size / GIB:8.2f} GiB")
@@ -110,6 +118,31 @@ def plan_lines(plan: MemoryPlan, batch: int, gc: bool, cards_gb=CARDS_GB) -> lis
     return lines
 
 
+def cards_for(cfg) -> tuple[int, ...]:
+    """The cards the table lists: with --quantize the consumer cards it is for, then the larger ones."""
+    return SMALL_CARDS_GB + CARDS_GB[1:] if cfg.quantize != "none" else CARDS_GB
+
+
+SETTINGS_TO_TRY = (  # from the fastest to the smallest: what `doctor` suggests for a card
+    ("bf16", False, "none"),
+    ("bf16", True, "none"),
+    ("bf16", True, "nf4"),
+)
+
+
+def setting_that_fits(cfg, capacity: float, batch: int = 1) -> str | None:
+    """The first of SETTINGS_TO_TRY under which `batch` rows of the model's longest length fit `capacity` bytes, as
+    flags ("" for bf16 as it is); None when none does."""
+    from dataclasses import replace
+
+    for precision, gc, quantize in SETTINGS_TO_TRY:
+        plan = plan_for(replace(cfg, mixed_precision=precision, gradient_checkpointing=gc, quantize=quantize))
+        if plan.total(batch, gc) <= capacity:
+            flags = [f"--mixed_precision {precision}"] + ["--gradient_checkpointing"] * gc
+            return " ".join(flags + ([f"--quantize {quantize}"] if quantize != "none" else []))
+    return None
+
+
 def plan_for(cfg, seq_len: int | None = None) -> MemoryPlan:
     """The plan of a run's settings: --model's config.json alone is read (a folder holding only it is enough)."""
     from higgs_train.model import load_lm_config, quiet_libraries
@@ -118,8 +151,9 @@ def plan_for(cfg, seq_len: int | None = None) -> MemoryPlan:
     return memory_plan(load_lm_config(cfg.model, cfg.model_revision), cfg, seq_len)
 
 
-def gpu_verdicts(plan: MemoryPlan, batch: int, gc: bool) -> list[tuple[str, bool, str]]:
-    """(name, fits, detail) for each GPU this machine has, by its free memory now."""
+def gpu_verdicts(plan: MemoryPlan, batch: int, gc: bool, cfg=None) -> list[tuple[str, bool, str]]:
+    """(name, fits, detail) for each GPU this machine has, by its free memory now; with the run's `cfg`, a setting
+    that fits a GPU the plan does not."""
     import torch
 
     out = []
@@ -128,7 +162,10 @@ def gpu_verdicts(plan: MemoryPlan, batch: int, gc: bool) -> list[tuple[str, bool
         need = plan.total(batch, gc)
         best = plan.largest_batch(free, gc)
         detail = f"batch {batch} x {plan.seq_len} needs {need / GIB:.1f} GiB of {free / GIB:.1f} free; largest {best}"
-        out.append((f"plan gpu {i}", need <= free, detail + ("" if gc else " (more with --gradient_checkpointing)")))
+        detail += "" if gc else " (more with --gradient_checkpointing)"
+        if need > free and cfg is not None and (fits := setting_that_fits(cfg, free, batch)):
+            detail += f"; fits with {fits}"
+        out.append((f"plan gpu {i}", need <= free, detail))
     return out
 
 

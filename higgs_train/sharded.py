@@ -58,6 +58,12 @@ def check_supported(accelerator, cfg) -> None:
     from higgs_train.errors import ConfigError
 
     mode = sharding(accelerator)
+    if cfg.quantize != "none" and mode != PLAIN:
+        raise ConfigError(
+            f"--quantize {cfg.quantize} under {mode}: FSDP and DeepSpeed cast or shard the base weights, which "
+            "bitsandbytes' quantized weights do not survive (untested, so refused): run QLoRA under DDP "
+            "(configs/accelerate/ddp.yaml or multinode.yaml), each GPU holding the whole quantized base"
+        )
     if mode not in (FSDP2, ZERO3):
         return
     problems = []

@@ -23,8 +23,10 @@ from higgs_train.checkpoint.lock import RunLock
 from higgs_train.checkpoint.preflight import check_output_dir, refuse_run_overlap
 from higgs_train.checkpoint.resume import (
     check_data,
+    check_lora_shape,
     choose_resume,
     move_data_position,
+    read_trainer_state,
     restore_state,
     restore_weights,
 )
@@ -55,8 +57,10 @@ from higgs_train.listening import make_scorer, sample_now, score_now
 from higgs_train.loss import TextLoss, audio_loss_sum, evaluate, window_scale
 from higgs_train.metrics import MetricsLog
 from higgs_train.model import (
+    COMPILE_BUCKET,
     apply_lora,
     check_pair,
+    compile_for_training,
     load_lm,
     load_lm_config,
     load_processor,
@@ -188,6 +192,8 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     main = accelerator.is_main_process
     say = log if main else (lambda _msg: None)
     resume_path = _start(cfg, accelerator, say)
+    if resume_path is not None:  # another LoRA shape or --quantize: refused before anything loads
+        check_lora_shape(read_trainer_state(resume_path)["config"], cfg.to_dict(), resume_path)
     cfg = resumed_revisions(cfg, resume_path)
     processor, data, cfg = _data(cfg, accelerator, stop, say, main and show)
     data_change = check_data(resume_path, data.identity, cfg.to_dict(), cfg.output_dir)  # before the LM loads
@@ -293,7 +299,12 @@ def _model(cfg: TrainConfig, accelerator, processor, resume_path: Path | None, s
     (before accelerate wraps or shards the model)."""
     with whole_models(accelerator):
         lm = load_lm(
-            cfg.model, cfg.mixed_precision, cfg.attn_implementation, cfg.text_loss_weight > 0, cfg.model_revision
+            cfg.model,
+            cfg.mixed_precision,
+            cfg.attn_implementation,
+            cfg.text_loss_weight > 0,
+            cfg.model_revision,
+            cfg.quantize,
         )
     check_pair(lm, processor, cfg.model)
     dual_ffn.install(lm, say)  # bitwise the native layer, without its host sync per layer
@@ -317,7 +328,7 @@ def _optimizer(cfg: TrainConfig, accelerator, model, say):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=torch.cuda.is_available())
     if cfg.compile:  # in place (nn.Module.compile): parameter and state-dict names stay those of the PEFT model
-        model.compile(dynamic=True)  # sequence lengths vary batch to batch
+        compile_for_training(model)
     configure_deepspeed(accelerator, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     if line := describe_sharding(accelerator, model):
@@ -519,7 +530,10 @@ def next_batch(run: Run) -> dict[str, torch.Tensor]:
     faults.failpoint("micro_batch")
     progress.epoch = epoch
     progress.samples_seen += len(examples) * run.accelerator.num_processes
-    batch = (pack if run.cfg.packing else collate)(examples, run.data.layout)
+    if run.cfg.packing:
+        batch = pack(examples, run.data.layout)
+    else:  # compiled: lengths padded to buckets, so the compiled graphs' shapes stay few
+        batch = collate(examples, run.data.layout, COMPILE_BUCKET if run.cfg.compile else 1)
     if torch.cuda.is_available():  # pinned host memory lets the copy to the GPU run asynchronously
         batch = {k: v.pin_memory() for k, v in batch.items()}
     return batch

@@ -1,12 +1,17 @@
-"""Training-step benchmark: our step against the plain baseline a user would write, on synthetic batches with a
-realistic text / reference-audio / target-audio mix. Prints one JSON object.
+"""Training-step benchmark, fair by construction: two ways of training (--sides A,B) built in ONE process and run
+interleaved (A B B A ...), each step's process CPU time and wall time recorded, on rows whose lengths follow a named
+corpus distribution (--lengths). Prints one JSON object.
 
-  python scripts/bench.py --preset tiny                      # CPU smoke run (CI checks the fields)
+  OMP_NUM_THREADS=1 python scripts/bench.py --preset slice --threads 1 --lengths librittsr --batch_size 8
   python scripts/bench.py --preset full --mixed_precision bf16 --batch_size 8 --seq_len 2048   # on one GPU
+  python scripts/bench.py --sides ours:dropout=0,ours:dropout=0.05                             # any A/B of ours
 
-`full` is the released 3B-base architecture with random weights. MFU counts what a token really runs: attention
-and ONE of the two FFNs per layer, plus the audio head at labelled positions; LoRA training costs about 4 FLOPs
-per touched weight per token (6 with gradient checkpointing), against --peak_tflops (989 = H100/H200 bf16 dense).
+The baseline is what a user gets by default: transformers' sdpa attention and DualFFN, the processor's padded
+batches in data order (no grouping), the native loss. `full` is the released 3B-base architecture with random
+weights, `slice` its widths with 2 layers (runs on a CPU). MFU counts model FLOPs only: per real token 4 per
+touched weight (2 forward, 2 backward: frozen weights need input gradients only; ONE of the two FFNs per layer),
+the audio head at the labelled half, and causal attention; HFU adds checkpointing's recomputed forward. Both
+against --peak_tflops (989 = H100/H200 bf16 dense).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +36,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from higgs_train.checkpoint.save import save_checkpoint  # noqa: E402
 from higgs_train.checkpoint.state import Snapshot, TrainingProgress, capture_rng  # noqa: E402
 from higgs_train.config import build_config  # noqa: E402
-from higgs_train.data.batches import BatchPlan  # noqa: E402
+from higgs_train.data.batches import BatchPlan, TokenBudgetPlan  # noqa: E402
 from higgs_train.data.collate import IGNORE, Example, TokenLayout, collate, delay_pattern, target_labels  # noqa: E402
 from higgs_train.distributed import make_accelerator  # noqa: E402
 from higgs_train.layouts import released_lm_config  # noqa: E402
-from higgs_train.model import apply_lora, quiet_libraries  # noqa: E402
+from higgs_train.model import COMPILE_BUCKET, apply_lora, compile_for_training, quiet_libraries  # noqa: E402
 from higgs_train.schedule import WarmupCosine  # noqa: E402
 from higgs_train.tiny import tiny_lm_config  # noqa: E402
 from higgs_train.train import optimizer_step  # noqa: E402
@@ -50,13 +56,33 @@ def model_config(preset: str):
     )
 
 
-def synthetic_examples(cfg, n: int, seq_len: int, rng: np.random.Generator) -> list[Example]:
-    """Voice-cloning-shaped rows of random length in [seq_len / 2, seq_len]: ~15% text, ~35% reference audio,
-    ~50% target audio (labelled)."""
+LENGTHS = ("ljspeech", "librittsr", "cloning", "uniform")
+TOKENS_PER_SECOND = 29  # 25 audio frames a second, ~4 text tokens of the transcript
+
+
+def row_lengths(dist: str, n: int, seq_len: int, rng: np.random.Generator) -> np.ndarray:
+    """Row lengths in tokens as real corpora have them, capped at seq_len (what --max_duration would drop):
+    ljspeech: one reader, 1-10 s clips (mean 6.6 s); librittsr: many readers, 0.5-35 s, long right tail;
+    cloning: a 3-10 s reference clip plus a 1-20 s target; uniform: [seq_len / 2, seq_len] (the old benchmark's)."""
+    if dist == "uniform":
+        return rng.integers(seq_len // 2, seq_len + 1, n)
+    if dist == "ljspeech":
+        seconds, overhead = np.clip(rng.normal(6.6, 2.2, n), 1.1, 10.1), 30
+    elif dist == "librittsr":
+        seconds, overhead = np.clip(rng.lognormal(np.log(4.3), 0.8, n), 0.5, 35.0), 30
+    else:
+        seconds = rng.uniform(3, 10, n) + np.clip(rng.lognormal(np.log(5.0), 0.6, n), 1.0, 20.0)
+        overhead = 60
+    return np.minimum(seq_len, (seconds * TOKENS_PER_SECOND + overhead).astype(np.int64))
+
+
+def synthetic_examples(cfg, n: int, seq_len: int, rng: np.random.Generator, dist: str = "uniform") -> list[Example]:
+    """Voice-cloning-shaped rows with lengths from `dist` (row_lengths): ~15% text, ~35% reference audio, ~50%
+    target audio (labelled)."""
     k, codes_max = cfg.num_codebooks, cfg.audio_stream_bos_id
     out = []
-    for _ in range(n):
-        length = int(rng.integers(seq_len // 2, seq_len + 1))
+    for length in row_lengths(dist, n, seq_len, rng).tolist():
+        length = max(length, 6 * (k + 1))
         text, ref_t = int(length * 0.15), int(length * 0.35) - k - 1
         tgt_t = length - text - ref_t - 2 * (k + 1)
         ids, frames, labels = [], [], []
@@ -119,10 +145,33 @@ def peak_memory_gb(device) -> float:
     return psutil.Process().memory_info().rss / 1e9
 
 
-def run(args, baseline: bool) -> dict:
+@dataclass
+class Side:
+    """One way of training, built in this process: baseline (what a user gets by default: transformers' sdpa and
+    DualFFN, the processor's padded batches in data order, the native loss) or ours (the sync-free DualFFN, length
+    grouping or --packing, our loss and step)."""
+
+    name: str
+    step: object  # () -> (real tokens, computed tokens, attention FLOPs) of one training step
+    cpu_s: list = field(default_factory=list)
+    wall_s: list = field(default_factory=list)
+    tokens: int = 0
+    computed: int = 0
+    attention_flops: float = 0.0
+    data_s: float = 0.0
+    warmup_s: float = 0.0  # the two warm-up steps (with :compile, the compilation)
+
+
+def build_side(args, spec: str, examples, layout, cfg) -> Side:
+    """`spec`: baseline or ours, with optional modifiers, e.g. ours:packing, ours:dropout=0.05."""
     from transformers import HiggsAudioV2ForConditionalGeneration
 
-    cfg = model_config(args.preset)
+    from higgs_train import dual_ffn
+    from higgs_train.data.collate import pack, positions
+
+    name, *mods = spec.split(":")
+    opts = dict(m.split("=") if "=" in m else (m, "1") for m in mods)
+    baseline = name == "baseline"
     tcfg = build_config(
         {
             "train_manifest": "-",
@@ -131,52 +180,101 @@ def run(args, baseline: bool) -> dict:
             "batch_size": args.batch_size,
             "mixed_precision": args.mixed_precision,
             "gradient_checkpointing": args.gradient_checkpointing,
-            "lora_dropout": 0.0,
+            "lora_dropout": float(opts.get("dropout", args.lora_dropout)),
         }
     )
     accelerator = make_accelerator(tcfg)
-    device = accelerator.device
     torch.manual_seed(0)
-    dtype = {"no": torch.float32, "bf16": torch.bfloat16}[args.mixed_precision]
-    attn = "eager" if baseline else args.attn_implementation
-    lm = HiggsAudioV2ForConditionalGeneration(cfg).to(dtype)
-    lm.config._attn_implementation = attn
+    lm = HiggsAudioV2ForConditionalGeneration(cfg).to(
+        {"no": torch.float32, "bf16": torch.bfloat16}[args.mixed_precision]
+    )
+    lm.config._attn_implementation = args.attn_implementation
+    if args.gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not baseline:
+        dual_ffn.install(lm, lambda _m: None)
     model = apply_lora(lm, tcfg)
+    if "compile" in opts:
+        compile_for_training(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=(device.type == "cuda" and not baseline))
+    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=accelerator.device.type == "cuda")
     scheduler = WarmupCosine(optimizer, 0, 10**6)
     model, optimizer = accelerator.prepare(model, optimizer)
-    layout = synthetic_layout(cfg)
-    examples = synthetic_examples(cfg, args.batch_size * (args.steps + 2), args.seq_len, np.random.default_rng(0))
-    lengths = None if baseline else [len(e.input_ids) for e in examples]
-    plan = BatchPlan(len(examples), args.batch_size, 0, lengths=lengths)
-    step_times, data_times, tokens = [], [], 0
-    for step in range(args.steps + 2):
+    model.train()
+    lengths = np.array([len(e.input_ids) for e in examples])
+    packing = "packing" in opts
+    if baseline:
+        plan = BatchPlan(len(examples), args.batch_size, 0)
+    elif packing and args.max_tokens_per_batch:
+        plan = TokenBudgetPlan(lengths, args.max_tokens_per_batch, 0)
+    else:
+        plan = BatchPlan(len(examples), args.batch_size, 0, lengths=lengths)
+    index = [0]
+    device = accelerator.device
+    side = Side(spec, None)
+
+    def one_step():
         t0 = time.perf_counter()
-        batch = collate([examples[i] for i in plan.micro_batch(step)[1]], layout)
-        if device.type == "cuda" and not baseline:
-            batch = {k: v.pin_memory() for k, v in batch.items()}
-        t1 = time.perf_counter()
+        rows = [examples[i] for i in plan.micro_batch(index[0])[1]]
+        index[0] += 1
+        batch = pack(rows, layout) if packing else collate(rows, layout, COMPILE_BUCKET if "compile" in opts else 1)
+        side.data_s += time.perf_counter() - t0
         if baseline:
             native_step(model, optimizer, accelerator, batch, layout)
         else:
             optimizer_step(model, optimizer, scheduler, accelerator, [batch], tcfg, cfg.codebook_size)
         sync(device)
-        if step >= 2:  # warm-up steps excluded
-            step_times.append(time.perf_counter() - t0)
-            data_times.append(t1 - t0)
-            tokens += int(batch["attention_mask"].sum())
-    total = sum(step_times)
-    out = {
-        "tokens_per_s": tokens / total,
-        "step_s": total / len(step_times),
-        "peak_memory_gb": peak_memory_gb(device),
-        "data_wait_share": sum(data_times) / total,
-        "attention": attn,
+        real, computed = positions(batch)
+        attention = (
+            sum(len(r.input_ids) ** 2 for r in rows) if packing else len(rows) * batch["input_ids"].shape[1] ** 2
+        )
+        return real, computed, attention
+
+    side.step = one_step
+    side.model = model
+    return side
+
+
+def interleaved(sides: list[Side], steps: int) -> None:
+    """Two warm-up steps each, then A B B A ... so that drifts of a shared machine fall on both sides alike; each
+    step's process CPU time and wall time recorded."""
+    for side in sides:
+        start = time.perf_counter()
+        for _ in range(2):
+            side.step()
+        side.data_s, side.warmup_s = 0.0, time.perf_counter() - start
+    order = [0, 1, 1, 0] if len(sides) == 2 else [0]
+    for r in range(steps * len(sides)):
+        side = sides[order[r % len(order)]]
+        c0, w0 = time.process_time(), time.perf_counter()
+        real, computed, attention = side.step()
+        side.cpu_s.append(time.process_time() - c0)
+        side.wall_s.append(time.perf_counter() - w0)
+        side.tokens, side.computed = side.tokens + real, side.computed + computed
+        side.attention_flops += attention
+
+
+def summary(side: Side, cfg, args) -> dict:
+    decoder, head = touched_weights(cfg)
+    wall, cpu = sum(side.wall_s), sum(side.cpu_s)
+    tok_s = side.tokens / wall
+    # model FLOPs: per real token 2 per weight forward and 2 backward (frozen weights: input gradients only), the
+    # audio head at the ~50% labelled positions, and attention (QK and AV, causal: half the square) x 3
+    per_token = 4 * (decoder + 0.5 * head)
+    attention = 3 * 2 * side.attention_flops * cfg.num_attention_heads * cfg.head_dim * cfg.num_hidden_layers
+    model_flops = (per_token * side.tokens + attention) / wall
+    hardware_flops = model_flops * (1.5 if args.gradient_checkpointing else 1.0)  # + the recomputed forward
+    return {
+        "tokens_per_s": round(tok_s, 1),
+        "step_s": round(wall / len(side.wall_s), 4),
+        "cpu_s_per_step": round(cpu / len(side.cpu_s), 4),
+        "padding_share": round(1 - side.tokens / side.computed, 4),
+        "data_wait_share": round(side.data_s / wall, 4),
+        "model_tflops": round(model_flops / 1e12, 4),
+        "mfu": round(model_flops / 1e12 / args.peak_tflops, 5),
+        "hfu": round(hardware_flops / 1e12 / args.peak_tflops, 5),
+        "warmup_s": round(side.warmup_s, 2),
     }
-    if not baseline:
-        out["save_s"] = save_stall(accelerator.unwrap_model(model), optimizer, scheduler)
-    return out
 
 
 def native_step(model, optimizer, accelerator, batch, layout) -> None:
@@ -191,14 +289,17 @@ def native_step(model, optimizer, accelerator, batch, layout) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def save_stall(model, optimizer, scheduler) -> float:
-    """Seconds the loop stands still for a synchronous save: the adapter's copy to the CPU, then the guarded save."""
+def save_stall(model) -> float:
+    """Seconds the loop stands still for a synchronous save: the adapter's copy to the CPU, then the guarded save
+    (with an AdamW state of the adapter's size)."""
     from peft import get_peft_model_state_dict
 
     start = time.perf_counter()
     adapter = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
     copy_s = time.perf_counter() - start
-    return copy_s + timed_save(adapter, optimizer.state_dict(), scheduler.state_dict())[0]
+    state = {i: {"step": torch.tensor(1.0), "exp_avg": t, "exp_avg_sq": t} for i, t in enumerate(adapter.values())}
+    optimizer = {"state": state, "param_groups": [{"lr": 1e-4, "params": list(state)}]}
+    return copy_s + timed_save(adapter, optimizer, {"last_epoch": 1})[0]
 
 
 def _rank(adapter) -> int:
@@ -236,58 +337,61 @@ def timed_save(adapter, optimizer_state, scheduler_state, folder=None, kind: str
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=["tiny", "slice", "full"], default="tiny")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=10, help="measured steps per side (after 2 warm-up steps)")
     p.add_argument("--batch_size", type=int, default=4)
-    p.add_argument("--seq_len", type=int, default=512)
+    p.add_argument("--seq_len", type=int, default=512, help="the longest row (longer ones are capped)")
+    p.add_argument("--lengths", choices=LENGTHS, default="librittsr", help="row length distribution")
+    p.add_argument("--sides", default="baseline,ours", help="A,B: baseline | ours[:packing][:compile][:dropout=P]")
+    p.add_argument("--max_tokens_per_batch", type=int, default=None, help="with ours:packing")
     p.add_argument("--lora_r", type=int, default=16)
+    p.add_argument("--lora_dropout", type=float, default=0.0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (CPU); compare with 1")
     p.add_argument("--mixed_precision", choices=["no", "bf16"], default="no")
     p.add_argument("--gradient_checkpointing", action="store_true")
     p.add_argument("--attn_implementation", default="sdpa")
     p.add_argument("--save_steps", type=int, default=50)
     p.add_argument("--peak_tflops", type=float, default=989.0)
-    p.add_argument("--no_baseline", action="store_true")
+    p.add_argument("--no_baseline", action="store_true", help="measure the B side alone")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     quiet_libraries()
     cfg = model_config(args.preset)
-    ours = run(args, baseline=False)
+    layout = synthetic_layout(cfg)
+    n = args.batch_size * (args.steps + 2) * 4
+    examples = synthetic_examples(cfg, n, args.seq_len, np.random.default_rng(0), args.lengths)
+    specs = args.sides.split(",")[-1:] if args.no_baseline else args.sides.split(",")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    measured = matmul_tflops(device, dtype)
-    decoder, head = touched_weights(cfg)
-    flops_per_weight = 6 if args.gradient_checkpointing else 4
-    flops_per_token = flops_per_weight * (decoder + 0.5 * head)  # the head runs at the ~50% labelled positions
-    achieved = ours["tokens_per_s"] * flops_per_token / 1e12
-    step_s = ours["step_s"]
+    sides = [build_side(args, spec, examples, layout, cfg) for spec in specs]
+    interleaved(sides, args.steps)
+    ours = sides[-1]
+    measured = matmul_tflops(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     result = {
         "preset": args.preset,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "lengths": args.lengths,
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
         "mixed_precision": args.mixed_precision,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "attention": args.attn_implementation,
         "lora_r": args.lora_r,
-        "tokens_per_s": round(ours["tokens_per_s"], 1),
-        "step_s": round(step_s, 4),
-        "peak_memory_gb": round(ours["peak_memory_gb"], 2),
-        "touched_weights": decoder + head,
-        "achieved_tflops": round(achieved, 3),
-        "mfu": round(achieved / args.peak_tflops, 4),
+        "sides": specs,
+        **summary(ours, cfg, args),
+        "peak_memory_gb": round(peak_memory_gb(device), 2),
         "measured_matmul_tflops": round(measured, 2),
-        "ratio_to_measured_matmul": round(achieved / measured, 4),
-        "data_wait_share": round(ours["data_wait_share"], 4),
-        "checkpoint_save_s": round(ours["save_s"], 4),
-        "checkpoint_stall_share": round(ours["save_s"] / (args.save_steps * step_s + ours["save_s"]), 5),
     }
-    if not args.no_baseline:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        base = run(args, baseline=True)
-        result.update(
-            baseline_tokens_per_s=round(base["tokens_per_s"], 1),
-            baseline_peak_memory_gb=round(base["peak_memory_gb"], 2),
-            speedup_vs_baseline=round(ours["tokens_per_s"] / base["tokens_per_s"], 3),
-        )
+    result["ratio_to_measured_matmul"] = round(result["model_tflops"] / measured, 4)
+    save_s = save_stall(sides[-1].model.module if hasattr(sides[-1].model, "module") else sides[-1].model)
+    result["checkpoint_save_s"] = round(save_s, 4)
+    result["checkpoint_stall_share"] = round(save_s / (args.save_steps * result["step_s"] + save_s), 5)
+    if len(sides) == 2:
+        base = summary(sides[0], cfg, args)
+        result.update({f"baseline_{k}": v for k, v in base.items()})
+        result["speedup_vs_baseline"] = round(sum(sides[0].wall_s) / sum(ours.wall_s), 3)
+        result["cpu_speedup_vs_baseline"] = round(sum(sides[0].cpu_s) / sum(ours.cpu_s), 3)
     print(json.dumps(result, indent=2))
 
 

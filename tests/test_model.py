@@ -99,3 +99,35 @@ def test_text_loss_weight_trains_and_logs(synth_manifest, tiny_model, tmp_path):
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["text_loss"] < rows[0]["text_loss"]
+
+
+def test_a_compiled_training_step_has_at_most_two_graph_breaks(base):
+    """The forward and loss of a training step as --compile traces them (torch._dynamo.explain, the settings of
+    model.compile_for_training): the native DualFFN alone broke the graph 36 times at the released widths."""
+    import copy
+
+    import numpy as np
+
+    from higgs_train import dual_ffn
+    from higgs_train.config import build_config
+    from higgs_train.data.collate import TokenLayout, build_example, collate
+    from higgs_train.data.manifest import Sample, Turn
+    from higgs_train.loss import audio_loss_sum
+    from higgs_train.model import COMPILE_BUCKET, COMPILE_SETTINGS, apply_lora
+
+    lm = copy.deepcopy(base.model)
+    dual_ffn.install(lm, lambda _m: None)
+    model = apply_lora(lm, build_config({"train_manifest": "-", "output_dir": "-", "lora_dropout": 0.05})).train()
+    layout = TokenLayout.from_processor(base.processor, lm.config.num_codebooks)
+    k, rng = lm.config.num_codebooks, np.random.default_rng(0)
+    rows = []
+    for i, frames in enumerate((7, 12)):
+        turns = (Turn("system", text="Speak."), Turn("user", text=f"words {i}"), Turn("assistant", audio="a"))
+        rows.append(build_example(Sample(f"m:{i}", turns), {"a": rng.integers(0, 64, (k, frames))}, layout))
+    batch = collate(rows, layout, COMPILE_BUCKET)
+    assert batch["input_ids"].shape[1] % COMPILE_BUCKET == 0
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(**COMPILE_SETTINGS):
+        explained = torch._dynamo.explain(lambda b: audio_loss_sum(model, b, lm.config.codebook_size))(batch)
+    assert explained.graph_break_count <= 2, [str(r.reason)[:120] for r in explained.break_reasons]
+    torch._dynamo.reset()

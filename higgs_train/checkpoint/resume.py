@@ -20,7 +20,8 @@ from higgs_train.files import remove_tree
 
 # Settings that shape the adapter: resuming with another value would load weights into the wrong model. The base
 # model is compared by its weights (check_same_base), not by the path or hub id that named it.
-SHAPING_FIELDS = ("lora_r", "lora_targets")
+SHAPING_FIELDS = ("lora_r", "lora_targets", "quantize")
+UNRECORDED = {"quantize": "none"}  # what a checkpoint from before a shaping field existed was trained with
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
@@ -213,9 +214,10 @@ def check_lora_shape(saved: dict[str, Any], current: dict[str, Any], path: Path)
         CheckpointError: naming the setting, both values and the fixes.
     """
     for name in SHAPING_FIELDS:
-        if saved.get(name) != current.get(name):
+        then = saved.get(name, UNRECORDED.get(name))
+        if then != current.get(name):
             raise CheckpointError(
-                f"{path} was trained with --{name} {saved.get(name)!r} but this run has {current.get(name)!r}; "
+                f"{path} was trained with --{name} {then!r} but this run has {current.get(name)!r}; "
                 f"pass the same --{name}, another --output_dir, or --resume never"
             )
 
@@ -321,8 +323,8 @@ def restore_weights(path: Path, config: dict[str, Any], model, fingerprint: str,
         CheckpointError: another base model or LoRA shape, or an adapter missing LoRA tensors.
     """
     loaded = load_checkpoint(path, rank)
+    check_lora_shape(loaded.config, config, path)  # first: another --quantize also changes the weights' fingerprint
     check_same_base(loaded, config["model"], fingerprint, config.get("model_revision"))
-    check_lora_shape(loaded.config, config, path)
     load_adapter_weights(model, loaded.adapter, path)
     return loaded
 

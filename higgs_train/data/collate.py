@@ -171,11 +171,12 @@ def build_example(sample: Sample, codes: dict[str, np.ndarray], layout: TokenLay
     return assemble(text_pieces(sample, layout), [codes[p] for p in sample.audio_paths], layout)
 
 
-def collate(examples: list[Example], layout: TokenLayout) -> dict[str, torch.Tensor]:
-    """Right-pad a list of examples into a batch for `HiggsAudioV2ForConditionalGeneration.forward`."""
+def collate(examples: list[Example], layout: TokenLayout, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Right-pad a list of examples into a batch for `HiggsAudioV2ForConditionalGeneration.forward`; the sequence
+    and frame lengths padded up to a multiple of `multiple`."""
     b = len(examples)
-    seq = max(len(e.input_ids) for e in examples)
-    n_frames = max(len(e.audio_frames) for e in examples)
+    seq = -(-max(len(e.input_ids) for e in examples) // multiple) * multiple
+    n_frames = -(-max(len(e.audio_frames) for e in examples) // multiple) * multiple
     k = layout.num_codebooks
     input_ids = torch.full((b, seq), layout.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((b, seq), dtype=torch.long)
