@@ -36,11 +36,22 @@ SELECT_BEST_BY = ("combined", "error", "wer", "cer", "similarity", "loss")
 DEFAULT_ASR_MODEL = "openai/whisper-small"
 
 DATA, MODEL, LORA, OPTIM, RUN, CKPT = "Data", "Model", "LoRA", "Optimisation", "Run", "Checkpoints"
+# what a field declares about a resume (metadata "resume"): SHAPES, the adapter it trains (another value is refused:
+# the weights would not fit or were trained on other weights); MAY_CHANGE, changed on purpose (no warning); others
+# are warned about when they change
+SHAPES, MAY_CHANGE = "shapes", "may_change"
 SCORE = "Scoring"
 
 
 def _f(default: Any, help: str, group: str, **extra: Any) -> Any:
+    """A TrainConfig field: its --help text and panel, and the rules `validate` and a resume derive from it:
+    `choices` (the words it takes), `minimum` (the least number; None passes), `resume` (SHAPES or MAY_CHANGE)."""
     return field(default=default, metadata={"help": help, "group": group, **extra})
+
+
+def fields_where(key: str, value: Any) -> tuple[str, ...]:
+    """The TrainConfig fields whose metadata `key` is `value`, e.g. fields_where("resume", SHAPES)."""
+    return tuple(f.name for f in fields(TrainConfig) if f.metadata.get(key) == value)
 
 
 def setting(help: str, default: Any = dataclasses.MISSING, argument: bool = False) -> Any:
@@ -52,11 +63,17 @@ def setting(help: str, default: Any = dataclasses.MISSING, argument: bool = Fals
 @dataclass(frozen=True)
 class TrainConfig:
     train_manifest: str | None = _f(
-        None, "Training clips: a JSONL/JSON manifest, a folder, parquet shards or hf://OWNER/NAME[:SPLIT].", DATA
+        None,
+        "Training clips: a JSONL/JSON manifest, a folder, parquet shards or hf://OWNER/NAME[:SPLIT].",
+        DATA,
+        resume=MAY_CHANGE,
     )
-    output_dir: str | None = _f(None, "Run folder: checkpoints, metrics.jsonl, code cache.", DATA)
+    output_dir: str | None = _f(None, "Run folder: checkpoints, metrics.jsonl, code cache.", DATA, resume=MAY_CHANGE)
     format: str = _f(
-        "auto", "Manifest format: auto, jsonl, json, folder, hf, parquet, hub, ljspeech, csv or pairs.", DATA
+        "auto",
+        "Manifest format: auto, jsonl, json, folder, hf, parquet, hub, ljspeech, csv or pairs.",
+        DATA,
+        choices=FORMATS,
     )
     text_column: str | None = _f(None, "Datasets: the text column [default: text, transcript, sentence, ...].", DATA)
     audio_column: str | None = _f(None, "Datasets: the audio column [default: the Audio-typed one, or audio].", DATA)
@@ -66,29 +83,42 @@ class TrainConfig:
         "take it when it is one; scoring's text rules, metric and ASR language follow it.",
         DATA,
     )
-    eval_manifest: str | None = _f(None, "Held-out manifest for the eval loss.", DATA)
+    eval_manifest: str | None = _f(None, "Held-out manifest for the eval loss.", DATA, resume=MAY_CHANGE)
     eval_fraction: float = _f(0.0, "Hold out this share of the training rows for the eval loss instead.", DATA)
     eval_steps: int | None = _f(
-        None, "Eval loss every N steps [default: --save_steps when there is an eval set].", DATA
+        None,
+        "Eval loss every N steps [default: --save_steps when there is an eval set].",
+        DATA,
+        minimum=1,
     )
-    on_bad_sample: str = _f("error", "error: stop before training on any bad row; skip: drop bad rows, say why.", DATA)
+    on_bad_sample: str = _f(
+        "error",
+        "error: stop before training on any bad row; skip: drop bad rows, say why.",
+        DATA,
+        choices=ON_BAD_SAMPLE,
+    )
     on_data_change: str = _f(
         "error",
         "When a resume finds other training rows than the checkpoint's: error (stop, saying what changed); "
         "restart_epoch (keep step, optimizer and schedule, start a fresh epoch order over the new rows); continue "
         "(keep the position as samples seen).",
         DATA,
+        choices=ON_DATA_CHANGE,
+        resume=MAY_CHANGE,
     )
     min_duration: float = _f(0.1, "Drop or refuse target clips shorter than this (seconds).", DATA)
     max_duration: float = _f(30.0, "Drop or refuse target clips longer than this (seconds).", DATA)
     max_text_tokens: int = _f(1024, "Drop or refuse rows whose text has more tokens.", DATA)
-    num_workers: int = _f(0, "Processes decoding audio while encoding codes.", DATA)
-    cache_shard_clips: int = _f(256, "Clips per code-cache shard: the most a kill during encoding can lose.", DATA)
+    num_workers: int = _f(0, "Processes decoding audio while encoding codes.", DATA, minimum=0)
+    cache_shard_clips: int = _f(
+        256, "Clips per code-cache shard: the most a kill during encoding can lose.", DATA, minimum=1
+    )
     label_audio: str = _f(
         "last",
         "Which assistant clips of a row are trained on: last (the target; context clips such as a cloning reference "
         "are not) or all (every assistant clip, e.g. each turn of a dialogue, the reference included).",
         DATA,
+        choices=LABEL_AUDIO,
     )
     group_by_length: bool = _f(True, "Batch rows of similar length together, so padding stays small.", DATA)
     packing: bool = _f(
@@ -102,6 +132,7 @@ class TrainConfig:
         "Fill each micro-batch to this many tokens instead of --batch_size rows (first-fit-decreasing; use with "
         "--packing: no padding at all).",
         DATA,
+        minimum=1,
     )
     streaming: bool = _f(
         False,
@@ -110,13 +141,19 @@ class TrainConfig:
         DATA,
     )
     shuffle_buffer: int = _f(
-        1000, "--streaming: encoded rows held to draw batches from (saved in each checkpoint: resumes are exact).", DATA
+        1000,
+        "--streaming: encoded rows held to draw batches from (saved in each checkpoint: resumes are exact).",
+        DATA,
+        minimum=1,
     )
-    model: str = _f(BASE_MODEL, "Base model: hub id or local folder (see `higgs-train init-tiny`).", MODEL)
+    model: str = _f(
+        BASE_MODEL, "Base model: hub id or local folder (see `higgs-train init-tiny`).", MODEL, resume=MAY_CHANGE
+    )
     audio_tokenizer: str | None = _f(
         None,
         "Audio tokenizer folder or hub id (default: MODEL/audio_tokenizer if present, else the processor's).",
         MODEL,
+        resume=MAY_CHANGE,
     )
     model_revision: str | None = _f(
         None,
@@ -127,35 +164,41 @@ class TrainConfig:
     audio_tokenizer_revision: str | None = _f(
         None, "Branch, tag or commit of a hub audio tokenizer; recorded and resumed like --model_revision.", MODEL
     )
-    mixed_precision: str = _f("no", "Mixed precision: no, bf16 or fp16.", MODEL)
+    mixed_precision: str = _f("no", "Mixed precision: no, bf16 or fp16.", MODEL, choices=MIXED_PRECISION)
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.", MODEL)
-    attn_implementation: str = _f("sdpa", "Attention kernel: sdpa, flash_attention_2, flex_attention or eager.", MODEL)
+    attn_implementation: str = _f(
+        "sdpa", "Attention kernel: sdpa, flash_attention_2, flex_attention or eager.", MODEL, choices=ATTENTION
+    )
     quantize: str = _f(
         "none",
         "QLoRA: load the frozen base quantized, none, nf4, fp4 or int8 (LoRA stays full precision; the audio head "
         "and embeddings are not quantized). Needs bitsandbytes: pip install -e '.[qlora]'.",
         MODEL,
+        choices=QUANTIZE,
+        resume=SHAPES,
     )
     compile: bool = _f(False, "torch.compile the model (inductor); pays off on long runs on a GPU.", MODEL)
-    lora_r: int = _f(16, "LoRA rank.", LORA)
-    lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).", LORA)
+    lora_r: int = _f(16, "LoRA rank.", LORA, minimum=1, resume=SHAPES)
+    lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).", LORA, minimum=1)
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input.", LORA)
     lora_targets: str = _f(
         DEFAULT_LORA_TARGETS,
         "Comma-separated module names (q_proj..down_proj cover both FFNs), 'all-linear', or a regex.",
         LORA,
+        resume=SHAPES,
     )
     lr: float = _f(1e-4, "Peak learning rate (AdamW).", OPTIM)
-    warmup_steps: int = _f(0, "Linear warm-up steps before cosine decay.", OPTIM)
-    weight_decay: float = _f(0.0, "AdamW weight decay.", OPTIM)
+    warmup_steps: int = _f(0, "Linear warm-up steps before cosine decay.", OPTIM, minimum=0)
+    weight_decay: float = _f(0.0, "AdamW weight decay.", OPTIM, minimum=0)
     text_loss_weight: float = _f(
         0.0,
         "Add the text head's loss on the prompt's plain text (system prompt, scene, transcripts; never markup or "
         "audio) with this weight (0 = audio only). Boson's recipe labels assistant text only, which TTS rows do not "
         "have; this keeps the text head tied to the transcript instead. Needs a checkpoint with a text head.",
         OPTIM,
+        minimum=0,
     )
-    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this (0 disables clipping).", OPTIM)
+    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this (0 disables clipping).", OPTIM, minimum=0)
     batch_size: int = _f(
         1,
         "Samples per micro-batch per process, or auto: the largest that fits (the memory plan, tried for real on a "
@@ -163,11 +206,13 @@ class TrainConfig:
         OPTIM,
         auto=True,
     )
-    grad_accum: int = _f(1, "Micro-batches per optimizer step.", OPTIM)
-    max_steps: int | None = _f(None, "Optimizer steps to train (overrides --num_epochs).", RUN)
-    num_epochs: float = _f(1.0, "Epochs to train when --max_steps is not given.", RUN)
+    grad_accum: int = _f(1, "Micro-batches per optimizer step.", OPTIM, minimum=1)
+    max_steps: int | None = _f(
+        None, "Optimizer steps to train (overrides --num_epochs).", RUN, minimum=1, resume=MAY_CHANGE
+    )
+    num_epochs: float = _f(1.0, "Epochs to train when --max_steps is not given.", RUN, resume=MAY_CHANGE)
     seed: int = _f(42, "Seed for weights init, data order and dropout.", RUN)
-    log_steps: int = _f(1, "Write metrics.jsonl every N optimizer steps.", RUN)
+    log_steps: int = _f(1, "Write metrics.jsonl every N optimizer steps.", RUN, minimum=1)
     report_to: str = _f(
         "none",
         "Also log to trackers, comma-separated: tensorboard (OUTPUT_DIR/tensorboard), wandb, mlflow; or none.",
@@ -178,8 +223,12 @@ class TrainConfig:
     sample_ref_audio: str | None = _f(None, "Reference clip for voice-cloning samples.", RUN)
     sample_ref_text: str | None = _f(None, "Transcript of --sample_ref_audio.", RUN)
     sample_max_frames: int = _f(250, "Longest sample, in audio frames (25 per second).", RUN)
-    score_steps: int | None = _f(None, "Score the adapter by listening every N steps (after the save).", SCORE)
-    score_manifest: str | None = _f(None, "Rows to score with [default: the first --score_samples eval rows].", SCORE)
+    score_steps: int | None = _f(
+        None, "Score the adapter by listening every N steps (after the save).", SCORE, minimum=1
+    )
+    score_manifest: str | None = _f(
+        None, "Rows to score with [default: the first --score_samples eval rows].", SCORE, resume=MAY_CHANGE
+    )
     score_samples: int = _f(4, "How many rows a score uses.", SCORE)
     asr_model: str = _f(DEFAULT_ASR_MODEL, "ASR model (hub id or folder) for WER/CER.", SCORE)
     speaker_model: str = _f(
@@ -189,15 +238,26 @@ class TrainConfig:
         "combined",
         "Best checkpoint by: combined, error (WER, or CER for scripts without spaces), wer, cer, similarity or loss.",
         SCORE,
+        choices=SELECT_BEST_BY,
     )
-    save_steps: int = _f(500, "Save a checkpoint every N optimizer steps (and at the last step).", CKPT)
-    save_total_limit: int | None = _f(None, "Keep at most N checkpoints (oldest deleted after a good save).", CKPT)
-    resume: str = _f("auto", "auto (newest valid checkpoint in --output_dir), never, or a checkpoint path.", CKPT)
-    on_save_error: str = _f("stop", "stop, or continue training after a failed save.", CKPT)
-    max_save_failures: int = _f(3, "With --on_save_error continue: stop after N failed saves in a row.", CKPT)
+    save_steps: int = _f(
+        500, "Save a checkpoint every N optimizer steps (and at the last step).", CKPT, minimum=1, resume=MAY_CHANGE
+    )
+    save_total_limit: int | None = _f(
+        None, "Keep at most N checkpoints (oldest deleted after a good save).", CKPT, minimum=1, resume=MAY_CHANGE
+    )
+    resume: str = _f(
+        "auto", "auto (newest valid checkpoint in --output_dir), never, or a checkpoint path.", CKPT, resume=MAY_CHANGE
+    )
+    on_save_error: str = _f("stop", "stop, or continue training after a failed save.", CKPT, choices=ON_SAVE_ERROR)
+    max_save_failures: int = _f(
+        3, "With --on_save_error continue: stop after N failed saves in a row.", CKPT, minimum=1
+    )
     async_save: bool = _f(True, "Write, verify and publish checkpoints in a background thread.", CKPT)
-    fallback_dir: str | None = _f(None, "Where the adapter-only fallback goes when a save fails.", CKPT)
-    min_free_disk_gb: float = _f(1.0, "Free disk to keep beyond a checkpoint's estimated size.", CKPT)
+    fallback_dir: str | None = _f(
+        None, "Where the adapter-only fallback goes when a save fails.", CKPT, resume=MAY_CHANGE
+    )
+    min_free_disk_gb: float = _f(1.0, "Free disk to keep beyond a checkpoint's estimated size.", CKPT, minimum=0)
     stop_save_s: float = _f(
         20.0,
         "After a stop signal, publish a checkpoint within N seconds: the adapter alone (written first) when the full "
@@ -306,24 +366,18 @@ def tracker_problems(value: str) -> list[str]:
     ]
 
 
-def _choice_problems(cfg: TrainConfig) -> list[str]:
-    """The settings that take one of a few words."""
-    choices = (
-        ("format", FORMATS),
-        ("select_best_by", SELECT_BEST_BY),
-        ("mixed_precision", MIXED_PRECISION),
-        ("on_save_error", ON_SAVE_ERROR),
-        ("on_bad_sample", ON_BAD_SAMPLE),
-        ("on_data_change", ON_DATA_CHANGE),
-        ("attn_implementation", ATTENTION),
-        ("label_audio", LABEL_AUDIO),
-        ("quantize", QUANTIZE),
-    )
-    return [
-        f"--{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}"
-        for name, allowed in choices
-        if getattr(cfg, name) not in allowed
-    ]
+def _declared_problems(cfg: TrainConfig) -> list[str]:
+    """What the fields declare (see `_f`): the words a setting takes, the least number it takes."""
+    problems = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            problems.append(f"--{f.name} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
+        least = f.metadata.get("minimum")
+        if least is not None and value is not None and value < least:
+            rule = "must not be negative" if least == 0 else f"must be at least {least}"
+            problems.append(f"--{f.name} {rule}, got {value}")
+    return problems
 
 
 def _quantize_problems(cfg: TrainConfig, loading: bool = True) -> list[str]:
@@ -340,14 +394,10 @@ def _quantize_problems(cfg: TrainConfig, loading: bool = True) -> list[str]:
 
 
 def _batching_problems(cfg: TrainConfig) -> list[str]:
-    if cfg.max_tokens_per_batch is not None and cfg.max_tokens_per_batch < 1:
-        return [f"--max_tokens_per_batch must be at least 1, got {cfg.max_tokens_per_batch}"]
     if cfg.max_tokens_per_batch and cfg.streaming:
         return ["--max_tokens_per_batch plans over a cached manifest's rows; a stream draws --batch_size rows"]
     if cfg.max_tokens_per_batch and cfg.batch_size == AUTO:
         return ["--max_tokens_per_batch sets the micro-batch itself; drop --batch_size auto (size it with `plan`)"]
-    if cfg.shuffle_buffer < 1:
-        return [f"--shuffle_buffer must be at least 1, got {cfg.shuffle_buffer}"]
     if not cfg.streaming:
         return []
     problems = []
@@ -382,29 +432,11 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         problems.append(f"--stop_save_s must be 0 (wait for the full save) or more seconds, got {cfg.stop_save_s}")
     if cfg.dist_timeout_s < 1:
         problems.append(f"--dist_timeout_s must be at least 1 second, got {cfg.dist_timeout_s}")
-    positive = (
-        "lora_r",
-        "lora_alpha",
-        "grad_accum",
-        "save_steps",
-        "log_steps",
-        "max_save_failures",
-        "cache_shard_clips",
-    )
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            problems.append(f"--{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        problems.append(f"--max_steps must be at least 1, got {cfg.max_steps}")
-    if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
-        problems.append(f"--save_total_limit must be at least 1, got {cfg.save_total_limit}")
+    problems += _declared_problems(cfg)
     if cfg.num_epochs <= 0:
         problems.append(f"--num_epochs must be above 0, got {cfg.num_epochs}")
     if cfg.lr <= 0:
         problems.append(f"--lr must be above 0, got {cfg.lr}")
-    for name in ("warmup_steps", "weight_decay", "max_grad_norm", "min_free_disk_gb", "text_loss_weight"):
-        if getattr(cfg, name) < 0:
-            problems.append(f"--{name} must not be negative, got {getattr(cfg, name)}")
     if not 0 <= cfg.lora_dropout < 1:
         problems.append(f"--lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
     if not 0 <= cfg.eval_fraction < 1:
@@ -422,18 +454,11 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         problems.append("--sample_steps needs a positive N and --sample_text with the words to speak")
     if bool(cfg.sample_ref_audio) != bool(cfg.sample_ref_text):
         problems.append("--sample_ref_audio and --sample_ref_text go together")
-    if cfg.score_steps is not None and cfg.score_steps < 1:
-        problems.append(f"--score_steps must be at least 1, got {cfg.score_steps}")
     if cfg.score_steps and not (cfg.score_manifest or cfg.eval_manifest or cfg.eval_fraction):
         problems.append("--score_steps needs rows to score: --score_manifest, --eval_manifest or --eval_fraction")
-    if cfg.eval_steps is not None and cfg.eval_steps < 1:
-        problems.append(f"--eval_steps must be at least 1, got {cfg.eval_steps}")
-    if cfg.num_workers < 0:
-        problems.append(f"--num_workers must not be negative, got {cfg.num_workers}")
     problems += _batching_problems(cfg)
     if cfg.max_duration <= cfg.min_duration:
         problems.append(f"--max_duration {cfg.max_duration} must be above --min_duration {cfg.min_duration}")
-    problems += _choice_problems(cfg)
     if not cfg.lora_targets.strip():
         problems.append("--lora_targets is empty; name modules such as q_proj,v_proj or use all-linear")
     if problems:

@@ -1,5 +1,5 @@
 """The training loop: `setup` builds everything a run needs into a `Run`, `train` drives it step by step. accelerate
-does mixed precision, accumulation and clipping; AdamW with warm-up and cosine decay; the checkpoint hook saves at
+does mixed precision, accumulation and clipping; AdamW with warm-up and cosine decay; the checkpoint manager saves at
 every `--save_steps` optimizer steps, at the last step and on a stop signal.
 """
 
@@ -17,14 +17,13 @@ import torch
 
 from higgs_train import dual_ffn, faults
 from higgs_train.checkpoint import layout
-from higgs_train.checkpoint.hook import CheckpointHook, enforce_save_policy
 from higgs_train.checkpoint.io import read_pointer
 from higgs_train.checkpoint.lock import RunLock
+from higgs_train.checkpoint.manager import CheckpointManager
 from higgs_train.checkpoint.preflight import check_output_dir, refuse_run_overlap
 from higgs_train.checkpoint.resume import (
     check_data,
     check_lora_shape,
-    choose_resume,
     move_data_position,
     read_trainer_state,
     restore_state,
@@ -118,7 +117,7 @@ class Run:
     scheduler: WarmupCosine
     plan: BatchPlan
     max_steps: int
-    hook: CheckpointHook
+    checkpoints: CheckpointManager
     progress: TrainingProgress
     result: RunResult
     metrics: MetricsLog | None
@@ -147,7 +146,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress_bar: bo
             run = setup(cfg, accelerator, stop, log, progress_bar)
             if run.metrics:  # trackers finish their runs on a stop or a crash too
                 held.callback(run.metrics.close)
-            with contextlib.closing(run.hook):
+            with contextlib.closing(run.checkpoints):
                 _loop(run, progress_bar)
         except Interrupted as e:
             if accelerator.is_main_process:  # no collective here: another rank may be elsewhere
@@ -188,7 +187,7 @@ def _loop(run: Run, show: bool) -> None:
 
 def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], None], show: bool = True) -> Run:
     """Resume target, data (validated and encoded before the LM loads), model + LoRA, optimizer, schedule, batch
-    plan, checkpoint hook and metrics; restores the checkpoint when resuming."""
+    plan, checkpoint manager and metrics; restores the checkpoint when resuming."""
     main = accelerator.is_main_process
     say = log if main else (lambda _msg: None)
     resume_path = _start(cfg, accelerator, say)
@@ -232,6 +231,7 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     else:
         say(f"training {len(data.train)} samples for {max_steps} steps ({plan.batches_per_epoch} batches per epoch)")
     model.train()  # from_pretrained returns eval mode: dropout and gradient checkpointing need train mode
+    checkpoints = CheckpointManager(cfg, accelerator, say, fingerprint, data.stream)
     return Run(
         cfg=cfg,
         accelerator=accelerator,
@@ -244,9 +244,9 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
         scheduler=scheduler,
         plan=plan,
         max_steps=max_steps,
-        hook=CheckpointHook(cfg, accelerator, say, fingerprint, data.stream),
+        checkpoints=checkpoints,
         progress=progress,
-        result=RunResult(progress, resumed_from=resume_path),
+        result=RunResult(progress, saves=checkpoints.saves, resumed_from=resume_path),
         metrics=metrics,
         codebook_size=accelerator.unwrap_model(model).config.codebook_size,
         text_loss=text_loss,
@@ -260,8 +260,7 @@ def _start(cfg: TrainConfig, accelerator, say) -> Path | None:
     check_supported(accelerator, cfg)
     on_main(accelerator, _record_config, cfg, say)
     say(f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value} on {accelerator.device.type})")
-    roots = [Path(cfg.output_dir)] + ([Path(cfg.fallback_dir)] if cfg.fallback_dir else [])
-    return on_main(accelerator, choose_resume, cfg.resume, roots, say)
+    return CheckpointManager.resume_target(cfg, accelerator, say)
 
 
 def _data(cfg: TrainConfig, accelerator, stop: StopSignal, say, show: bool) -> tuple[object, TrainingData, TrainConfig]:
@@ -350,12 +349,12 @@ def step(run: Run) -> StepStats | None:
     try:
         out = optimizer_step(*parts, batches, run.cfg, run.codebook_size, run.text_loss, run.stop)
     except NonFinite as e:
-        run.hook.finish()  # a save of an earlier, good step still being written: the last good checkpoint
+        run.checkpoints.finish()  # a save of an earlier, good step still being written: the last good checkpoint
         latest = read_pointer(Path(run.cfg.output_dir), layout.LATEST)
         last_good = str(Path(run.cfg.output_dir) / latest) if latest else None
         raise diverged(e, run.progress.step + 1, lr, last_good) from None
     if out is None:
-        run.result.saves += _stop_mid_window(run, window)
+        _stop_mid_window(run, window)
         return None
     loss, grad_norm, tokens, text = out
     run.progress.step += 1
@@ -399,14 +398,13 @@ def maybe_eval(run: Run) -> None:
 
 def maybe_save(run: Run, stopping: bool) -> None:
     step_no = run.progress.step
-    final = step_no == run.max_steps or stopping
-    if step_no % run.cfg.save_steps and not final:
+    if not run.checkpoints.due(step_no, run.max_steps, stopping):
         return
     t0 = time.perf_counter()
     deadline = run.stop.deadline(run.cfg.stop_save_s) if stopping else None
-    run.result.saves += run.hook(run.model, run.optimizer, run.scheduler, run.progress, final, deadline)
+    final = step_no == run.max_steps or stopping
+    run.checkpoints.save(run.model, run.optimizer, run.scheduler, run.progress, final, deadline)
     run.result.save_stalls.append(time.perf_counter() - t0)
-    enforce_save_policy(run.cfg, run.result.saves)
 
 
 def maybe_score_and_sample(run: Run) -> None:
@@ -415,7 +413,7 @@ def maybe_score_and_sample(run: Run) -> None:
     scored = cfg.score_steps and step_no % cfg.score_steps == 0
     sampled = cfg.sample_steps and step_no % cfg.sample_steps == 0
     if scored:
-        run.result.saves += run.hook.finish()  # the score may name this step's checkpoint: it must exist
+        run.checkpoints.finish()  # the score may name this step's checkpoint: it must exist
         if main:
             score_now(cfg, run.scorer, model, step_no, run.last_eval, run.metrics, run.say)
     if main and sampled:
@@ -455,7 +453,7 @@ def _record_config(cfg: TrainConfig, say) -> None:
     say(f"config: {cfg.train_manifest} -> {cfg.output_dir}; {changed or 'defaults'} (all: {layout.CONFIG_FILE})")
 
 
-def _stop_mid_window(run: Run, window) -> list[SaveResult]:
+def _stop_mid_window(run: Run, window) -> None:
     """Rewind the data position and RNG to the start of the dropped window, then save (unless that step is saved)."""
     start, rng, stream = window
     for name in ("micro_batches", "epoch", "samples_seen"):
@@ -464,10 +462,8 @@ def _stop_mid_window(run: Run, window) -> list[SaveResult]:
     if stream is not None:
         run.data.stream.rewind(stream)
     resumed = run.result.resumed_from is not None and not run.result.losses  # the resumed checkpoint is this step
-    if run.hook.last_step == run.progress.step or resumed or run.progress.step == 0:
-        return run.hook.finish()  # this step is saved (or being saved) already
     deadline = run.stop.deadline(run.cfg.stop_save_s)
-    return run.hook(run.model, run.optimizer, run.scheduler, run.progress, final=True, deadline=deadline)
+    run.checkpoints.save_at_stop(run.model, run.optimizer, run.scheduler, run.progress, resumed, deadline)
 
 
 def optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codebook_size, text_loss=None, stop=None):

@@ -188,6 +188,8 @@ def build_side(args, spec: str, examples, layout, cfg) -> Side:
     lm = HiggsAudioV2ForConditionalGeneration(cfg).to(
         {"no": torch.float32, "bf16": torch.bfloat16}[args.mixed_precision]
     )
+    if "quantize" in opts:  # QLoRA: through a folder, as a run loads it (from_pretrained quantizes on load)
+        lm = quantized_copy(lm, opts["quantize"], args)
     lm.config._attn_implementation = args.attn_implementation
     if args.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -233,6 +235,16 @@ def build_side(args, spec: str, examples, layout, cfg) -> Side:
     side.step = one_step
     side.model = model
     return side
+
+
+def quantized_copy(lm, quantize: str, args):
+    """The same random weights saved to a temporary folder and loaded back by the run's own load_lm, quantized."""
+    from higgs_train.model import load_lm
+
+    with tempfile.TemporaryDirectory() as folder:
+        lm.save_pretrained(folder)
+        del lm
+        return load_lm(folder, args.mixed_precision, args.attn_implementation, quantize=quantize)
 
 
 def interleaved(sides: list[Side], steps: int) -> None:
@@ -341,7 +353,9 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--seq_len", type=int, default=512, help="the longest row (longer ones are capped)")
     p.add_argument("--lengths", choices=LENGTHS, default="librittsr", help="row length distribution")
-    p.add_argument("--sides", default="baseline,ours", help="A,B: baseline | ours[:packing][:compile][:dropout=P]")
+    p.add_argument(
+        "--sides", default="baseline,ours", help="A,B: baseline | ours[:packing][:compile][:dropout=P][:quantize=nf4]"
+    )
     p.add_argument("--max_tokens_per_batch", type=int, default=None, help="with ours:packing")
     p.add_argument("--lora_r", type=int, default=16)
     p.add_argument("--lora_dropout", type=float, default=0.0)

@@ -5,7 +5,10 @@
    and the checkpoint stall share at --save_steps 50;
 2. the memory plan's estimate against each measured peak (torch.cuda.max_memory_allocated);
 3. the sync-free DualFFN against transformers' layer (scripts/bench_dual_ffn.py: one training step, A B B A);
-4. a 30-step CLI run of a released-shape random model (`higgs-train init-tiny DIR --full_shape`) with
+4. the speed levers, each A/B against our default step in one process: --packing with a token budget, --compile,
+   --lora_dropout 0 vs 0.05; and QLoRA (--quantize nf4) beside bf16 LoRA at batch 1 x 2048 with checkpointing: peak
+   memory (goal: within 12 GB) and tokens/s;
+5. a 30-step CLI run of a released-shape random model (`higgs-train init-tiny DIR --full_shape`) with
    --save_steps 10, SIGKILLed right after checkpoint-20 is published, resumed by rerunning the same command, and
    `verify` of every checkpoint.
 
@@ -49,6 +52,35 @@ def bench(smoke: bool) -> list[dict]:
         )
         result["plan"] = plan_vs_measured(result, smoke, gc)
         out.append(result)
+    return out
+
+
+LEVERS = {  # each an A/B of our step in one process (bench.py --sides), on LibriTTS-R-like row lengths
+    "packing": ["--sides", "ours,ours:packing", "--max_tokens_per_batch", "16384"],
+    "compile": ["--sides", "ours,ours:compile"],
+    "lora_dropout": ["--sides", "ours:dropout=0,ours:dropout=0.05"],
+}
+
+
+def levers(smoke: bool) -> dict:
+    """Packing, compile and LoRA dropout against our default step; then QLoRA's peak memory and speed beside bf16
+    LoRA at batch 1 x 2048 with checkpointing (one side per process: each peak is its own)."""
+    sizes = ["--preset", "tiny", "--steps", "2", "--batch_size", "2", "--seq_len", "128"] if smoke else [
+        "--preset", "full", "--mixed_precision", "bf16", "--steps", "8", "--batch_size", "8", "--seq_len", "2048"
+    ]  # fmt: skip
+    budget = ["--max_tokens_per_batch", "512"] if smoke else []
+    out = {}
+    for name, sides in LEVERS.items():
+        if smoke and name == "compile":
+            out[name] = {"skipped": "the CPU smoke run: inductor takes minutes to compile on the CPU"}
+            continue
+        extra = budget if name == "packing" else []
+        out[name] = run_json(
+            [sys.executable, "scripts/bench.py", *sizes, "--lengths", "librittsr", *sides, *extra], 600
+        )
+    small = [*sizes[:-4], "--batch_size", "1", "--seq_len", sizes[-1], "--gradient_checkpointing", "--no_baseline"]
+    for name, side in (("lora_bf16", "ours"), ("qlora_nf4", "ours:quantize=nf4")):
+        out[name] = run_json([sys.executable, "scripts/bench.py", *small, "--sides", side], 600)
     return out
 
 
@@ -124,6 +156,7 @@ def main() -> None:
         "transformers": transformers.__version__,
         "smoke": args.cpu_smoke,
         "bench": bench(args.cpu_smoke),
+        "levers": levers(args.cpu_smoke),
         "dual_ffn": run_json(  # the sync-free DualFFN against transformers' layer, A B B A in one process
             [sys.executable, "scripts/bench_dual_ffn.py", "--preset", "tiny" if args.cpu_smoke else "full"]
             + (["--seq_len", "64", "--rounds", "1"] if args.cpu_smoke else ["--seq_len", "2048", "--batch_size", "2"]),

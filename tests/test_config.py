@@ -17,8 +17,8 @@ def test_all_problems_reported_at_once():
     assert str(info.value) == (
         "--train_manifest is required: the JSONL manifest of clips to train on; "
         "--output_dir is required: the folder for checkpoints and logs; "
-        "--lora_r must be at least 1, got 0; "
-        "--mixed_precision must be one of no, bf16, fp16, got 'fp8'"
+        "--mixed_precision must be one of no, bf16, fp16, got 'fp8'; "  # in the fields' order (their rules)
+        "--lora_r must be at least 1, got 0"
     )
 
 
@@ -76,3 +76,24 @@ def test_deepspeeds_cpu_fallback_note_is_not_printed():
     other = logging.LogRecord("DeepSpeed", logging.WARNING, "x", 1, "something else", None, None)
     logger = logging.getLogger("DeepSpeed")
     assert not logger.filter(note) and logger.filter(other)
+
+
+def test_rules_are_declared_on_the_fields_and_derived_from_them():
+    """Choices, minimums and what a resume may change live on each field (config._f); validation and the resume's
+    lists come from there."""
+    from dataclasses import fields
+
+    from higgs_train.checkpoint.resume import SHAPING_FIELDS, changed_settings
+    from higgs_train.config import MAY_CHANGE, TrainConfig, fields_where
+
+    for f in fields(TrainConfig):
+        if "choices" in f.metadata:
+            assert f.default in f.metadata["choices"], f.name  # every default is one of its own choices
+    assert set(SHAPING_FIELDS) == {"lora_r", "lora_targets", "quantize"}
+    saved = {"max_steps": 10, "lr": 1e-4, "shuffle_buffer": 1000}
+    assert "max_steps" in fields_where("resume", MAY_CHANGE)
+    assert changed_settings(saved, {"max_steps": 20, "lr": 2e-4, "shuffle_buffer": 1000}) == [
+        "--lr: checkpoint has 0.0001, this run uses 0.0002"
+    ]
+    with pytest.raises(ConfigError, match="--shuffle_buffer must be at least 1, got 0"):
+        build_config({"shuffle_buffer": 0}, require_data=False)

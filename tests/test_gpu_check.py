@@ -29,6 +29,10 @@ def test_gpu_check_cpu_smoke(tmp_path):
         assert {"mfu", "step_s", "peak_memory_gb", "data_wait_share", "checkpoint_stall_share"} <= set(row)
         assert {"planned_gib", "measured_gib", "plan_over_measured"} == set(row["plan"])
     assert report["dual_ffn"]["layers_installed"] == 2 and report["dual_ffn"]["speedup_cpu"] > 0
+    levers = report["levers"]
+    assert levers["packing"]["padding_share"] == 0 < levers["packing"]["baseline_padding_share"]
+    assert levers["lora_dropout"]["sides"] == ["ours:dropout=0", "ours:dropout=0.05"]
+    assert levers["qlora_nf4"]["sides"] == ["ours:quantize=nf4"] and levers["lora_bf16"]["tokens_per_s"] > 0
     run = report["cli_run"]
     assert run["killed_by_sigkill"] and run["resumed_exit"] == 0 and run["resumed_at_20"]
     assert run["checkpoints_valid"] == {"10": True, "20": True, "30": True}

@@ -15,12 +15,13 @@ import torch
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.state import TrainingProgress, load_weights_only, read_rng, read_stream, restore_rng
 from higgs_train.checkpoint.verify import VerifyResult, verify_checkpoint
+from higgs_train.config import MAY_CHANGE, SHAPES, fields_where
 from higgs_train.errors import CheckpointError
 from higgs_train.files import remove_tree
 
 # Settings that shape the adapter: resuming with another value would load weights into the wrong model. The base
 # model is compared by its weights (check_same_base), not by the path or hub id that named it.
-SHAPING_FIELDS = ("lora_r", "lora_targets", "quantize")
+SHAPING_FIELDS = fields_where("resume", SHAPES)  # lora_r, lora_targets, quantize
 UNRECORDED = {"quantize": "none"}  # what a checkpoint from before a shaping field existed was trained with
 
 
@@ -225,21 +226,7 @@ def check_lora_shape(saved: dict[str, Any], current: dict[str, Any], path: Path)
 def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The settings that differ from the checkpoint's, as warnings (those a resume may change on purpose, like
     --max_steps or the paths, are left out)."""
-    ignore = {
-        "model",
-        "audio_tokenizer",
-        "train_manifest",
-        "eval_manifest",
-        "score_manifest",
-        "resume",
-        "max_steps",
-        "num_epochs",
-        "save_steps",
-        "save_total_limit",
-        "output_dir",
-        "fallback_dir",
-        "on_data_change",
-    }
+    ignore = set(fields_where("resume", MAY_CHANGE))  # declared on the fields (config.py)
     return [
         f"--{name}: checkpoint has {saved[name]!r}, this run uses {current[name]!r}"
         for name in sorted(current)

@@ -4,7 +4,7 @@ import errno
 
 from typer.testing import CliRunner
 
-import higgs_train.checkpoint.hook as hook_module
+import higgs_train.checkpoint.manager as hook_module
 import higgs_train.checkpoint.save as save_module
 from higgs_train.checkpoint.save import SaveResult, save_checkpoint
 from higgs_train.cli import app

@@ -1,5 +1,8 @@
-"""The checkpoint hook that every process calls at a save step: memory check, replica check, a CPU snapshot, the
-guarded save on the main process (in a background thread with --async_save), and the outcome on every rank."""
+"""The run's checkpoint manager (orbax's CheckpointManager is the model): every decision about checkpoints during a
+run is made here. Which checkpoint a start resumes from; when to save (every --save_steps, the last step, a stop);
+the save itself, which every process calls (memory check, replica check, a CPU snapshot, the guarded save on the
+main process, in a background thread with --async_save, rotation) and whose outcome reaches every rank; and the
+failure policy (--on_save_error, --max_save_failures). The best pointer is a score's verdict (scoring/score.py)."""
 
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ def cpu_copy(obj):
     return obj
 
 
-class CheckpointHook:
+class CheckpointManager:
     def __init__(
         self,
         cfg: TrainConfig,
@@ -46,6 +49,37 @@ class CheckpointHook:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="save") if cfg.async_save else None
         self._pending: Future | None = None
         self.last_step: int | None = None  # the step of the last save asked for
+        self.saves: list[SaveResult] = []  # every finished save of this run, in order, the same on every rank
+
+    @staticmethod
+    def resume_target(cfg: TrainConfig, accelerator, say: Callable[[str], None]) -> Path | None:
+        """The checkpoint this start continues (--resume auto, never or PATH), chosen on the main process after
+        leftovers of interrupted saves are cleaned; None for a fresh start."""
+        from higgs_train.checkpoint.resume import choose_resume
+
+        roots = [Path(cfg.output_dir)] + ([Path(cfg.fallback_dir)] if cfg.fallback_dir else [])
+        return on_main(accelerator, choose_resume, cfg.resume, roots, say)
+
+    def due(self, step: int, max_steps: int, stopping: bool) -> bool:
+        """Save at this step: every --save_steps, at the last step and when stopping."""
+        return step % self.cfg.save_steps == 0 or step == max_steps or stopping
+
+    def save(self, model, optimizer, scheduler, progress: TrainingProgress, final: bool, deadline=None) -> None:
+        """Save this step (see `__call__`), then apply the failure policy to every save so far.
+
+        Raises:
+            CheckpointError: a save failed and --on_save_error stop, or --max_save_failures in a row failed.
+        """
+        self.saves += self(model, optimizer, scheduler, progress, final, deadline)
+        enforce_save_policy(self.cfg, self.saves)
+
+    def save_at_stop(self, model, optimizer, scheduler, progress: TrainingProgress, resumed: bool, deadline) -> None:
+        """A stop signal cut a step's window (rewound to the last finished step): save that step unless it is saved
+        or being saved already (`resumed`: it is the checkpoint this start resumed from)."""
+        if self.last_step == progress.step or resumed or progress.step == 0:
+            self.finish()
+        else:
+            self.saves += self(model, optimizer, scheduler, progress, final=True, deadline=deadline)
 
     def __call__(
         self, model, optimizer, scheduler, progress: TrainingProgress, final: bool, deadline: float | None = None
@@ -99,8 +133,10 @@ class CheckpointHook:
         return on_main(acc, on_writer)
 
     def finish(self) -> list[SaveResult]:
-        """Wait for a save still being written (every rank calls it; the outcome reaches all)."""
-        return on_main(self.accelerator, self._wait)
+        """Wait for a save still being written (every rank calls it; the outcome reaches all, and `saves`)."""
+        done = on_main(self.accelerator, self._wait)
+        self.saves += done
+        return done
 
     def close(self) -> None:
         """Local, no collective: let a save still being written finish (e.g. when the run stops on an error)."""
