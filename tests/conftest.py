@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the tests may reach a hub
 
@@ -100,6 +101,20 @@ def load_base(model: str | Path):
 def base(tiny_model):
     """The tiny model loaded through the same code a run uses (do not train it in place)."""
     return load_base(tiny_model)
+
+
+def quiet(_msg: str) -> None:
+    """A `say` that prints nothing."""
+
+
+runner = CliRunner()  # the CLI in-process (typer): one for every test module
+
+
+def run_cfg(manifest: Path, out: Path, model: Path, **flags):
+    """A TrainConfig for a run of `manifest` into `out` on `model`, flags as keywords (build_config's names)."""
+    from higgs_train.config import build_config
+
+    return build_config({"train_manifest": str(manifest), "output_dir": str(out), "model": str(model), **flags})
 
 
 def train_args(manifest: Path, out: Path, model: Path, *extra: str) -> list[str]:

@@ -6,14 +6,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from typer.testing import CliRunner
 
 import higgs_train.generate as generate_module
 from higgs_train.cli import app
 from higgs_train.layouts import tensor_names
-from tests.conftest import load_base, train_args
-
-runner = CliRunner()
+from tests.conftest import load_base, runner, train_args
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,10 @@ import sys
 
 import numpy as np
 import soundfile as sf
-from typer.testing import CliRunner
 
 import higgs_train.train as train_module
 from higgs_train.cli import app
-from tests.conftest import train_args
-
-runner = CliRunner()
+from tests.conftest import runner, train_args
 
 
 def test_help_subprocess_shows_groups_and_both_spellings():

@@ -42,7 +42,9 @@ def test_resume_must_be_a_mode_or_a_folder(tmp_path):
     with pytest.raises(ConfigError) as e:
         build_config({"train_manifest": "m.jsonl", "output_dir": "o", "resume": "autoo"})
     assert str(e.value) == "--resume 'autoo' is neither auto nor never nor a checkpoint folder; pass one of them"
-    assert build_config({"train_manifest": "m.jsonl", "output_dir": "o", "resume": str(tmp_path)}).resume
+    assert build_config({"train_manifest": "m.jsonl", "output_dir": "o", "resume": str(tmp_path)}).resume == str(
+        tmp_path
+    )
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ import os
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from higgs_train.cli import app
 from higgs_train.convert import lm_config, lm_state_dict
@@ -16,7 +15,7 @@ from higgs_train.errors import ModelError
 from higgs_train.merge import _probe
 from higgs_train.model import load_audio_tokenizer, load_lm
 from higgs_train.tiny import write_original_layout
-from tests.conftest import REPO, train_args
+from tests.conftest import REPO, runner, train_args
 
 RELEASED = REPO.parent / "shared" / "data" / "released-original"
 needs_release = pytest.mark.skipif(
@@ -24,8 +23,6 @@ needs_release = pytest.mark.skipif(
     reason=f"the original release's config and tensor names not found at {RELEASED} (../shared is only present in "
     "the project checkout and CI)",
 )
-
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")

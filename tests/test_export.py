@@ -7,13 +7,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from higgs_train.cli import app
 from higgs_train.files import sha256_file
-from tests.conftest import load_base
+from tests.conftest import load_base, runner
 
-runner = CliRunner()
 ADAPTER = ("adapter_model.safetensors", "adapter_config.json")
 
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
 
 from higgs_train.checkpoint.verify import verify_checkpoint
 from higgs_train.cli import app
 from higgs_train.health import Collapse, NonFinite, check_finite
-from tests.conftest import train_args
-
-runner = CliRunner()
+from tests.conftest import runner, train_args
 
 
 def _run(manifest, out, model, lr):

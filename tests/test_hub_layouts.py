@@ -13,16 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from higgs_train.cli import app
 from higgs_train.config import BASE_MODEL
 from higgs_train.errors import ModelError
 from higgs_train.files import read_json
 from higgs_train.model import load_audio_tokenizer, load_lm_config
-from tests.conftest import train_args
+from tests.conftest import runner, train_args
 
-runner = CliRunner()
 TOKENIZER = "bosonai/higgs-audio-v2-tokenizer"
 A, B, T = "a" * 40, "b" * 40, "c" * 40
 

@@ -5,16 +5,13 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from higgs_train.cli import app
 from higgs_train.config import build_config
 from higgs_train.data.manifest import Problem, load_manifest
 from higgs_train.errors import ConfigError, ModelError
 from higgs_train.language import headline_metric, parse_languages
-from tests.conftest import train_args
-
-runner = CliRunner()
+from tests.conftest import runner, train_args
 
 
 def write(tmp_path, rows, name="m.jsonl"):

@@ -5,13 +5,10 @@ import json
 import struct
 
 import pytest
-from typer.testing import CliRunner
 
 from higgs_train.cli import app
 from higgs_train.config import tracker_problems
-from tests.conftest import train_args
-
-runner = CliRunner()
+from tests.conftest import runner, train_args
 
 
 def test_report_to_names_are_checked_and_a_missing_package_names_the_extra(monkeypatch):

@@ -9,14 +9,12 @@ import subprocess
 
 import pytest
 import soundfile as sf
-from typer.testing import CliRunner
 
 from higgs_train.cli import app
 from higgs_train.scoring.text import error_rates, normalise
-from tests.conftest import train_args
+from tests.conftest import runner, train_args
 from tests.test_report import BROWSER_FLAGS, CHROMIUM
 
-runner = CliRunner()
 ESPEAK = shutil.which("espeak-ng")
 SENTENCES = {  # (espeak voice, two sentences of four words; Mandarin has no spaces)
     "ar": ("ar", ["مَرْحَبًا بِكُمْ فِي البَيْتِ", "أنا أحب القراءة كثيرا"]),

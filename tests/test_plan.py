@@ -7,16 +7,13 @@ import weakref
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from higgs_train.cli import app
 from higgs_train.config import build_config
 from higgs_train.errors import ConfigError
 from higgs_train.layouts import released_lm_config
 from higgs_train.plan import GIB, auto_batch, memory_plan, probe_batch
-from tests.conftest import raising, train_args
-
-runner = CliRunner()
+from tests.conftest import raising, runner, train_args
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from higgs_train.checkpoint.verify import verify_checkpoint
 from higgs_train.cli import app
@@ -15,19 +14,14 @@ from higgs_train.config import build_config
 from higgs_train.errors import CheckpointError, ConfigError, Interrupted
 from higgs_train.faults import ENV
 from higgs_train.train import train
+from tests.conftest import quiet, run_cfg, runner
 
 pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install -e '.[qlora]')")
-runner = CliRunner()
 KW = {"max_steps": 4, "save_steps": 2, "lr": 5e-3, "batch_size": 2, "grad_accum": 2, "quantize": "nf4"}
 
 
-def quiet(_msg):
-    pass
-
-
 def cfg_for(manifest, out, model, **kw):
-    flags = {"train_manifest": str(manifest), "output_dir": str(out), "model": str(model), **KW, **kw}
-    return build_config(flags)
+    return run_cfg(manifest, out, model, **{**KW, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,10 @@ from html.parser import HTMLParser
 
 import pytest
 import soundfile as sf
-from typer.testing import CliRunner
 
 from higgs_train.cli import app
+from tests.conftest import runner
 
-runner = CliRunner()
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_FLAGS = [  # what this machine's closed network and root user need (see .ci/run)
     "--headless",

@@ -5,27 +5,14 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from higgs_train.checkpoint.state import read_rng
 from higgs_train.checkpoint.verify import verify_checkpoint
 from higgs_train.cli import app
-from higgs_train.config import build_config
 from higgs_train.errors import Interrupted
 from higgs_train.faults import ENV
 from higgs_train.train import train
-from tests.conftest import load_base, train_args
-
-runner = CliRunner()
-
-
-def quiet(_msg):
-    pass
-
-
-def run_cfg(manifest, out, model, **kw):
-    flags = {"train_manifest": str(manifest), "output_dir": str(out), "model": str(model), **kw}
-    return build_config(flags)
+from tests.conftest import load_base, quiet, run_cfg, runner, train_args
 
 
 def test_cli_run_with_dash_spellings(synth_manifest, tiny_model, tmp_path):

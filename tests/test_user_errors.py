@@ -8,12 +8,9 @@ import shutil
 
 import pytest
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
 from higgs_train.cli import app
-from tests.conftest import fill_disk, train_args
-
-runner = CliRunner()
+from tests.conftest import fill_disk, runner, train_args
 
 
 def one_line_error(result, code: int, *parts: str) -> None:

@@ -2,15 +2,11 @@
 
 import errno
 
-from typer.testing import CliRunner
-
 import higgs_train.checkpoint.manager as hook_module
 import higgs_train.checkpoint.save as save_module
 from higgs_train.checkpoint.save import SaveResult, save_checkpoint
 from higgs_train.cli import app
-from tests.conftest import train_args
-
-runner = CliRunner()
+from tests.conftest import runner, train_args
 
 
 def test_verify_command(tmp_path, snapshot_factory):

@@ -12,7 +12,6 @@ import time
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from higgs_train.checkpoint.lock import LOCK_FILE, RunLock
 from higgs_train.checkpoint.resume import load_checkpoint
@@ -23,13 +22,7 @@ from higgs_train.cli import app
 from higgs_train.errors import CheckpointError, OutputDirError
 from higgs_train.metrics import MetricsLog, read_metrics
 from higgs_train.plot import plot_run
-from tests.conftest import fill_disk, train_args
-
-runner = CliRunner()
-
-
-def quiet(_msg: str) -> None:
-    pass
+from tests.conftest import fill_disk, quiet, runner, train_args
 
 
 class Payload:

@@ -15,11 +15,7 @@ from higgs_train.checkpoint.resume import clean_stale, find_resume_point
 from higgs_train.checkpoint.rotate import rotate
 from higgs_train.checkpoint.save import StepExistsError, save_checkpoint
 from higgs_train.checkpoint.verify import verify_checkpoint
-from tests.conftest import raising
-
-
-def quiet(_msg):
-    pass
+from tests.conftest import quiet, raising
 
 
 def test_publish_protocol_tmp_then_rename(tmp_path, snapshot_factory, monkeypatch):

@@ -10,7 +10,6 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from typer.testing import CliRunner
 
 import higgs_train.data.codes as codes_module
 from higgs_train.cli import app
@@ -19,14 +18,9 @@ from higgs_train.data.manifest import load_manifest
 from higgs_train.data.prepare import DataLimits, TextCounts, prepare_data
 from higgs_train.faults import ENV
 from higgs_train.tiny import TEXTS, build_tiny_model, synth_clip
-from tests.conftest import train_args
+from tests.conftest import quiet, runner, train_args
 
-runner = CliRunner()
 LIMITS = DataLimits(min_duration=0.0, max_duration=5.0, reserved_tokens=("<|AUDIO_OUT|>", "<|eot_id|>"))
-
-
-def quiet(_msg: str) -> None:
-    pass
 
 
 def _clip(folder, name, seconds=1.0, rate=24000, seed=0):

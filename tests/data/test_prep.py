@@ -7,15 +7,14 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from typer.testing import CliRunner
 
 from higgs_train.cli import app
 from higgs_train.config import PrepSettings
 from higgs_train.data.manifest import load_manifest
 from higgs_train.data.prep import prep, segments
 from higgs_train.data.prepare import stats_warnings
+from tests.conftest import runner
 
-runner = CliRunner()
 SPEAKERS = ["en_man", "en_woman", "belinda"]
 
 

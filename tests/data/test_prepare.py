@@ -9,15 +9,13 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-from typer.testing import CliRunner
 
 from higgs_train.cli import app
 from higgs_train.data.codes import CodeCache
 from higgs_train.data.prepare import DataLimits, TextCounts, prepare_data
 from higgs_train.errors import ConfigError
-from tests.conftest import train_args
+from tests.conftest import runner, train_args
 
-runner = CliRunner()
 LIMITS = DataLimits(min_duration=0.2, max_duration=5.0, max_text_tokens=40)
 
 

@@ -7,14 +7,11 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from typer.testing import CliRunner
 
 from higgs_train.cli import app
 from higgs_train.data.manifest import Sample, Turn
 from higgs_train.data.rows import data_identity, describe_change, remember
-from tests.conftest import train_args
-
-runner = CliRunner()
+from tests.conftest import runner, train_args
 
 
 def rows(n):

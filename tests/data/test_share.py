@@ -6,7 +6,6 @@ import json
 import re
 
 import pytest
-from typer.testing import CliRunner
 
 from higgs_train.checkpoint.lock import RunLock
 from higgs_train.cli import app
@@ -14,10 +13,8 @@ from higgs_train.data.codes import CodeCache
 from higgs_train.data.share import Share
 from higgs_train.data.tokens import TOKENS_SUBDIR
 from higgs_train.errors import Interrupted
-from tests.conftest import train_args
+from tests.conftest import runner, train_args
 from tests.test_distributed import finish, launch
-
-runner = CliRunner()
 
 
 def writers(paths) -> dict[str, int]:

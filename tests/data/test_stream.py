@@ -10,11 +10,7 @@ from higgs_train.config import build_config
 from higgs_train.data.collate import TokenLayout
 from higgs_train.data.stream import Stream
 from higgs_train.errors import ConfigError, ManifestError
-from tests.conftest import ROWS_PER_SHARD, SHARDS
-
-
-def quiet(_msg):
-    pass
+from tests.conftest import ROWS_PER_SHARD, SHARDS, quiet
 
 
 @pytest.fixture(autouse=True)

@@ -5,16 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from higgs_train.cli import app
 from higgs_train.data.audio import load_audio
 from higgs_train.scoring.best import ScoreRow, badness, best_row
 from higgs_train.scoring.stopping import duration_ratio, trailing_share
 from higgs_train.scoring.text import error_rates, normalise
-from tests.conftest import train_args
-
-runner = CliRunner()
+from tests.conftest import runner, train_args
 
 
 def test_wer_cer_on_normalised_text():
