@@ -7,7 +7,8 @@ import contextlib
 import typer
 from rich.console import Console
 
-from higgs_train import config as settings
+from higgs_train import config as config_module
+from higgs_train import settings
 from higgs_train.errors import HiggsTrainError
 from higgs_train.options import settings_from, settings_signature, train_signature
 
@@ -75,7 +76,7 @@ def train_command(ctx: typer.Context, config: str | None = None, **flags) -> Non
         raise typer.Exit(0)
     from higgs_train.train import train
 
-    result = train(settings.build_config(flags, config), log=say)
+    result = train(config_module.build_config(flags, config), log=say)
     if result.is_main:
         if result.losses:
             show(f"done: step {result.progress.step}, loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}")
@@ -88,7 +89,7 @@ def prepare_command(ctx: typer.Context, config: str | None = None, **flags) -> N
     """Validate every row and encode the audio to codes once, into --output_dir's cache; print the report."""
     from higgs_train.data.pipeline import run_prepare
 
-    run_prepare(settings.build_config(flags, config), say=say)
+    run_prepare(config_module.build_config(flags, config), say=say)
 
 
 @app.command("plan")
@@ -97,9 +98,9 @@ def plan_command(ctx: typer.Context, config: str | None = None, **flags) -> None
     """Estimated peak GPU memory by part, and the largest batch per common card (from --model's config.json)."""
     from higgs_train.plan import cards_for, plan_for, plan_lines
 
-    cfg = settings.build_config(flags, config, require_data=False)
+    cfg = config_module.build_config(flags, config, require_data=False)
     batch = (
-        1 if cfg.batch_size == settings.AUTO else cfg.batch_size
+        1 if cfg.batch_size == config_module.AUTO else cfg.batch_size
     )  # auto: what one row needs, and the largest that fits
     show("\n".join(plan_lines(plan_for(cfg), batch, cfg.gradient_checkpointing, cards_for(cfg))))
 

@@ -18,9 +18,9 @@ import yaml
 
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.io import read_pointer
-from higgs_train.config import ExportSettings
 from higgs_train.errors import CheckpointError, HiggsTrainError, OutputDirError
 from higgs_train.files import read_json, sha256_file
+from higgs_train.settings import ExportSettings
 
 CARD = "README.md"
 LICENSE = "boson-higgs-audio-2-community-license"  # the released weights' license, as the hub's license_name
@@ -169,7 +169,14 @@ def model_card(run: Path, checkpoint: Path, state: dict, clips: list[dict], lang
     lines += [f"- [{c['file']}]({c['file']}): {_one_line(c['text'])}" for c in clips] or [
         "No samples were made at this step."
     ]
-    lines += [
+    lines += _use_and_license(base)
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)  # values quoted as YAML needs: no injection
+    return "\n".join(["---", front.rstrip("\n"), "---", "", *lines]) + "\n"
+
+
+def _use_and_license(base: str) -> list[str]:
+    """The card's closing sections: how to load and run the adapter, and the license it is bound by."""
+    return [
         "",
         "## Use",
         "",
@@ -195,8 +202,6 @@ def model_card(run: Path, checkpoint: Path, state: dict, clips: list[dict], lang
         "Community License Agreement (based on the Meta Llama 3 Community License). The license of the training "
         "data applies too.",
     ]
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)  # values quoted as YAML needs: no injection
-    return "\n".join(["---", front.rstrip("\n"), "---", "", *lines]) + "\n"
 
 
 def _one_line(text) -> str:

@@ -9,9 +9,9 @@ import soundfile as sf
 import torch
 
 from higgs_train.checkpoint.state import capture_rng, restore_rng
-from higgs_train.config import GenerateSettings
 from higgs_train.data.audio import load_audio
 from higgs_train.data.manifest import DEFAULT_SYSTEM_PROMPT
+from higgs_train.settings import GenerateSettings
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from higgs_train import dual_ffn, faults
+from higgs_train import dual_ffn
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.io import read_pointer
 from higgs_train.checkpoint.lock import RunLock
@@ -32,8 +32,9 @@ from higgs_train.checkpoint.resume import (
 from higgs_train.checkpoint.save import SaveResult
 from higgs_train.checkpoint.state import TrainingProgress, capture_rng, restore_rng
 from higgs_train.config import AUTO, TrainConfig
-from higgs_train.data.batches import BatchPlan, TokenBudgetPlan
-from higgs_train.data.collate import collate, pack, positions
+from higgs_train.data.batches import BatchPlan
+from higgs_train.data.collate import positions
+from higgs_train.data.feed import batch_plan, next_batch
 from higgs_train.data.pipeline import TrainingData, build_stream_data, build_training_data, encoding_progress
 from higgs_train.data.prepare import stats_warnings
 from higgs_train.data.share import clean_syncs, end_share, launch_share
@@ -56,7 +57,6 @@ from higgs_train.listening import make_scorer, sample_now, score_now
 from higgs_train.loss import TextLoss, audio_loss_sum, evaluate, window_scale
 from higgs_train.metrics import MetricsLog
 from higgs_train.model import (
-    COMPILE_BUCKET,
     apply_lora,
     check_pair,
     compile_for_training,
@@ -209,7 +209,8 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     if cfg.batch_size == AUTO:
         cfg = resolve_auto_batch(cfg, model, data, accelerator, resume_path, say)
         on_main(accelerator, _record_config, cfg, say)  # the resolved sizes are what the checkpoints record
-    plan = _plan(cfg, data, accelerator, cfg.seed)  # None for a stream: it draws its own batches
+    rank, world = accelerator.process_index, accelerator.num_processes
+    plan = batch_plan(cfg, data, rank, world, cfg.seed)  # None for a stream: it draws its own batches
     max_steps = cfg.max_steps or plan.steps_for_epochs(cfg.num_epochs, cfg.grad_accum)
     scheduler = WarmupCosine(optimizer, cfg.warmup_steps, max_steps)
     for warning in stats_warnings(data.stats, cfg.batch_size * cfg.grad_accum * accelerator.num_processes, max_steps):
@@ -218,7 +219,7 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     if loaded is not None:
         progress = restore_state(loaded, cfg.to_dict(), accelerator, model, optimizer, scheduler, say)
         if progress.data_seed != cfg.seed:  # the checkpoint's data order wins
-            plan = _plan(cfg, data, accelerator, progress.data_seed)
+            plan = batch_plan(cfg, data, rank, world, progress.data_seed)
         if data.stream is not None:
             resume_stream(data.stream, loaded.stream, cfg.on_data_change, say)
     move_data_position(progress, data.identity, data_change, cfg.on_data_change, plan, say)
@@ -297,14 +298,8 @@ def _model(cfg: TrainConfig, accelerator, processor, resume_path: Path | None, s
     """The base model with LoRA, its weights' fingerprint, and a resume's checkpoint with its adapter put in
     (before accelerate wraps or shards the model)."""
     with whole_models(accelerator):
-        lm = load_lm(
-            cfg.model,
-            cfg.mixed_precision,
-            cfg.attn_implementation,
-            cfg.text_loss_weight > 0,
-            cfg.model_revision,
-            cfg.quantize,
-        )
+        precision, attention, text_head = cfg.mixed_precision, cfg.attn_implementation, cfg.text_loss_weight > 0
+        lm = load_lm(cfg.model, precision, attention, text_head, cfg.model_revision, cfg.quantize)
     check_pair(lm, processor, cfg.model)
     dual_ffn.install(lm, say)  # bitwise the native layer, without its host sync per layer
     fingerprint = weights_fingerprint(lm)  # what the adapter is trained on, whatever path or hub id named it
@@ -342,7 +337,8 @@ def step(run: Run) -> StepStats | None:
     stream = run.data.stream
     # to rewind a window cut by a signal
     window = TrainingProgress(**run.progress.to_dict()), capture_rng(), stream.mark() if stream else None
-    batches = [next_batch(run) for _ in range(run.cfg.grad_accum)]
+    feed = run.cfg, run.data, run.plan, run.progress, run.accelerator.num_processes
+    batches = [next_batch(*feed) for _ in range(run.cfg.grad_accum)]
     data_s = time.perf_counter() - t0
     lr = run.scheduler.get_last_lr()[0]  # the rate this step uses
     parts = (run.model, run.optimizer, run.scheduler, run.accelerator)
@@ -426,16 +422,6 @@ def _tok_s(run: Run, s: StepStats) -> float:
     return s.tokens * run.accelerator.num_processes / max(s.step_s, 1e-9)
 
 
-def _plan(cfg: TrainConfig, data: TrainingData, accelerator, seed: int) -> BatchPlan | TokenBudgetPlan | None:
-    if data.stream is not None:
-        return None
-    lengths = data.train.lengths if cfg.group_by_length else None
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if cfg.max_tokens_per_batch:
-        return TokenBudgetPlan(data.train.lengths, cfg.max_tokens_per_batch, seed, rank, world)
-    return BatchPlan(len(data.train), cfg.batch_size, seed, rank, world, lengths)
-
-
 def _mark_stopped(cfg: TrainConfig, reason: str) -> None:
     """OUTPUT_DIR/STOPPED: a clean stop after a save, for job scripts (`accelerate launch` returns 1 whatever the
     ranks' exit codes); removed when the run starts again."""
@@ -509,27 +495,3 @@ def optimizer_step(model, optimizer, scheduler, accelerator, batches, cfg, codeb
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return loss, grad_norm, tokens, text
-
-
-def next_batch(run: Run) -> dict[str, torch.Tensor]:
-    """The next micro-batch of this rank (from the batch plan, or drawn from the stream), advancing the data
-    position in `run.progress`."""
-    progress, stream = run.progress, run.data.stream
-    if stream is not None:
-        examples = stream.take(run.cfg.batch_size)
-        epoch = stream.epoch
-    else:
-        epoch, indices = run.plan.micro_batch(progress.micro_batches)
-        examples = [run.data.train[i] for i in indices]
-    progress.micro_batches += 1
-    faults.count("data", progress.micro_batches)
-    faults.failpoint("micro_batch")
-    progress.epoch = epoch
-    progress.samples_seen += len(examples) * run.accelerator.num_processes
-    if run.cfg.packing:
-        batch = pack(examples, run.data.layout)
-    else:  # compiled: lengths padded to buckets, so the compiled graphs' shapes stay few
-        batch = collate(examples, run.data.layout, COMPILE_BUCKET if run.cfg.compile else 1)
-    if torch.cuda.is_available():  # pinned host memory lets the copy to the GPU run asynchronously
-        batch = {k: v.pin_memory() for k, v in batch.items()}
-    return batch

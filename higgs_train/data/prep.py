@@ -21,12 +21,12 @@ import soundfile as sf
 import torch
 
 from higgs_train.checkpoint.preflight import refuse_overlap
-from higgs_train.config import PrepSettings
 from higgs_train.data.audio import load_audio
 from higgs_train.data.formats import AUDIO_SUFFIXES, TRANSCRIPT_SUFFIXES
 from higgs_train.errors import AudioError, ManifestError, OutputDirError
 from higgs_train.files import atomic_write_bytes, remove_tmp_files
 from higgs_train.scoring.stopping import speech_spans
+from higgs_train.settings import PrepSettings
 
 REPORT = "prep_report.json"
 MANIFEST = "train.jsonl"

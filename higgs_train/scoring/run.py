@@ -8,7 +8,7 @@ from pathlib import Path
 
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.resume import list_checkpoints, load_adapter_weights, read_trainer_state, valid_checkpoints
-from higgs_train.config import DEFAULT_ASR_MODEL, SELECT_BEST_BY, ScoreSettings
+from higgs_train.config import DEFAULT_ASR_MODEL, SELECT_BEST_BY
 from higgs_train.data.prepare import DEFAULT_CHARS_PER_SECOND, REPORT_FILE
 from higgs_train.errors import CheckpointError, ConfigError
 from higgs_train.report import refresh_report
@@ -22,6 +22,7 @@ from higgs_train.scoring.score import (
     read_scores,
     scored_clips_dir,
 )
+from higgs_train.settings import ScoreSettings
 
 
 def _rows_to_score(config: dict, score_manifest: str | None):

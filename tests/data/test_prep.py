@@ -9,10 +9,10 @@ import torch
 import torchaudio.functional as AF
 
 from higgs_train.cli import app
-from higgs_train.config import PrepSettings
 from higgs_train.data.manifest import load_manifest
 from higgs_train.data.prep import prep, segments
 from higgs_train.data.prepare import stats_warnings
+from higgs_train.settings import PrepSettings
 from tests.conftest import runner
 
 SPEAKERS = ["en_man", "en_woman", "belinda"]
