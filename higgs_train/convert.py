@@ -27,6 +27,7 @@ from higgs_train import faults, files, layouts
 from higgs_train.checkpoint.lock import RunLock
 from higgs_train.checkpoint.preflight import refuse_overlap
 from higgs_train.errors import ConfigError, HiggsTrainError, ModelError
+from higgs_train.model import check_pair, load_audio_tokenizer, load_lm, load_processor, quiet_libraries
 
 DROPPED = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq", "audio_codebook_weights")
 UNUSED_PREFIXES = ("audio_tower.", "audio_encoder_proj.")  # the audio-understanding tower: not part of v2
@@ -59,7 +60,6 @@ def convert(
         ConfigError: OUT exists, or SRC is in neither original layout.
         ModelError: the weights do not fit the config, or need unpickling.
     """
-    from higgs_train.model import quiet_libraries
 
     quiet_libraries()
     src, out = Path(src), Path(out).absolute()
@@ -377,7 +377,6 @@ def dac_sizes(state: dict[str, torch.Tensor]) -> dict:
 
 def _check_loads(folder: Path, tokenizer_only: bool = False) -> None:
     """Load the result through the code a run uses; a failure here means nothing is published."""
-    from higgs_train.model import check_pair, load_audio_tokenizer, load_lm, load_processor
 
     try:
         if tokenizer_only:

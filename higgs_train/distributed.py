@@ -17,6 +17,7 @@ import torch
 
 from higgs_train.config import TrainConfig
 from higgs_train.errors import CheckpointError, ConfigError
+from higgs_train.files import sha256_file
 
 
 def requested_processes() -> int | None:
@@ -198,7 +199,6 @@ def peer_failure(e: BaseException) -> bool:
 
 def settings_identity(cfg) -> dict[str, Any]:
     """The settings every process must share, with the manifests' content (not only their paths)."""
-    from higgs_train.files import sha256_file
 
     values = {f"--{k}": v for k, v in cfg.to_dict().items()}
     for flag in ("train_manifest", "eval_manifest"):

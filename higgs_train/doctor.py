@@ -9,7 +9,11 @@ from importlib import metadata
 from pathlib import Path
 
 from higgs_train import layouts
-from higgs_train.config import BASE_MODEL
+from higgs_train.checkpoint.preflight import check_output_dir
+from higgs_train.config import BASE_MODEL, build_config
+from higgs_train.errors import HiggsTrainError, OutputDirError
+from higgs_train.model import audio_tokenizer_source
+from higgs_train.plan import gpu_verdicts, plan_for
 
 AUDIO_TOKENIZER_ID = "bosonai/higgs-audio-v2-tokenizer"  # when the model's processor config names none
 NEEDED = {"torch": "2.11", "torchaudio": "2.11", "transformers": "5.18", "peft": "0.21", "accelerate": "1.15"}
@@ -38,7 +42,6 @@ def run_checks(output_dir: str | None = None, model: str = BASE_MODEL) -> list[C
     checks += _gpu_checks()
     if output_dir:
         checks += _disk_checks(Path(output_dir))
-    from higgs_train.model import audio_tokenizer_source
 
     tokenizer = audio_tokenizer_source(model, None) or AUDIO_TOKENIZER_ID
     checks += [_cache_check("model", model), _cache_check("audio tokenizer", tokenizer)]
@@ -54,9 +57,6 @@ def _plan_checks(model: str) -> list[Check]:
 
     if not torch.cuda.is_available():
         return []
-    from higgs_train.config import build_config
-    from higgs_train.errors import HiggsTrainError
-    from higgs_train.plan import gpu_verdicts, plan_for
 
     cfg = build_config({"model": model, "mixed_precision": "bf16"}, require_data=False)
     try:
@@ -87,8 +87,6 @@ def _gpu_checks() -> list[Check]:
 
 
 def _disk_checks(path: Path) -> list[Check]:
-    from higgs_train.checkpoint.preflight import check_output_dir
-    from higgs_train.errors import OutputDirError
 
     try:
         check_output_dir(path)

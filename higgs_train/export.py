@@ -18,8 +18,15 @@ import yaml
 
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.io import read_pointer
+from higgs_train.checkpoint.preflight import refuse_overlap
+from higgs_train.checkpoint.resume import find_resume_point, read_trainer_state
+from higgs_train.checkpoint.verify import verify_checkpoint
+from higgs_train.data.prepare import REPORT_FILE
 from higgs_train.errors import CheckpointError, HiggsTrainError, OutputDirError
 from higgs_train.files import read_json, sha256_file
+from higgs_train.language import parse_languages
+from higgs_train.metrics import METRICS_FILE, read_metrics
+from higgs_train.scoring.score import SCORED_ITEMS, read_scores, sample_file, scored_clips_dir
 from higgs_train.settings import ExportSettings
 
 CARD = "README.md"
@@ -35,9 +42,6 @@ def export_adapter(s: ExportSettings, say: Callable[[str], None] = print) -> tup
         CheckpointError: no valid checkpoint, or the one named is invalid.
         OutputDirError: OUT exists and is not empty.
     """
-    from higgs_train.checkpoint.preflight import refuse_overlap
-    from higgs_train.checkpoint.resume import find_resume_point, read_trainer_state
-    from higgs_train.checkpoint.verify import verify_checkpoint
 
     run, out = Path(s.run_dir), Path(s.output)
     refuse_overlap("OUTPUT", out, {"RUN_DIR": run, "--checkpoint": s.checkpoint})
@@ -76,8 +80,6 @@ def export_adapter(s: ExportSettings, say: Callable[[str], None] = print) -> tup
 def _languages(run: Path, state: dict, given: list[str] | None) -> list[str]:
     """--language as given (ISO 639-1, checked), else the languages of the run's data: its rows' (the data report),
     else the run's --language."""
-    from higgs_train.data.prepare import REPORT_FILE
-    from higgs_train.language import parse_languages
 
     if given:
         return list(parse_languages(",".join(given)))
@@ -87,7 +89,6 @@ def _languages(run: Path, state: dict, given: list[str] | None) -> list[str]:
 
 
 def _best(run: Path) -> Path | None:
-    from higgs_train.checkpoint.verify import verify_checkpoint
 
     name = read_pointer(run, layout.BEST)
     if name and verify_checkpoint(run / name).ok:
@@ -97,7 +98,6 @@ def _best(run: Path) -> Path | None:
 
 def _copy_samples(run: Path, step: int, out: Path) -> list[dict]:
     """The step's sample (--sample_steps) and scored clips, into OUT/samples/; what each one is."""
-    from higgs_train.scoring.score import SCORED_ITEMS, sample_file, scored_clips_dir
 
     config = read_json(run / layout.CONFIG_FILE) or {}
     clips = []
@@ -116,8 +116,6 @@ def _copy_samples(run: Path, step: int, out: Path) -> list[dict]:
 
 def model_card(run: Path, checkpoint: Path, state: dict, clips: list[dict], languages: list[str] | None) -> str:
     """README.md in the hub's format: YAML metadata, then what the adapter is, how it was made, how to use it."""
-    from higgs_train.data.prepare import REPORT_FILE
-    from higgs_train.scoring.score import read_scores
 
     adapter = json.loads((checkpoint / layout.ADAPTER_CONFIG).read_text())
     config = state.get("config") or {}
@@ -222,7 +220,6 @@ def _f(value) -> str:
 
 
 def _eval_loss(run: Path, step: int) -> float | None:
-    from higgs_train.metrics import METRICS_FILE, read_metrics
 
     if not (run / METRICS_FILE).is_file():
         return None

@@ -8,9 +8,17 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
+from higgs_train.checkpoint import layout
+from higgs_train.checkpoint.preflight import refuse_overlap
+from higgs_train.checkpoint.resume import attach_adapter
 from higgs_train.checkpoint.state import capture_rng, restore_rng
+from higgs_train.checkpoint.verify import verify_checkpoint
 from higgs_train.data.audio import load_audio
 from higgs_train.data.manifest import DEFAULT_SYSTEM_PROMPT
+from higgs_train.errors import CheckpointError, ConfigError, OutputDirError
+from higgs_train.files import atomic_write_bytes, remove_leftovers
+from higgs_train.layouts import looks_local
+from higgs_train.model import check_pair, load_lm, load_processor, quiet_libraries, recorded_revisions
 from higgs_train.settings import GenerateSettings
 
 
@@ -96,7 +104,6 @@ def _generated_frames(ids: torch.Tensor, processor) -> int:
 
 def speak(s: GenerateSettings) -> tuple[Path, Speech]:
     """`higgs-train generate`: check the request, load base + adapter, generate, write the WAV."""
-    from higgs_train.checkpoint.preflight import refuse_overlap
 
     check_request(s.text, s.out, s.ref_audio)
     refuse_overlap("--out", s.out, {"--model": s.model, "--adapter": s.adapter, "--ref_audio": s.ref_audio})
@@ -112,7 +119,6 @@ def check_request(text: str, out: str | Path, ref_audio: str | None = None) -> N
     Raises:
         ConfigError: naming the flag and the fix.
     """
-    from higgs_train.errors import ConfigError
 
     if not text.strip():
         raise ConfigError("--text is empty; give the words to speak")
@@ -132,9 +138,6 @@ def write_wav(speech: Speech, path: str | Path) -> Path:
         OutputDirError: the file cannot be written.
     """
     import io
-
-    from higgs_train.errors import OutputDirError
-    from higgs_train.files import atomic_write_bytes, remove_leftovers
 
     path = Path(path)
     try:
@@ -157,8 +160,6 @@ def load_with_adapter(
 ):
     """Base model + processor, with the adapter applied when given (a checkpoint folder or its adapter files). A
     checkpoint's base loads at the commits its run recorded (--model_revision), when it names the same --model."""
-    from higgs_train.checkpoint.resume import attach_adapter
-    from higgs_train.model import check_pair, load_lm, load_processor, quiet_libraries, recorded_revisions
 
     quiet_libraries()
     revisions = {}
@@ -182,10 +183,6 @@ def check_adapter_folder(adapter: str, flag: str = "--adapter") -> None:
     Raises:
         CheckpointError: what is missing or damaged, and the fix.
     """
-    from higgs_train.checkpoint import layout
-    from higgs_train.checkpoint.verify import verify_checkpoint
-    from higgs_train.errors import CheckpointError
-    from higgs_train.layouts import looks_local
 
     folder = Path(adapter)
     if not looks_local(adapter):

@@ -3,19 +3,21 @@ ever stops training or touches a save, and both leave the random state as they f
 
 from __future__ import annotations
 
+from higgs_train.checkpoint.layout import checkpoint_name
 from higgs_train.checkpoint.state import capture_rng, restore_rng
 from higgs_train.config import TrainConfig
+from higgs_train.data.formats import Columns
+from higgs_train.data.manifest import load_manifest
 from higgs_train.distributed import main_only
+from higgs_train.generate import generate_speech, write_wav
+from higgs_train.language import parse_languages
+from higgs_train.scoring.score import Scorer, append_score, items_from_samples, mark_best, sample_file, scored_clips_dir
 
 
 def make_scorer(cfg: TrainConfig, accelerator, processor, data):
     """The main process's Scorer and the rows it scores, or None when scoring is off."""
     if not cfg.score_steps:
         return None
-    from higgs_train.data.formats import Columns
-    from higgs_train.data.manifest import load_manifest
-    from higgs_train.language import parse_languages
-    from higgs_train.scoring.score import Scorer, items_from_samples
 
     def make() -> tuple:
         columns, languages = Columns(cfg.text_column, cfg.audio_column), parse_languages(cfg.language)
@@ -40,8 +42,6 @@ def make_scorer(cfg: TrainConfig, accelerator, processor, data):
 
 def score_now(cfg: TrainConfig, scorer, model, step: int, eval_loss, metrics, say) -> None:
     """Score the current adapter, log it, move the `best` pointer; a failure is logged and training goes on."""
-    from higgs_train.checkpoint.layout import checkpoint_name
-    from higgs_train.scoring.score import append_score, mark_best, scored_clips_dir
 
     saved = capture_rng()
     try:
@@ -72,8 +72,6 @@ def score_now(cfg: TrainConfig, scorer, model, step: int, eval_loss, metrics, sa
 
 def sample_now(cfg: TrainConfig, model, processor, step: int, metrics, say) -> None:
     """Write OUTPUT_DIR/samples/step-N.wav; a failure is logged and never stops the run or touches a save."""
-    from higgs_train.generate import generate_speech, write_wav
-    from higgs_train.scoring.score import sample_file
 
     try:
         speech = generate_speech(

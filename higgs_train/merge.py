@@ -13,7 +13,9 @@ from higgs_train import faults, files
 from higgs_train.checkpoint.lock import RunLock
 from higgs_train.checkpoint.preflight import refuse_overlap
 from higgs_train.errors import CheckpointError, ConfigError, HiggsTrainError
+from higgs_train.generate import load_with_adapter
 from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, save_processor
+from higgs_train.model import load_lm
 
 
 def merge_adapter(
@@ -30,8 +32,6 @@ def merge_adapter(
         ConfigError: OUTPUT is inside (or is) the base model or the adapter folder, or already exists.
         CheckpointError: the merged model cannot be written or does not reproduce the adapter's outputs.
     """
-    from higgs_train.generate import load_with_adapter
-    from higgs_train.model import load_lm
 
     output = Path(output).absolute()
     refuse_overlap("--output", output, {"--model": model, "--adapter": adapter})

@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 
 from higgs_train import layouts
+from higgs_train.checkpoint import layout
 from higgs_train.config import TrainConfig
 from higgs_train.errors import ConfigError, ModelError
+from higgs_train.files import read_json
 from higgs_train.layouts import AUDIO_TOKENIZER_SUBDIR, HIGGS_MODEL_TYPE
 
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -45,8 +47,6 @@ def recorded_revisions(checkpoint: str | Path, model: str, audio_tokenizer: str 
     """The hub commits a checkpoint's run recorded for this --model and audio tokenizer, by flag
     (`model_revision`, `audio_tokenizer_revision`); a source other than the run's gets none. Empty for a folder
     without a readable trainer state (a hub adapter, a damaged checkpoint: their own checks name them)."""
-    from higgs_train.checkpoint import layout
-    from higgs_train.files import read_json
 
     saved = (read_json(Path(checkpoint) / layout.TRAINER_STATE) or {}).get("config") or {}
     sources = {"model_revision": ("model", model), "audio_tokenizer_revision": ("audio_tokenizer", audio_tokenizer)}

@@ -18,7 +18,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from higgs_train.checkpoint.resume import read_trainer_state
+from higgs_train.config import AUTO
+from higgs_train.data.collate import collate
 from higgs_train.errors import ConfigError
+from higgs_train.loss import audio_loss_sum
+from higgs_train.model import load_lm_config, meta_counts, quiet_libraries
 
 GIB = 1024**3
 CARDS_GB = (24, 40, 48, 80, 141)  # common cards: 4090/L4-class, A100-40, L40S/A6000, A100/H100-80, H200
@@ -73,7 +78,6 @@ class MemoryPlan:
 def memory_plan(config, cfg, seq_len: int | None = None) -> MemoryPlan:
     """The plan for a model config (a `HiggsAudioV2Config`) under a TrainConfig, at `seq_len` tokens per row
     (default: the model's max_position_embeddings, the longest row `prepare` lets through)."""
-    from higgs_train.model import meta_counts
 
     base_params, lora_params, quantized, largest = meta_counts(config, cfg)
     lora_rank, act = cfg.lora_r, DTYPE_BYTES[cfg.mixed_precision]
@@ -145,7 +149,6 @@ def setting_that_fits(cfg, capacity: float, batch: int = 1) -> str | None:
 
 def plan_for(cfg, seq_len: int | None = None) -> MemoryPlan:
     """The plan of a run's settings: --model's config.json alone is read (a folder holding only it is enough)."""
-    from higgs_train.model import load_lm_config, quiet_libraries
 
     quiet_libraries()
     return memory_plan(load_lm_config(cfg.model, cfg.model_revision), cfg, seq_len)
@@ -221,11 +224,6 @@ def resolve_auto_batch(cfg, model, data, accelerator, resume_path, say):
     import psutil
     import torch
     from accelerate.utils import gather_object
-
-    from higgs_train.checkpoint.resume import read_trainer_state
-    from higgs_train.config import AUTO
-    from higgs_train.data.collate import collate
-    from higgs_train.loss import audio_loss_sum
 
     saved = read_trainer_state(resume_path)["config"] if resume_path is not None else {}
     if saved.get("batch_size") not in (AUTO, 0, None):  # 0: how versions before 2026-12-01 wrote auto

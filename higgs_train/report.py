@@ -18,9 +18,15 @@ from pathlib import Path
 
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.io import read_pointer
+from higgs_train.data.audio import load_audio
+from higgs_train.data.prepare import REPORT_FILE
 from higgs_train.errors import AudioError, HiggsTrainError
-from higgs_train.files import atomic_write_text, read_json
+from higgs_train.files import atomic_write_bytes, atomic_write_text, read_json
+from higgs_train.language import parse_languages
+from higgs_train.metrics import METRICS_FILE, read_metrics
+from higgs_train.plot import plot_panels, score_panels, training_panels
 from higgs_train.run_folder import REPORT_FILES, REPORT_HTML  # noqa: F401 - the names this module writes
+from higgs_train.scoring.score import SCORED_ITEMS, listened_steps, read_scores, sample_file, scored_clips_dir
 
 
 def refresh_report(run_dir, say) -> None:
@@ -37,9 +43,6 @@ def write_report(run_dir: str | Path) -> Path:
     Raises:
         HiggsTrainError: RUN is not a run folder.
     """
-    from higgs_train.data.prepare import REPORT_FILE
-    from higgs_train.metrics import METRICS_FILE, read_metrics
-    from higgs_train.scoring.score import read_scores
 
     run = Path(run_dir)
     if not (run / METRICS_FILE).is_file() and not (run / layout.CONFIG_FILE).is_file():
@@ -120,7 +123,6 @@ def _data_section(data: dict | None) -> str:
 
 
 def _png(panels: dict, title: str) -> str:
-    from higgs_train.plot import plot_panels
 
     buf = io.BytesIO()
     plot_panels(panels, buf, title=title)
@@ -128,7 +130,6 @@ def _png(panels: dict, title: str) -> str:
 
 
 def _curves_section(rows: list[dict], scores) -> str:
-    from higgs_train.plot import score_panels, training_panels
 
     if not rows:
         return _section("curves", "Curves", "<p>Nothing logged yet.</p>")
@@ -164,7 +165,6 @@ def _scores_section(scores, best: str | None) -> str:
 
 
 def _listen_section(run: Path, config: dict, best: str | None) -> str:
-    from higgs_train.scoring.score import SCORED_ITEMS, listened_steps, sample_file, scored_clips_dir
 
     steps = listened_steps(run)
     if not steps:
@@ -203,7 +203,6 @@ def _listen_section(run: Path, config: dict, best: str | None) -> str:
 
 
 def _one_language(config: dict) -> str | None:
-    from higgs_train.language import parse_languages
 
     codes = parse_languages(config.get("language"))
     return codes[0] if len(codes) == 1 else None
@@ -243,9 +242,6 @@ class _References:
     @staticmethod
     def _copy(source: str, target: Path) -> None:
         import soundfile as sf
-
-        from higgs_train.data.audio import load_audio
-        from higgs_train.files import atomic_write_bytes
 
         wave = load_audio(source, 24000)
         buf = io.BytesIO()

@@ -13,6 +13,9 @@ from typing import Any
 
 import torch
 
+from higgs_train.config import AUTO
+from higgs_train.errors import ConfigError
+
 PLAIN, FSDP2, ZERO2, ZERO3 = "plain", "fsdp2", "zero2", "zero3"  # zero1 shards like zero2 (optimizer state only)
 
 
@@ -54,8 +57,6 @@ def check_supported(accelerator, cfg) -> None:
     Raises:
         ConfigError: naming each flag and what to do instead.
     """
-    from higgs_train.config import AUTO
-    from higgs_train.errors import ConfigError
 
     mode = sharding(accelerator)
     if cfg.quantize != "none" and mode != PLAIN:

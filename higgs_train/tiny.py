@@ -15,6 +15,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from higgs_train.convert import INNER as inner
+from higgs_train.convert import count_blocks
 from higgs_train.errors import ConfigError
 from higgs_train.layouts import (
     AUDIO_TOKENIZER_SUBDIR,
@@ -395,9 +397,6 @@ def write_original_layout(hf_folder: str | Path, out_dir: str | Path) -> Path:
 def _original_codec_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The audio tokenizer's tensors under their original names, convolutions as weight-norm pairs."""
     import re
-
-    from higgs_train.convert import INNER as inner
-    from higgs_train.convert import count_blocks
 
     n_enc = count_blocks(state, r"^acoustic_encoder\.block\.(\d+)\.")
     n_dec = count_blocks(state, r"^acoustic_decoder\.block\.(\d+)\.")

@@ -14,12 +14,14 @@ import torch
 
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.memory import memory_report, relieve_if_low
+from higgs_train.checkpoint.resume import choose_resume
 from higgs_train.checkpoint.rotate import rotate
 from higgs_train.checkpoint.save import SaveResult, save_checkpoint
 from higgs_train.checkpoint.state import Snapshot, TrainingProgress, capture_rng
 from higgs_train.config import TrainConfig
 from higgs_train.distributed import adapter_digest, check_replicas, on_main
 from higgs_train.errors import CheckpointError
+from higgs_train.sharded import PLAIN, ZERO2, full_adapter, full_optimizer_state, sharding
 
 
 def cpu_copy(obj):
@@ -55,7 +57,6 @@ class CheckpointManager:
     def resume_target(cfg: TrainConfig, accelerator, say: Callable[[str], None]) -> Path | None:
         """The checkpoint this start continues (--resume auto, never or PATH), chosen on the main process after
         leftovers of interrupted saves are cleaned; None for a fresh start."""
-        from higgs_train.checkpoint.resume import choose_resume
 
         roots = [Path(cfg.output_dir)] + ([Path(cfg.fallback_dir)] if cfg.fallback_dir else [])
         return on_main(accelerator, choose_resume, cfg.resume, roots, say)
@@ -88,8 +89,6 @@ class CheckpointManager:
         one; the current one too when `final`), the same list on every rank. `deadline` (a stop-save): see
         save_checkpoint."""
         from accelerate.utils import gather_object
-
-        from higgs_train.sharded import PLAIN, ZERO2, full_adapter, full_optimizer_state, sharding
 
         acc = self.accelerator
         self.last_step = progress.step

@@ -16,8 +16,11 @@ from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.state import TrainingProgress, load_weights_only, read_rng, read_stream, restore_rng
 from higgs_train.checkpoint.verify import VerifyResult, verify_checkpoint
 from higgs_train.config import MAY_CHANGE, SHAPES, fields_where
-from higgs_train.errors import CheckpointError
+from higgs_train.data.rows import comparable, describe_change
+from higgs_train.errors import CheckpointError, ConfigError
 from higgs_train.files import remove_tree
+from higgs_train.layouts import looks_local
+from higgs_train.sharded import load_optimizer_state
 
 # Settings that shape the adapter: resuming with another value would load weights into the wrong model. The base
 # model is compared by its weights (check_same_base), not by the path or hub id that named it.
@@ -86,8 +89,6 @@ def attach_adapter(model, source: str | Path, flag: str = "--adapter"):
     from peft import LoraConfig, PeftModel
     from safetensors.torch import load_file
     from transformers.utils import cached_file
-
-    from higgs_train.layouts import looks_local
 
     if looks_local(source) and not Path(source).is_dir():
         raise CheckpointError(f"{flag} {source}: no such folder (removed, or rotated away by a running training)")
@@ -241,8 +242,6 @@ def check_data(path: Path | None, identity, config: dict[str, Any], output_dir) 
     Raises:
         ConfigError: the rows changed and --on_data_change is error.
     """
-    from higgs_train.data.rows import comparable, describe_change
-    from higgs_train.errors import ConfigError
 
     saved = TrainingProgress.from_dict(read_trainer_state(path)["progress"]) if path is not None else None
     if saved is None or not comparable(saved.data_digest) or saved.data_digest == identity.digest:
@@ -323,7 +322,6 @@ def restore_state(loaded: LoadedCheckpoint, config: dict[str, Any], accelerator,
     Returns:
         The restored TrainingProgress, its data position recomputed when the world size changed.
     """
-    from higgs_train.sharded import load_optimizer_state
 
     path = loaded.path
     for warning in changed_settings(loaded.config, config):

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from higgs_train.checkpoint import layout
+from higgs_train.checkpoint.state import TrainingProgress, load_weights_only, read_rng, read_stream
 from higgs_train.files import sha256_file
 
 
@@ -170,7 +171,6 @@ def _check_trainer_state(path: Path, result: VerifyResult) -> None:
     except (OSError, ValueError, KeyError, TypeError) as e:
         result.problems.append(f"{layout.TRAINER_STATE} unreadable ({type(e).__name__})")
         return
-    from higgs_train.checkpoint.state import TrainingProgress
 
     if bad := TrainingProgress.problems(state["progress"]):
         result.problems.append(f"{layout.TRAINER_STATE}: {'; '.join(bad[:3])}")
@@ -182,7 +182,6 @@ def _check_trainer_state(path: Path, result: VerifyResult) -> None:
 
 def _check_loadable(path: Path, result: VerifyResult) -> None:
     """Load every state file exactly as resume will (no unpickling beyond tensors): what passes here resumes."""
-    from higgs_train.checkpoint.state import load_weights_only, read_rng, read_stream
 
     for file in sorted(path.iterdir()):
         name = file.name

@@ -26,6 +26,8 @@ import numpy as np
 
 from higgs_train.data.manifest import Sample, Turn
 from higgs_train.data.rows import DataIdentity
+from higgs_train.files import sha256_file, tmp_sibling
+from higgs_train.language import parse_languages
 from higgs_train.run_folder import MEMO_SUBDIR  # noqa: F401 - the names this module writes
 
 MEMO_VERSION = "prepared1"  # what a memo holds and how its key is made: change it with either
@@ -52,8 +54,6 @@ class Remembered:
 
 def memo_key(cfg, limits, layout_fingerprint: str, audio_fingerprint: str) -> str | None:
     """The key of a run's prepared data: every input of preparing it. None when a manifest is not a file."""
-    from higgs_train.files import sha256_file
-    from higgs_train.language import parse_languages
 
     manifests = [m for m in (cfg.train_manifest, cfg.eval_manifest) if m]
     if not all(Path(m).is_file() for m in manifests):
@@ -99,8 +99,6 @@ def recall(output_dir: str | Path, key: str) -> Remembered | None:
 def remember(output_dir: str | Path, key: str, memo: Remembered) -> None:
     """Write `memo` as `key` (best effort: without it the next start prepares again) and drop the oldest."""
     import pyarrow as pa
-
-    from higgs_train.files import tmp_sibling
 
     root = Path(output_dir) / MEMO_SUBDIR
     final = root / key

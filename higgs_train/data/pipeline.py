@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from higgs_train.checkpoint.lock import RunLock
+from higgs_train.checkpoint.preflight import check_output_dir, refuse_run_overlap
 from higgs_train.config import TrainConfig
 from higgs_train.data.audio import source_identity
 from higgs_train.data.codes import CACHE_SUBDIR, DIGESTS, Clip, CodeCache, clip_key, tokenizer_fingerprint
@@ -32,14 +34,17 @@ from higgs_train.data.prepare import (
     stats_lines,
 )
 from higgs_train.data.rows import DataIdentity, data_identity, remember
-from higgs_train.data.share import ALONE, Share
+from higgs_train.data.share import ALONE, Share, clean_syncs, end_share, launch_share
 from higgs_train.data.stream import Stream
 from higgs_train.data.tokens import RowTokens, layout_fingerprint
+from higgs_train.distributed import main_only, make_accelerator, on_main
 from higgs_train.errors import ManifestError
 from higgs_train.identity import FileDigests
 from higgs_train.language import parse_languages
+from higgs_train.model import load_lm_config, load_processor, quiet_libraries
 from higgs_train.progress import progress_bar
 from higgs_train.run_folder import CACHE_DIR
+from higgs_train.signals import StopSignal
 
 
 @dataclass
@@ -363,12 +368,6 @@ def run_prepare(cfg: TrainConfig, say: Callable[[str], None], progress_bar: bool
     """`higgs-train prepare`: validate and encode the train (and eval) manifests into the run's cache, holding the
     run folder's lock; SIGTERM/SIGINT/SIGHUP keep the finished clips and stop (exit 130). Under `accelerate
     launch` every process tokenizes and encodes its part (on its own device); rank 0 holds the lock and reports."""
-    from higgs_train.checkpoint.lock import RunLock
-    from higgs_train.checkpoint.preflight import check_output_dir, refuse_run_overlap
-    from higgs_train.data.share import clean_syncs, end_share, launch_share
-    from higgs_train.distributed import main_only, make_accelerator, on_main
-    from higgs_train.model import load_lm_config, load_processor, quiet_libraries
-    from higgs_train.signals import StopSignal
 
     refuse_run_overlap(cfg)  # before anything is written
     state = make_accelerator(cfg)  # the processes of a launch, joined (gloo on the CPU)

@@ -25,6 +25,7 @@ from higgs_train.data.audio import load_audio
 from higgs_train.data.formats import AUDIO_SUFFIXES, TRANSCRIPT_SUFFIXES
 from higgs_train.errors import AudioError, ManifestError, OutputDirError
 from higgs_train.files import atomic_write_bytes, remove_tmp_files
+from higgs_train.scoring.asr import Transcriber
 from higgs_train.scoring.stopping import speech_spans
 from higgs_train.settings import PrepSettings
 
@@ -108,8 +109,6 @@ def _prep_files(src: Path, out: Path, files: list[Path], settings: PrepSettings,
         remove_tmp_files(folder)
     asr = None
     if settings.transcribe:
-        from higgs_train.scoring.asr import Transcriber
-
         asr = Transcriber(settings.asr_model)
     entries: list[PrepEntry] = []
     for audio in files:

@@ -20,6 +20,7 @@ import numpy as np
 
 from higgs_train.data.manifest import Sample
 from higgs_train.data.tokens import row_key
+from higgs_train.files import atomic_write_bytes
 from higgs_train.run_folder import ROWS_SUBDIR  # noqa: F401 - the names this module writes
 
 IDENTITY_VERSION = "rows1"  # the digest's recipe: a checkpoint of another recipe is not compared (see comparable)
@@ -64,7 +65,6 @@ def comparable(saved_digest: str) -> bool:
 
 def remember(identity: DataIdentity, output_dir: str | Path) -> None:
     """Keep this digest's row hashes in the run folder (once per digest; best effort: only messages need them)."""
-    from higgs_train.files import atomic_write_bytes
 
     path = Path(output_dir) / ROWS_SUBDIR / f"{identity.digest}.npz"
     if path.exists():

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from higgs_train.distributed import from_main
 from higgs_train.errors import Interrupted
 from higgs_train.run_folder import CACHE_DIR, SYNC_PREFIX  # noqa: F401 - the names this module writes
 
@@ -91,8 +92,6 @@ def launch_share(state, output_dir: str | Path) -> Share:
     if state.num_processes == 1:
         return ALONE
     import secrets
-
-    from higgs_train.distributed import from_main
 
     launch = from_main(state, secrets.token_hex(4))
     return Share(state.process_index, state.num_processes, Path(output_dir) / CACHE_DIR / f"{SYNC_PREFIX}{launch}")

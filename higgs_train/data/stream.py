@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from higgs_train.data.audio import decode_audio
+from higgs_train.data.audio import decode_audio, load_audio
 from higgs_train.data.codes import encode_wave
 from higgs_train.data.collate import Example, TokenLayout, assemble, example_length, text_pieces
 from higgs_train.data.formats import EMBEDDED, HUB, Columns, _parquet_files, dataset_columns, hub_spec
 from higgs_train.data.manifest import _with_language, parse_row
 from higgs_train.data.tokens import user_tokens
 from higgs_train.errors import AudioError, ConfigError, ManifestError
+from higgs_train.language import parse_languages
 
 STATE_VERSION = 1
 SHOWN_BAD_ROWS = 5  # bad rows named one by one under --on_bad_sample skip; then only counted
@@ -98,8 +99,6 @@ class Stream:
     def __init__(self, cfg, processor, layout: TokenLayout, rank: int, world: int, say: Callable[[str], None],
                  max_positions: int | None = None, device="cpu"):  # fmt: skip
         from datasets.distributed import split_dataset_by_node
-
-        from higgs_train.language import parse_languages
 
         self.cfg, self.processor, self.layout, self.say = cfg, processor, layout, say
         self.rank, self.world, self.max_positions, self.device = rank, world, max_positions, device
@@ -208,7 +207,6 @@ class Stream:
         path = audio.get("path") if isinstance(audio, dict) else audio
         if not isinstance(path, str) or not path:
             raise AudioError(f"{where}: the audio column holds no audio", "missing audio")
-        from higgs_train.data.audio import load_audio
 
         return load_audio(path, rate, where)
 

@@ -12,6 +12,8 @@ import torchaudio.functional as AF
 
 from higgs_train.config import DEFAULT_ASR_MODEL
 from higgs_train.errors import ModelError
+from higgs_train.language import asr_refusal
+from higgs_train.model import check_loading_info
 
 ASR_RATE = 16000
 POCKETSPHINX = "pocketsphinx"
@@ -47,8 +49,6 @@ class Transcriber:
 
         from transformers import AutoConfig, AutoModelForCTC, AutoModelForSpeechSeq2Seq, AutoProcessor, pipeline
 
-        from higgs_train.model import check_loading_info
-
         if Path(model).is_dir():
             os.environ["HF_HUB_OFFLINE"] = "1"
         device = 0 if torch.cuda.is_available() else -1
@@ -75,7 +75,6 @@ class Transcriber:
 
     @staticmethod
     def _refuse_if_deaf(model: str, languages, english_only: bool) -> None:
-        from higgs_train.language import asr_refusal
 
         why = asr_refusal(model, set(languages), english_only)
         if why:

@@ -9,8 +9,14 @@ from pathlib import Path
 from higgs_train.checkpoint import layout
 from higgs_train.checkpoint.resume import list_checkpoints, load_adapter_weights, read_trainer_state, valid_checkpoints
 from higgs_train.config import DEFAULT_ASR_MODEL, SELECT_BEST_BY
+from higgs_train.data.formats import Columns
+from higgs_train.data.manifest import load_manifest
 from higgs_train.data.prepare import DEFAULT_CHARS_PER_SECOND, REPORT_FILE
 from higgs_train.errors import CheckpointError, ConfigError
+from higgs_train.generate import load_with_adapter
+from higgs_train.language import parse_languages
+from higgs_train.metrics import METRICS_FILE, read_metrics
+from higgs_train.plot import plot_panels, score_panels
 from higgs_train.report import refresh_report
 from higgs_train.run_folder import SCORES_PNG
 from higgs_train.scoring.best import ScoreRow
@@ -26,9 +32,6 @@ from higgs_train.settings import ScoreSettings
 
 
 def _rows_to_score(config: dict, score_manifest: str | None):
-    from higgs_train.data.formats import Columns
-    from higgs_train.data.manifest import load_manifest
-    from higgs_train.language import parse_languages
 
     manifest = score_manifest or config.get("score_manifest") or config.get("eval_manifest")
     columns = Columns(config.get("text_column"), config.get("audio_column"))
@@ -95,7 +98,6 @@ def _load_newest(valid: list[Path], say):
     Raises:
         CheckpointError: every checkpoint listed is gone.
     """
-    from higgs_train.generate import load_with_adapter
 
     for path in reversed(valid):
         try:
@@ -112,7 +114,6 @@ def _load_newest(valid: list[Path], say):
 
 
 def _eval_losses(run_dir: Path) -> dict[int, float]:
-    from higgs_train.metrics import METRICS_FILE, read_metrics
 
     if not (run_dir / METRICS_FILE).exists():
         return {}
@@ -121,7 +122,6 @@ def _eval_losses(run_dir: Path) -> dict[int, float]:
 
 def plot_scores(run_dir: str | Path) -> Path:
     """scores.png: WER, similarity, duration ratio and trailing share against the step."""
-    from higgs_train.plot import plot_panels, score_panels
 
     return plot_panels(score_panels(read_scores(run_dir)), Path(run_dir) / SCORES_PNG)
 

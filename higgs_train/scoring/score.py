@@ -9,11 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
+from higgs_train.checkpoint import layout
 from higgs_train.data.audio import load_audio, probe_seconds
 from higgs_train.data.manifest import Sample
 from higgs_train.errors import AudioError
+from higgs_train.files import atomic_write_text
+from higgs_train.generate import generate_speech, write_wav
 from higgs_train.run_folder import SAMPLES_DIR, SCORES_FILE  # noqa: F401 - the names this module writes
-from higgs_train.scoring.best import ScoreRow
+from higgs_train.scoring.asr import Transcriber
+from higgs_train.scoring.best import ScoreRow, best_row
+from higgs_train.scoring.speaker import embed, similarity
+from higgs_train.scoring.stopping import duration_ratio, trailing_share
+from higgs_train.scoring.text import error_rates
 
 SCORED_ITEMS = "items.json"
 
@@ -99,7 +106,6 @@ class Scorer:
         rates: dict[str, float] | None = None,
         languages: set | frozenset = frozenset(),
     ):
-        from higgs_train.scoring.asr import Transcriber
 
         self.processor = processor
         self.asr = Transcriber(asr_model, languages=languages)
@@ -110,7 +116,6 @@ class Scorer:
         self._speaker: dict[str, np.ndarray] = {}
 
     def _speaker_embedding(self, path: str) -> np.ndarray:
-        from higgs_train.scoring.speaker import embed
 
         if path not in self._speaker:
             rate = 16000
@@ -122,11 +127,6 @@ class Scorer:
     ) -> ScoreRow:
         """Score `model` on `items`; with `keep`, each generated clip goes to KEEP/item-I.wav and what it was asked
         and how it scored to KEEP/items.json (the listening report reads them)."""
-        from higgs_train.files import atomic_write_text
-        from higgs_train.generate import generate_speech, write_wav
-        from higgs_train.scoring.speaker import embed, similarity
-        from higgs_train.scoring.stopping import duration_ratio, trailing_share
-        from higgs_train.scoring.text import error_rates
 
         per_item, kept = [], []
         codec = self.processor.audio_tokenizer.config
@@ -199,9 +199,6 @@ def read_scores(run_dir: str | Path) -> list[ScoreRow]:
 
 def mark_best(run_dir: str | Path, by: str) -> ScoreRow | None:
     """Point OUTPUT_DIR/best at the best scored checkpoint that still exists; returns its row."""
-    from higgs_train.checkpoint import layout
-    from higgs_train.files import atomic_write_text
-    from higgs_train.scoring.best import best_row
 
     run_dir = Path(run_dir)
     rows = [r for r in read_scores(run_dir) if (run_dir / layout.checkpoint_name(r.step)).is_dir()]

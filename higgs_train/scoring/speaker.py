@@ -8,6 +8,8 @@ import functools
 import numpy as np
 import torch
 
+from higgs_train.errors import ModelError
+
 
 @functools.lru_cache(maxsize=1)
 def _encoder():
@@ -25,8 +27,6 @@ def _xvector(model: str):
     from pathlib import Path
 
     from transformers import AutoFeatureExtractor, AutoModelForAudioXVector
-
-    from higgs_train.errors import ModelError
 
     if Path(model).is_dir():
         os.environ["HF_HUB_OFFLINE"] = "1"
