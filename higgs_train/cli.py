@@ -99,9 +99,8 @@ def plan_command(ctx: typer.Context, config: str | None = None, **flags) -> None
     from higgs_train.plan import cards_for, plan_for, plan_lines
 
     cfg = config_module.build_config(flags, config, require_data=False)
-    batch = (
-        1 if cfg.batch_size == config_module.AUTO else cfg.batch_size
-    )  # auto: what one row needs, and the largest that fits
+    # auto: what one row needs, and the largest that fits; a token budget: one micro-batch of that many tokens
+    batch = 1 if cfg.batch_size == config_module.AUTO or cfg.max_tokens_per_batch else cfg.batch_size
     show("\n".join(plan_lines(plan_for(cfg), batch, cfg.gradient_checkpointing, cards_for(cfg))))
 
 

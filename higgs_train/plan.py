@@ -47,24 +47,26 @@ class MemoryPlan:
     act_per_token: float  # activations per token, whole depth, no gradient checkpointing
     act_per_token_gc: float  # with gradient checkpointing (layer inputs + one layer rebuilt)
     head_per_token: float  # the audio head at labelled positions, per token of the row
+    packed_mask: float = 0.0  # --packing with sdpa/eager: the dense block-diagonal mask of one packed sequence
 
     def activations(self, batch: int, gc: bool) -> float:
         tokens = batch * self.seq_len
         return tokens * ((self.act_per_token_gc if gc else self.act_per_token) + self.head_per_token)
 
     def total(self, batch: int, gc: bool) -> float:
-        used = self.base_weights + self.lora_state + self.activations(batch, gc)
+        used = self.base_weights + self.lora_state + self.activations(batch, gc) + self.packed_mask
         return used * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT
 
     def largest_batch(self, capacity: float, gc: bool) -> int:
         """The largest batch whose total fits `capacity` bytes (0 when not even one row fits)."""
-        fixed = (self.base_weights + self.lora_state) * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT
+        fixed = (self.base_weights + self.lora_state + self.packed_mask) * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT
         per_row = self.activations(1, gc) * (1 + ALLOCATOR_SLACK)
         return max(0, math.floor((capacity - fixed) / per_row))
 
     def parts(self, batch: int, gc: bool) -> dict[str, float]:
-        used = self.base_weights + self.lora_state + self.activations(batch, gc)
-        return {
+        used = self.base_weights + self.lora_state + self.activations(batch, gc) + self.packed_mask
+        mask = {"packed attention mask (dense)": self.packed_mask} if self.packed_mask else {}
+        return mask | {
             "frozen base weights": self.base_weights,
             "LoRA weights + grads + AdamW": self.lora_state,
             "activations" + (" (checkpointed)" if gc else ""): batch
@@ -104,6 +106,7 @@ def memory_plan(config, cfg, seq_len: int | None = None) -> MemoryPlan:
         act_per_token=per_token,
         act_per_token_gc=per_token_gc,
         head_per_token=head,
+        packed_mask=seq_len**2 if cfg.packing and cfg.attn_implementation in ("sdpa", "eager") else 0.0,
     )
 
 
@@ -148,7 +151,9 @@ def setting_that_fits(cfg, capacity: float, batch: int = 1) -> str | None:
 
 
 def plan_for(cfg, seq_len: int | None = None) -> MemoryPlan:
-    """The plan of a run's settings: --model's config.json alone is read (a folder holding only it is enough)."""
+    """The plan of a run's settings: --model's config.json alone is read (a folder holding only it is enough). With
+    --max_tokens_per_batch a micro-batch is one row of that many tokens (packed: as many rows as fill it)."""
+    seq_len = seq_len or cfg.max_tokens_per_batch
 
     quiet_libraries()
     return memory_plan(load_lm_config(cfg.model, cfg.model_revision), cfg, seq_len)

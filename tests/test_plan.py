@@ -104,3 +104,15 @@ def test_doctor_gives_the_plans_verdict_for_each_gpu(tiny_model, monkeypatch):
         big.name == "plan gpu 0" and big.ok and "batch 1 x 4096 needs 1.1 GiB of 40.0 free; largest 743" in big.detail
     )
     assert small.name == "plan gpu 1" and not small.ok and "needs 1.1 GiB of 0.5 free; largest 0" in small.detail
+
+
+def test_a_token_budget_plans_one_packed_sequence_of_that_length(tmp_path):
+    released_lm_config().save_pretrained(tmp_path)
+    args = ["plan", "--model", str(tmp_path), "--mixed_precision", "bf16", "--max_tokens_per_batch", "8192"]
+    result = runner.invoke(app, [*args, "--packing"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "estimated peak GPU memory at batch 1 x 8192 tokens per process:"
+    assert lines[1].startswith("  packed attention mask (dense)")  # sdpa: the block-diagonal mask is dense
+    flex = runner.invoke(app, [*args, "--packing", "--attn_implementation", "flex_attention"])
+    assert "packed attention mask" not in flex.output
