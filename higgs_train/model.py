@@ -297,6 +297,9 @@ def compile_for_training(model: torch.nn.Module) -> None:
     with dynamic shapes and the data-dependent sizes traced (COMPILE_SETTINGS)."""
     for name, value in COMPILE_SETTINGS.items():
         setattr(torch._dynamo.config, name, value)
+    # sizes that happen to be equal in the first batch (frames and tokens, say) must not be assumed equal after:
+    # each such guard failing would compile the whole step again
+    torch.fx.experimental._config.use_duck_shape = False
     model.compile(dynamic=True)
 
 
