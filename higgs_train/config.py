@@ -390,8 +390,6 @@ def _quantize_problems(cfg: TrainConfig, loading: bool = True) -> list[str]:
 def _batching_problems(cfg: TrainConfig) -> list[str]:
     if cfg.max_tokens_per_batch and cfg.streaming:
         return ["--max_tokens_per_batch plans over a cached manifest's rows; a stream draws --batch_size rows"]
-    if cfg.max_tokens_per_batch and cfg.batch_size == AUTO:
-        return ["--max_tokens_per_batch sets the micro-batch itself; drop --batch_size auto (size it with `plan`)"]
     if not cfg.streaming:
         return []
     problems = []

@@ -14,6 +14,17 @@ from higgs_train.config import TrainConfig
 TYPES = {"str": str, "Path": Path, "int": int, "float": float, "bool": bool, "list[str]": list[str]}
 
 
+def help_for(f: dataclasses.Field) -> str:
+    """The field's help, with what it declares (config._f) that the words leave out: its choices, its least value."""
+    text = f.metadata["help"]
+    choices = f.metadata.get("choices")
+    if choices and not all(c in text for c in choices):
+        text += f" One of: {', '.join(choices)}."
+    if f.metadata.get("minimum") is not None and "at least" not in text:
+        text += f" At least {f.metadata['minimum']}."
+    return text
+
+
 def param(f: dataclasses.Field, train: bool = False) -> inspect.Parameter:
     """A typer option (or argument) for one dataclass field. Training fields default to None (= not given), so
     that a YAML preset can fill them; the others carry their own default, or are required without one."""
@@ -25,7 +36,7 @@ def param(f: dataclasses.Field, train: bool = False) -> inspect.Parameter:
     annotation = TYPES.get(kind, str) | None if (train or "None" in str(f.type)) else TYPES.get(kind, str)
     required = f.default is dataclasses.MISSING
     default = None if train else (... if required else f.default)
-    help_text = f.metadata["help"].replace("[", "\\[")  # "[default: ...]" is text, not rich markup
+    help_text = help_for(f).replace("[", "\\[")  # "[default: ...]" is text, not rich markup
     if f.metadata.get("argument"):
         default = typer.Argument(default, help=help_text)
     else:

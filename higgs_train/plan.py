@@ -220,34 +220,68 @@ def auto_batch(plan: MemoryPlan, capacity: float, gc: bool, rows: int, grad_accu
     return batch, math.ceil(planned * grad_accum / batch)
 
 
+def _capacity(accelerator) -> float:
+    """The bytes a run may use: the GPU's free memory plus what this process holds there; on the CPU host memory."""
+    import psutil
+    import torch
+
+    if accelerator.device.type == "cuda":
+        return torch.cuda.mem_get_info()[0] + torch.cuda.memory_allocated()
+    return psutil.virtual_memory().available + psutil.Process().memory_info().rss
+
+
+def check_budget(mem: MemoryPlan, capacity: float, cfg, say):
+    """--batch_size auto with --max_tokens_per_batch: one micro-batch of the budget must fit `capacity`.
+
+    Raises:
+        ConfigError: it does not, naming what it needs and the largest budget (a multiple of 256) that fits.
+    """
+    from dataclasses import replace
+
+    gc = cfg.gradient_checkpointing
+    if mem.total(1, gc) > capacity:
+        fits = [
+            n
+            for n in range(256, mem.seq_len, 256)
+            if replace(mem, seq_len=n, packed_mask=mem.packed_mask and n * n).total(1, gc) <= capacity
+        ]
+        raise ConfigError(
+            f"--max_tokens_per_batch {mem.seq_len} needs {mem.total(1, gc) / GIB:.1f} GiB, more than the "
+            f"{capacity / GIB:.1f} GiB here; " + (f"{fits[-1]} tokens fit" if fits else "not even 256 tokens fit")
+        )
+    say(f"--batch_size auto: micro-batches of {mem.seq_len} tokens fit ({mem.total(1, gc) / GIB:.1f} GiB planned)")
+    return replace(cfg, batch_size=1)
+
+
 def resolve_auto_batch(cfg, model, data, accelerator, resume_path, say):
     """--batch_size auto: a resume takes the checkpoint's sizes; otherwise the memory plan at the longest row for
     this device's free memory (host memory on the CPU), tried for real on a GPU with the training loss; every
     process takes the smallest. Returns the TrainConfig with the sizes resolved."""
     from dataclasses import replace
 
-    import psutil
-    import torch
     from accelerate.utils import gather_object
 
     saved = read_trainer_state(resume_path)["config"] if resume_path is not None else {}
     if saved.get("batch_size") not in (AUTO, 0, None):  # 0: how versions before 2026-12-01 wrote auto
         say(f"--batch_size auto: the checkpoint's batch {saved['batch_size']} x --grad_accum {saved['grad_accum']}")
         return replace(cfg, batch_size=saved["batch_size"], grad_accum=saved["grad_accum"])
-    longest = data.train[int(data.train.lengths.argmax())]
     config = accelerator.unwrap_model(model).config
+    if cfg.max_tokens_per_batch:  # the micro-batch is the budget: it fits, or the largest budget that does is named
+        return check_budget(
+            memory_plan(config, cfg, seq_len=cfg.max_tokens_per_batch), _capacity(accelerator), cfg, say
+        )
+    longest = data.train[int(data.train.lengths.argmax())]
     mem = memory_plan(config, cfg, seq_len=len(longest.input_ids))
     rows, trial = len(data.train) // accelerator.num_processes, None
+    capacity = _capacity(accelerator)
     if accelerator.device.type == "cuda":
-        capacity = torch.cuda.mem_get_info()[0] + torch.cuda.memory_allocated()
 
         def trial(batch: int) -> None:  # one forward and backward at the longest row, no gradient sync
             tensors = {k: v.to(accelerator.device) for k, v in collate([longest] * batch, data.layout).items()}
             with accelerator.no_sync(model):
                 audio_loss_sum(model, tensors, config.codebook_size).backward()
             model.zero_grad(set_to_none=True)
-    else:
-        capacity = psutil.virtual_memory().available + psutil.Process().memory_info().rss
+
     batch, accum = auto_batch(mem, capacity, cfg.gradient_checkpointing, rows, cfg.grad_accum, trial, say)
     batch, accum = min(gather_object([batch])), max(gather_object([accum]))
     say(

@@ -116,3 +116,21 @@ def test_a_token_budget_plans_one_packed_sequence_of_that_length(tmp_path):
     assert lines[1].startswith("  packed attention mask (dense)")  # sdpa: the block-diagonal mask is dense
     flex = runner.invoke(app, [*args, "--packing", "--attn_implementation", "flex_attention"])
     assert "packed attention mask" not in flex.output
+
+
+def test_batch_size_auto_with_a_token_budget_checks_the_budget_fits(synth_manifest, tiny_model, tmp_path):
+    from dataclasses import replace
+
+    from higgs_train.plan import check_budget
+
+    args = train_args(synth_manifest, tmp_path / "run", tiny_model, "--batch_size", "auto", "--max_steps", "1")
+    result = runner.invoke(app, [*args, "--packing", "--max_tokens_per_batch", "600"])
+    assert result.exit_code == 0, result.output
+    assert "--batch_size auto: micro-batches of 600 tokens fit" in result.output
+    cfg = build_config({"mixed_precision": "bf16", "packing": True, "max_tokens_per_batch": 8192}, require_data=False)
+    mem = memory_plan(released_lm_config(), cfg, seq_len=8192)
+    with pytest.raises(
+        ConfigError, match=r"--max_tokens_per_batch 8192 needs .* GiB, more than the 24\.0 GiB here; \d+ tokens fit"
+    ):
+        check_budget(mem, 24 * GIB, cfg, print)
+    assert check_budget(replace(mem, seq_len=1024, packed_mask=1024**2), 80 * GIB, cfg, print).batch_size == 1
