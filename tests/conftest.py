@@ -16,6 +16,13 @@ VOICES = REPO.parent / "shared" / "data" / "voices"
 VOICE_NAMES = ["belinda", "chadwick", "en_man", "en_woman", "mabel", "vex"]
 
 
+def quiet(_msg: str) -> None:
+    """A `say` that prints nothing."""
+
+
+runner = CliRunner()  # the CLI in-process (typer): one for every test module
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     from higgs_train.tiny import build_tiny_model
@@ -33,9 +40,8 @@ def tiny_whisper(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def listened_run(synth_manifest, tiny_model, tiny_whisper, tmp_path_factory) -> Path:
-    """A 4-step run scored (real Scorer, tiny Whisper) and sampled with a voice prompt at steps 2 and 4."""
-    from typer.testing import CliRunner
-
+    """A 4-step run scored (real Scorer, tiny Whisper), sampled with a voice prompt at steps 2 and 4 and logged to
+    TensorBoard: the one trained run the tests of what comes after training share (read it, do not change it)."""
     from higgs_train.cli import app
 
     out = tmp_path_factory.mktemp("listened") / "run"
@@ -43,7 +49,8 @@ def listened_run(synth_manifest, tiny_model, tiny_whisper, tmp_path_factory) -> 
     args = train_args(synth_manifest, out, tiny_model, "--max_steps", "4", "--save_steps", "2", "--eval_fraction")
     args += ["0.34", "--score_steps", "2", "--score_samples", "2", "--asr_model", str(tiny_whisper)]
     args += ["--sample_steps", "2", "--sample_text", "hello there", "--sample_ref_audio", str(voice)]
-    result = CliRunner().invoke(app, [*args, "--sample_ref_text", "The quick brown fox jumps over the lazy dog."])
+    args += ["--report_to", "tensorboard"]
+    result = runner.invoke(app, [*args, "--sample_ref_text", "The quick brown fox jumps over the lazy dog."])
     assert result.exit_code == 0, result.output
     return out
 
@@ -101,13 +108,6 @@ def load_base(model: str | Path):
 def base(tiny_model):
     """The tiny model loaded through the same code a run uses (do not train it in place)."""
     return load_base(tiny_model)
-
-
-def quiet(_msg: str) -> None:
-    """A `say` that prints nothing."""
-
-
-runner = CliRunner()  # the CLI in-process (typer): one for every test module
 
 
 def run_cfg(manifest: Path, out: Path, model: Path, **flags):

@@ -8,36 +8,15 @@ import soundfile as sf
 import torch
 
 import higgs_train.generate as generate_module
+import higgs_train.listening as listening
 from higgs_train.cli import app
 from higgs_train.layouts import tensor_names
 from tests.conftest import load_base, runner, train_args
 
 
 @pytest.fixture(scope="module")
-def trained(synth_manifest, tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("around") / "run"
-    args = train_args(
-        synth_manifest,
-        out,
-        tiny_model,
-        "--max_steps",
-        "4",
-        "--save_steps",
-        "2",
-        "--eval_fraction",
-        "0.34",
-        "--report_to",
-        "tensorboard",
-        "--sample_steps",
-        "2",
-        "--sample_text",
-        "hello there",
-        "--lr",
-        "1e-2",
-    )
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    return out, result.output
+def trained(listened_run):
+    return listened_run, None
 
 
 def test_generate_writes_a_wav_whose_length_follows_the_frames(trained, tiny_model, voices, tmp_path):
@@ -111,7 +90,7 @@ def test_failed_sample_never_stops_the_run(synth_manifest, tiny_model, tmp_path,
     def broken(*a, **kw):
         raise RuntimeError("decoder exploded")
 
-    monkeypatch.setattr(generate_module, "generate_speech", broken)
+    monkeypatch.setattr(listening, "generate_speech", broken)  # where the run's sampling calls it
     args = train_args(
         synth_manifest,
         tmp_path / "run",
@@ -190,4 +169,5 @@ def test_metrics_have_lr_of_the_step(trained):
     out, _ = trained
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in rows if "lr" in r]
-    assert lrs[0] == pytest.approx(1e-2) and np.all(np.diff(lrs) < 0)
+    peak = json.loads((out / "config.json").read_text())["lr"]
+    assert lrs[0] == pytest.approx(peak) and np.all(np.diff(lrs) < 0)

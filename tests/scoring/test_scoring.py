@@ -212,7 +212,7 @@ def test_each_row_is_scored_with_its_own_prompt_and_a_cap_sized_from_it(tmp_path
     scorer.max_new_frames = 250
     scorer.asr = lambda wave, rate, language: "a long row"
     scorer.speaker_model, scorer.chars_per_second, scorer.rates = "resemblyzer", 15.0, {}
-    monkeypatch.setattr("higgs_train.scoring.speaker.embed", lambda *a: np.ones(4))
+    monkeypatch.setattr("higgs_train.scoring.score.embed", lambda *a: np.ones(4))  # where the scorer calls it
     scorer._speaker = {item.speaker_audio: np.ones(4)}
     scorer.score(None, [item], step=1)
     assert seen == {"max_new_frames": 775, "scene": "A quiet room.", "system": "Speak slowly."}
@@ -241,7 +241,7 @@ def test_each_row_is_heard_in_its_language_and_timed_at_its_languages_speaking_r
     from higgs_train.scoring.score import ScoreItem, Scorer
 
     monkeypatch.setattr(generate_module, "generate_speech", lambda *a, **kw: Speech(torch.zeros(48000), 24000, 50))
-    monkeypatch.setattr("higgs_train.scoring.speaker.embed", lambda *a: np.ones(4))
+    monkeypatch.setattr("higgs_train.scoring.score.embed", lambda *a: np.ones(4))  # where the scorer calls it
     heard = []
     scorer = Scorer.__new__(Scorer)
     codec = SimpleNamespace(config=SimpleNamespace(sample_rate=24000, hop_length=960))
