@@ -186,7 +186,7 @@ def test_transformers_xvector_model_as_the_speaker_encoder(voices, tmp_path):
 def test_each_row_is_scored_with_its_own_prompt_and_a_cap_sized_from_it(tmp_path, monkeypatch):
     import soundfile as sf
 
-    import higgs_train.generate as generate_module
+    import higgs_train.scoring.score as score_module
     from higgs_train.data.manifest import load_manifest
     from higgs_train.generate import Speech
     from higgs_train.scoring.score import Scorer, items_from_samples
@@ -203,7 +203,7 @@ def test_each_row_is_scored_with_its_own_prompt_and_a_cap_sized_from_it(tmp_path
         seen.update(kw, max_new_frames=max_new_frames)
         return Speech(torch.zeros(24000), 24000, 25)
 
-    monkeypatch.setattr(generate_module, "generate_speech", fake_generate)
+    monkeypatch.setattr(score_module, "generate_speech", fake_generate)  # where the scorer calls it
     scorer = Scorer.__new__(Scorer)  # no ASR or speaker model needed to see what generation is asked for
     from types import SimpleNamespace
 
@@ -236,11 +236,11 @@ def test_each_row_is_heard_in_its_language_and_timed_at_its_languages_speaking_r
     speaking rate, not the run's overall one."""
     from types import SimpleNamespace
 
-    import higgs_train.generate as generate_module
+    import higgs_train.scoring.score as score_module
     from higgs_train.generate import Speech
     from higgs_train.scoring.score import ScoreItem, Scorer
 
-    monkeypatch.setattr(generate_module, "generate_speech", lambda *a, **kw: Speech(torch.zeros(48000), 24000, 50))
+    monkeypatch.setattr(score_module, "generate_speech", lambda *a, **kw: Speech(torch.zeros(48000), 24000, 50))
     monkeypatch.setattr("higgs_train.scoring.score.embed", lambda *a: np.ones(4))  # where the scorer calls it
     heard = []
     scorer = Scorer.__new__(Scorer)
