@@ -46,6 +46,23 @@ def test_publish_protocol_tmp_then_rename(tmp_path, snapshot_factory, monkeypatc
     assert json.loads((result.path / "adapter_config.json").read_text())["target_modules"] == ["q_proj"]
 
 
+def test_a_real_disk_too_small_for_the_full_save_gets_the_adapter_only_fallback(small_disk, snapshot_factory):
+    """A real tmpfs of 700 KB: the full checkpoint (adapter + AdamW moments, 1.5 MB estimated) does not fit, the
+    adapter alone does (written on the same disk, verified)."""
+    gen = torch.Generator().manual_seed(0)
+    adapter = {
+        f"base_model.model.model.layers.{i}.self_attn.q_proj.lora_{ab}.weight": torch.randn(
+            *((4, 2048) if ab == "A" else (2048, 4)), generator=gen
+        )
+        for i in range(2)
+        for ab in "AB"
+    }
+    disk = small_disk(700)
+    result = save_checkpoint(disk, snapshot_factory(4, adapter=adapter), min_free_disk_gb=0)
+    assert result.kind == "fallback" and "free, a checkpoint needs" in result.error
+    assert verify_checkpoint(result.path).ok and result.path.parent == disk
+
+
 def test_enospc_during_full_save_falls_back_to_adapter_only(tmp_path, snapshot_factory, monkeypatch):
     def full_disk(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
