@@ -10,14 +10,11 @@ from rich.console import Console
 from higgs_train import config as config_module
 from higgs_train import settings
 from higgs_train.errors import HiggsTrainError
-from higgs_train.options import settings_from, settings_signature, train_signature
+from higgs_train.options import commands, training_options
 
-app = typer.Typer(
-    add_completion=False,
-    rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
-    help="LoRA fine-tuning of Higgs Audio v2. Run with training flags to train; rerun the same command to resume.",
-)
+HELP = "LoRA fine-tuning of Higgs Audio v2. Run with training flags to train; rerun the same command to resume."
+HELP_FLAGS = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, rich_markup_mode="rich", context_settings=HELP_FLAGS, help=HELP)
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
@@ -40,30 +37,8 @@ def boundary():
         raise typer.Exit(e.exit_code) from None
 
 
-def command(name: str | None, *classes):
-    """Register the handler as command NAME, its options the fields of `classes`; it gets one instance of each."""
-
-    def register(handler):
-        def run(**values) -> None:
-            with boundary():
-                handler(*settings_from(classes, values))
-
-        run.__signature__, run.__doc__ = settings_signature(classes), handler.__doc__
-        app.command(name)(run)
-        return handler
-
-    return register
-
-
-def train_options(fn):
-    """Give `fn(ctx, config, **flags)` one option per TrainConfig field, plus --config, inside the error boundary."""
-
-    def run(ctx: typer.Context, config: str | None = None, **flags) -> None:
-        with boundary():
-            fn(ctx, config, **flags)
-
-    run.__signature__, run.__doc__ = train_signature(), fn.__doc__
-    return run
+command = commands(app, boundary)  # @command(NAME, *settings classes): one option per field, errors to exit codes
+train_options = training_options(boundary)  # one option per TrainConfig field, plus --config
 
 
 @app.callback(invoke_without_command=True)
@@ -78,9 +53,7 @@ def train_command(ctx: typer.Context, config: str | None = None, **flags) -> Non
 
     result = train(config_module.build_config(flags, config), log=say)
     if result.is_main:
-        if result.losses:
-            show(f"done: step {result.progress.step}, loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}")
-        show(f"adapter: {result.saves[-1].path if result.saves else result.resumed_from}")
+        show(result.summary())
 
 
 @app.command("prepare")
@@ -96,12 +69,9 @@ def prepare_command(ctx: typer.Context, config: str | None = None, **flags) -> N
 @train_options
 def plan_command(ctx: typer.Context, config: str | None = None, **flags) -> None:
     """Estimated peak GPU memory by part, and the largest batch per common card (from --model's config.json)."""
-    from higgs_train.plan import cards_for, plan_for, plan_lines
+    from higgs_train.plan import plan_table
 
-    cfg = config_module.build_config(flags, config, require_data=False)
-    # auto: what one row needs, and the largest that fits; a token budget: one micro-batch of that many tokens
-    batch = 1 if cfg.batch_size == config_module.AUTO or cfg.max_tokens_per_batch else cfg.batch_size
-    show("\n".join(plan_lines(plan_for(cfg), batch, cfg.gradient_checkpointing, cards_for(cfg))))
+    show(plan_table(config_module.build_config(flags, config, require_data=False)))
 
 
 @command("init-tiny", settings.TinySettings)
@@ -124,15 +94,11 @@ def convert_command(s: settings.ConvertSettings) -> None:
 @command("checkpoints", settings.RunFolder)
 def checkpoints(r: settings.RunFolder) -> None:
     """List a run's checkpoints: step, size, time, valid or why not, and which one a resume would take."""
-    from higgs_train.checkpoint.report import checkpoint_notes, checkpoint_rows, checkpoint_table
+    from higgs_train.checkpoint.report import checkpoints_listing
     from higgs_train.scoring.score import read_scores
 
-    rows = checkpoint_rows(r.run_dir, {s.step: s for s in read_scores(r.run_dir)})
-    if rows:
-        out.print(checkpoint_table(rows))
-    notes = checkpoint_notes(rows) if rows else [f"{r.run_dir}: no checkpoints"]
-    if notes:
-        show("\n".join(notes))
+    for part in checkpoints_listing(r.run_dir, {s.step: s for s in read_scores(r.run_dir)}):
+        out.print(part, highlight=False, markup=False)
 
 
 @command("verify", settings.CheckpointFolder)
@@ -194,7 +160,7 @@ def doctor(s: settings.DoctorSettings) -> None:
     from higgs_train.doctor import run_checks
 
     checks = run_checks(s.output_dir, s.model)
-    show("\n".join(f"{'ok  ' if c.ok else 'FIX '} {c.name}: {c.detail}" for c in checks))
+    show("\n".join(c.line() for c in checks))
     raise typer.Exit(0 if all(c.ok for c in checks) else 1)
 
 
@@ -209,14 +175,10 @@ def prep_command(paths: settings.PrepPaths, s: settings.PrepSettings) -> None:
 @command("score", settings.ScoreSettings)
 def score(s: settings.ScoreSettings) -> None:
     """Score every valid checkpoint by listening; print the table with the best marked; write scores.png."""
-    from higgs_train.scoring.run import plot_scores, score_run, score_table
+    from higgs_train.scoring.run import score_run, score_summary
 
-    rows, best = score_run(s, say=say)
-    out.print(score_table(rows, best))
-    error = f" (error = {best.headline_name})" if best and s.select_best_by in ("combined", "error") else ""
-    out.print(
-        f"best by {s.select_best_by}{error}: {best.checkpoint if best else '-'}; curves: {plot_scores(s.run_dir)}"
-    )
+    for part in score_summary(s, *score_run(s, say=say)):
+        out.print(part)
 
 
 def main() -> None:

@@ -155,27 +155,7 @@ def lm_config(original: dict, text_tokenizer=None):
 
     text = LlamaConfig(**{k: v for k, v in (original.get("text_config") or {}).items() if k != "model_type"})
     layers = text.num_hidden_layers
-    dual = original.get("audio_dual_ffn_layers")
-    if not str(original.get("audio_adapter_type", "")).startswith("dual_ffn") or sorted(dual or []) != list(
-        range(layers)
-    ):
-        raise ModelError(
-            f"this original config has audio FFNs in layers {dual} ({original.get('audio_adapter_type')}); "
-            f"transformers' Higgs Audio v2 has one in each of the {layers} layers, so it cannot be converted"
-        )
-    inexpressible = [
-        f"{field}: {json.dumps(original[field])} ({why})"
-        for field, bad, why in INEXPRESSIBLE
-        if field in original and bad(original[field])
-    ]
-    if inexpressible:
-        raise ModelError(
-            f"this original config has {'; '.join(inexpressible)}: transformers' Higgs Audio v2 cannot express it, "
-            "so it is not converted"
-        )
-    sizes = (original.get("audio_ffn_hidden_size"), original.get("audio_ffn_intermediate_size"))
-    if sizes != (text.hidden_size, text.intermediate_size):
-        raise ModelError(f"audio FFN sizes {sizes} differ from the text FFN's; transformers' model cannot hold them")
+    _refuse_inexpressible(original, text)
     delay, eos = 128014, RELEASED_EOS
     if text_tokenizer is not None:
         vocab = text_tokenizer.get_vocab()
@@ -205,6 +185,32 @@ def lm_config(original: dict, text_tokenizer=None):
         audio_bos_token_id=original.get("audio_out_bos_token_id", 128013),
         audio_delay_token_id=delay,
     )
+
+
+def _refuse_inexpressible(original: dict, text) -> None:
+    """Raise ModelError for an original architecture transformers' Higgs Audio v2 cannot hold (see lm_config)."""
+    layers = text.num_hidden_layers
+    dual = original.get("audio_dual_ffn_layers")
+    if not str(original.get("audio_adapter_type", "")).startswith("dual_ffn") or sorted(dual or []) != list(
+        range(layers)
+    ):
+        raise ModelError(
+            f"this original config has audio FFNs in layers {dual} ({original.get('audio_adapter_type')}); "
+            f"transformers' Higgs Audio v2 has one in each of the {layers} layers, so it cannot be converted"
+        )
+    inexpressible = [
+        f"{field}: {json.dumps(original[field])} ({why})"
+        for field, bad, why in INEXPRESSIBLE
+        if field in original and bad(original[field])
+    ]
+    if inexpressible:
+        raise ModelError(
+            f"this original config has {'; '.join(inexpressible)}: transformers' Higgs Audio v2 cannot express it, "
+            "so it is not converted"
+        )
+    sizes = (original.get("audio_ffn_hidden_size"), original.get("audio_ffn_intermediate_size"))
+    if sizes != (text.hidden_size, text.intermediate_size):
+        raise ModelError(f"audio FFN sizes {sizes} differ from the text FFN's; transformers' model cannot hold them")
 
 
 def _rope(rope: dict, max_positions: int) -> dict:

@@ -25,6 +25,9 @@ class Check:
     ok: bool
     detail: str
 
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FIX '} {self.name}: {self.detail}"
+
 
 def _version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.split("+")[0].split(".")[:2] if x.isdigit())

@@ -10,6 +10,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from higgs_train.config import report_to_names
@@ -18,6 +19,40 @@ from higgs_train.files import atomic_write_text
 from higgs_train.run_folder import METRICS_FILE, TENSORBOARD_DIR, TRACKER_IDS  # noqa: F401 - the names this module writes
 
 PROJECT = "higgs-train"  # the W&B project and MLflow experiment unless WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME say
+
+
+@dataclass
+class StepStats:
+    """One optimizer step's figures, as the loop measured them."""
+
+    loss: float  # mean audio loss per labelled code, all ranks
+    grad_norm: float | None
+    tokens: int  # real tokens on this rank
+    padded: int  # tokens including padding on this rank
+    text_loss: float | None
+    lr: float
+    data_s: float
+    step_s: float
+
+    def tokens_per_s(self, world: int) -> float:
+        return self.tokens * world / max(self.step_s, 1e-9)
+
+    def row(self, step: int, epoch: int, world: int) -> dict:
+        """The step's metrics.jsonl row."""
+        row = {
+            "step": step,
+            "epoch": epoch,
+            "loss": self.loss,
+            "lr": self.lr,
+            "grad_norm": self.grad_norm,
+            "tokens_per_s": round(self.tokens_per_s(world), 1),
+            "padding_share": round(1 - self.tokens / self.padded, 4),
+            "data_s": round(self.data_s, 5),
+            "step_s": round(self.step_s, 5),
+        }
+        if self.text_loss is not None:
+            row["text_loss"] = self.text_loss
+        return row
 
 
 class MetricsLog:

@@ -63,3 +63,37 @@ def settings_signature(classes) -> inspect.Signature:
 def settings_from(classes, values: dict) -> list:
     """One instance of each settings class, from the parsed options."""
     return [cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)}) for cls in classes]
+
+
+def commands(app: typer.Typer, boundary):
+    """`command(NAME, *classes)`: a decorator registering its handler as command NAME of `app`, the options the
+    fields of `classes`, the handler given one instance of each, inside `boundary` (errors to exit codes)."""
+
+    def command(name: str | None, *classes):
+        def register(handler):
+            def run(**values) -> None:
+                with boundary():
+                    handler(*settings_from(classes, values))
+
+            run.__signature__, run.__doc__ = settings_signature(classes), handler.__doc__
+            app.command(name)(run)
+            return handler
+
+        return register
+
+    return command
+
+
+def training_options(boundary):
+    """A decorator giving `fn(ctx, config, **flags)` one option per TrainConfig field, plus --config, inside
+    `boundary`."""
+
+    def train_options(fn):
+        def run(ctx: typer.Context, config: str | None = None, **flags) -> None:
+            with boundary():
+                fn(ctx, config, **flags)
+
+        run.__signature__, run.__doc__ = train_signature(), fn.__doc__
+        return run
+
+    return train_options

@@ -125,6 +125,13 @@ def plan_lines(plan: MemoryPlan, batch: int, gc: bool, cards_gb=CARDS_GB) -> lis
     return lines
 
 
+def plan_table(cfg) -> str:
+    """What `higgs-train plan` prints for the run's settings: --batch_size auto plans one row (and the largest that
+    fits), a token budget one micro-batch of that many tokens."""
+    batch = 1 if cfg.batch_size == AUTO or cfg.max_tokens_per_batch else cfg.batch_size
+    return "\n".join(plan_lines(plan_for(cfg), batch, cfg.gradient_checkpointing, cards_for(cfg)))
+
+
 def cards_for(cfg) -> tuple[int, ...]:
     """The cards the table lists: with --quantize the consumer cards it is for, then the larger ones."""
     return SMALL_CARDS_GB + CARDS_GB[1:] if cfg.quantize != "none" else CARDS_GB

@@ -154,7 +154,6 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, full_shape: bool = Fals
     """
     from transformers import (
         DacFeatureExtractor,
-        HiggsAudioV2ForConditionalGeneration,
         HiggsAudioV2Processor,
     )
 
@@ -174,19 +173,8 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, full_shape: bool = Fals
         "bos_token_id": ids["<|begin_of_text|>"],
         "eos_token_id": ids["<|eot_id|>"],
     }
-    if full_shape:  # the released shape (its 128256-row vocabulary too), in bfloat16, built where it is fastest
-        config = released_lm_config(**token_ids)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.bfloat16)
-        try:
-            with torch.device(device):
-                lm = HiggsAudioV2ForConditionalGeneration(config, use_text_head=True)
-        finally:
-            torch.set_default_dtype(default)
-    else:
-        config = tiny_lm_config(vocab_size=len(tokenizer), **token_ids)
-        lm = HiggsAudioV2ForConditionalGeneration(config, use_text_head=True)
+    lm = _random_lm(full_shape, len(tokenizer), token_ids)
+    config = lm.config
     lm.save_pretrained(out)
     del lm
     audio_tokenizer.save_pretrained(out / AUDIO_TOKENIZER_SUBDIR)
@@ -200,6 +188,25 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, full_shape: bool = Fals
     )
     save_processor(processor, out)
     return out
+
+
+def _random_lm(full_shape: bool, vocab_size: int, token_ids: dict):
+    """A random-weight LM: the tiny config, or the released shape (its 128256-row vocabulary too) in bfloat16, built
+    where it is fastest."""
+    from transformers import HiggsAudioV2ForConditionalGeneration
+
+    if not full_shape:
+        return HiggsAudioV2ForConditionalGeneration(
+            tiny_lm_config(vocab_size=vocab_size, **token_ids), use_text_head=True
+        )
+    config = released_lm_config(**token_ids)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            return HiggsAudioV2ForConditionalGeneration(config, use_text_head=True)
+    finally:
+        torch.set_default_dtype(default)
 
 
 TEXTS = [
@@ -250,6 +257,11 @@ def make_dataset(folder: str | Path) -> Path:
 TINY_WHISPER_LANGUAGES = ("en", "ar", "hi", "vi", "zh", "ja", "fa", "th")
 
 
+TINY_WHISPER_SIZES = {"d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "max_target_positions": 24}
+TINY_WHISPER_SIZES |= {"encoder_attention_heads": 2, "decoder_attention_heads": 2}
+TINY_WHISPER_SIZES |= {"encoder_ffn_dim": 64, "decoder_ffn_dim": 64}
+
+
 def build_tiny_whisper(out_dir: str | Path, seed: int = 0, multilingual: bool = True) -> Path:
     """A random-weight Whisper folder for the ASR pipeline (its transcripts are noise; the plumbing is real).
 
@@ -281,14 +293,7 @@ def build_tiny_whisper(out_dir: str | Path, seed: int = 0, multilingual: bool = 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
     config = WhisperConfig(
         vocab_size=len(tokenizer),
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_target_positions=24,
+        **TINY_WHISPER_SIZES,
         decoder_start_token_id=ids["<|startoftranscript|>"],
         eos_token_id=ids[end],
         pad_token_id=ids[end],
@@ -324,45 +329,7 @@ def write_original_layout(hf_folder: str | Path, out_dir: str | Path) -> Path:
     hf, out = Path(hf_folder), Path(out_dir)
     out.mkdir(parents=True)
     config = HiggsAudioV2Config.from_pretrained(hf)
-    text_config = {
-        "model_type": "llama",
-        **{
-            k: getattr(config, k)
-            for k in (
-                "vocab_size",
-                "hidden_size",
-                "intermediate_size",
-                "num_hidden_layers",
-                "num_attention_heads",
-                "num_key_value_heads",
-                "head_dim",
-                "hidden_act",
-                "max_position_embeddings",
-                "rms_norm_eps",
-                "bos_token_id",
-                "eos_token_id",
-            )
-        },
-        "rope_theta": config.rope_parameters["rope_theta"],
-        "rope_scaling": {k: v for k, v in config.rope_parameters.items() if k != "rope_theta"},
-    }
-    original = {
-        "model_type": "higgs_audio",
-        "text_config": text_config,
-        "audio_adapter_type": "dual_ffn_fast_forward",
-        "audio_dual_ffn_layers": list(range(config.num_hidden_layers)),
-        "audio_ffn_hidden_size": config.hidden_size,
-        "audio_ffn_intermediate_size": config.intermediate_size,
-        "audio_num_codebooks": config.num_codebooks,
-        "audio_codebook_size": config.codebook_size - 2,
-        "audio_stream_bos_id": config.audio_stream_bos_id,
-        "audio_stream_eos_id": config.audio_stream_eos_id,
-        "audio_out_token_idx": config.audio_token_id,
-        "audio_out_bos_token_id": config.audio_bos_token_id,
-        "pad_token_id": config.pad_token_id,
-        "use_delay_pattern": True,
-        "skip_audio_tower": True,
-    }
+    original = _original_config(config)
     (out / "config.json").write_text(json.dumps(original, indent=2))
     state = {}
     for key, tensor in load_file(str(hf / "model.safetensors")).items():
@@ -392,6 +359,49 @@ def write_original_layout(hf_folder: str | Path, out_dir: str | Path) -> Path:
     torch.save(_original_codec_state(codec.state_dict()), out / AUDIO_TOKENIZER_SUBDIR / "model.pth")
     (out / AUDIO_TOKENIZER_SUBDIR / "config.json").write_text(json.dumps({"sample_rate": 24000}))
     return out
+
+
+def _original_config(config) -> dict:
+    """Boson's original config.json for a transformers HiggsAudioV2Config: a Llama text_config plus the audio fields."""
+    text_config = {
+        "model_type": "llama",
+        **{
+            k: getattr(config, k)
+            for k in (
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "head_dim",
+                "hidden_act",
+                "max_position_embeddings",
+                "rms_norm_eps",
+                "bos_token_id",
+                "eos_token_id",
+            )
+        },
+        "rope_theta": config.rope_parameters["rope_theta"],
+        "rope_scaling": {k: v for k, v in config.rope_parameters.items() if k != "rope_theta"},
+    }
+    return {
+        "model_type": "higgs_audio",
+        "text_config": text_config,
+        "audio_adapter_type": "dual_ffn_fast_forward",
+        "audio_dual_ffn_layers": list(range(config.num_hidden_layers)),
+        "audio_ffn_hidden_size": config.hidden_size,
+        "audio_ffn_intermediate_size": config.intermediate_size,
+        "audio_num_codebooks": config.num_codebooks,
+        "audio_codebook_size": config.codebook_size - 2,
+        "audio_stream_bos_id": config.audio_stream_bos_id,
+        "audio_stream_eos_id": config.audio_stream_eos_id,
+        "audio_out_token_idx": config.audio_token_id,
+        "audio_out_bos_token_id": config.audio_bos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "use_delay_pattern": True,
+        "skip_audio_tower": True,
+    }
 
 
 def _original_codec_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

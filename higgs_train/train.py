@@ -55,7 +55,7 @@ from higgs_train.health import Collapse, NonFinite, check_finite, diverged
 from higgs_train.identity import weights_fingerprint
 from higgs_train.listening import make_scorer, sample_now, score_now
 from higgs_train.loss import TextLoss, audio_loss_sum, evaluate, window_scale
-from higgs_train.metrics import MetricsLog
+from higgs_train.metrics import MetricsLog, StepStats
 from higgs_train.model import (
     apply_lora,
     check_pair,
@@ -89,17 +89,11 @@ class RunResult:
     loop_seconds: float = 0.0  # wall time of the training loop, saves included, set-up excluded
     save_stalls: list[float] = field(default_factory=list)  # seconds the loop stood still at each save
 
-
-@dataclass
-class StepStats:
-    loss: float  # mean audio loss per labelled code, all ranks
-    grad_norm: float | None
-    tokens: int  # real tokens on this rank
-    padded: int  # tokens including padding on this rank
-    text_loss: float | None
-    lr: float
-    data_s: float
-    step_s: float
+    def summary(self) -> str:
+        """The lines a finished run prints: the loss it went from and to, and where the adapter is."""
+        done = f"done: step {self.progress.step}, loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f}\n"
+        where = self.saves[-1].path if self.saves else self.resumed_from
+        return (done if self.losses else "") + f"adapter: {where}"
 
 
 @dataclass
@@ -175,7 +169,8 @@ def _loop(run: Run, show: bool) -> None:
             if stats is None:  # a stop signal between micro-batches: the window was dropped
                 raise Interrupted(f"stopped by signal at step {run.progress.step}; rerun the same command to resume")
             log_step(run, stats)
-            bar(run.progress.step, f"loss {stats.loss:.4f} lr {stats.lr:.2e} {_tok_s(run, stats):,.0f} tok/s")
+            tok_s = stats.tokens_per_s(run.accelerator.num_processes)
+            bar(run.progress.step, f"loss {stats.loss:.4f} lr {stats.lr:.2e} {tok_s:,.0f} tok/s")
             maybe_eval(run)
             stopping = any_rank(run.accelerator, run.stop.requested)
             maybe_save(run, stopping)
@@ -199,38 +194,19 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
     with whole_models(accelerator):
         scorer = make_scorer(cfg, accelerator, processor, data)  # before the LM: a missing ASR model fails fast
     model, fingerprint, loaded = _model(cfg, accelerator, processor, resume_path, say)
-    if cfg.packing and cfg.attn_implementation in ("sdpa", "eager"):
-        say(
-            f"note: --packing with {cfg.attn_implementation}: rows are kept apart by a dense block-diagonal mask "
-            "(memory grows with the square of the packed length); flex_attention or flash_attention_2 keep it sparse"
-        )
     text_loss = TextLoss(model) if cfg.text_loss_weight > 0 else None
     model, optimizer = _optimizer(cfg, accelerator, model, say)
     if cfg.batch_size == AUTO:
         cfg = resolve_auto_batch(cfg, model, data, accelerator, resume_path, say)
         on_main(accelerator, _record_config, cfg, say)  # the resolved sizes are what the checkpoints record
-    rank, world = accelerator.process_index, accelerator.num_processes
-    plan = batch_plan(cfg, data, rank, world, cfg.seed)  # None for a stream: it draws its own batches
+    plan = batch_plan(cfg, data, accelerator.process_index, accelerator.num_processes, cfg.seed)  # None: a stream
     max_steps = cfg.max_steps or plan.steps_for_epochs(cfg.num_epochs, cfg.grad_accum)
     scheduler = WarmupCosine(optimizer, cfg.warmup_steps, max_steps)
-    for warning in stats_warnings(data.stats, cfg.batch_size * cfg.grad_accum * accelerator.num_processes, max_steps):
-        say(f"warning: {warning}")
-    progress = TrainingProgress(data_seed=cfg.seed, world_size=accelerator.num_processes)
-    if loaded is not None:
-        progress = restore_state(loaded, cfg.to_dict(), accelerator, model, optimizer, scheduler, say)
-        if progress.data_seed != cfg.seed:  # the checkpoint's data order wins
-            plan = batch_plan(cfg, data, rank, world, progress.data_seed)
-        if data.stream is not None:
-            resume_stream(data.stream, loaded.stream, cfg.on_data_change, say)
-    move_data_position(progress, data.identity, data_change, cfg.on_data_change, plan, say)
+    parts = (model, optimizer, scheduler)
+    plan, progress = _position(cfg, accelerator, data, plan, loaded, data_change, parts, say)
     # on rank 0 alone; a tracker that cannot start stops every rank, before training
     metrics = main_only(accelerator, MetricsLog, cfg.output_dir, progress.step, cfg.report_to, say, cfg.to_dict())
-    if data.eval:
-        say(f"eval set: {len(data.eval)} rows")
-    if data.stream is not None:
-        say(f"streaming {cfg.train_manifest} for {max_steps} steps (shuffle buffer: {cfg.shuffle_buffer} rows each)")
-    else:
-        say(f"training {len(data.train)} samples for {max_steps} steps ({plan.batches_per_epoch} batches per epoch)")
+    _announce(cfg, data, plan, max_steps, accelerator.num_processes, say)
     model.train()  # from_pretrained returns eval mode: dropout and gradient checkpointing need train mode
     checkpoints = CheckpointManager(cfg, accelerator, say, fingerprint, data.stream)
     return Run(
@@ -253,6 +229,37 @@ def setup(cfg: TrainConfig, accelerator, stop: StopSignal, log: Callable[[str], 
         text_loss=text_loss,
         scorer=scorer,
     )
+
+
+def _position(cfg: TrainConfig, accelerator, data: TrainingData, plan, loaded, data_change, parts, say):
+    """(plan, progress) where training goes on: from the start, or the checkpoint's state put back (weights,
+    optimizer, schedule, RNG, the stream's position) with its data order, moved as --on_data_change says."""
+    progress = TrainingProgress(data_seed=cfg.seed, world_size=accelerator.num_processes)
+    if loaded is not None:
+        progress = restore_state(loaded, cfg.to_dict(), accelerator, *parts, say)
+        if progress.data_seed != cfg.seed:  # the checkpoint's data order wins
+            plan = batch_plan(cfg, data, accelerator.process_index, accelerator.num_processes, progress.data_seed)
+        if data.stream is not None:
+            resume_stream(data.stream, loaded.stream, cfg.on_data_change, say)
+    move_data_position(progress, data.identity, data_change, cfg.on_data_change, plan, say)
+    return plan, progress
+
+
+def _announce(cfg: TrainConfig, data: TrainingData, plan, max_steps: int, world: int, say) -> None:
+    """What the run is about to do, and what in its data or settings deserves a warning."""
+    for warning in stats_warnings(data.stats, cfg.batch_size * cfg.grad_accum * world, max_steps):
+        say(f"warning: {warning}")
+    if cfg.packing and cfg.attn_implementation in ("sdpa", "eager"):
+        say(
+            f"note: --packing with {cfg.attn_implementation}: rows are kept apart by a dense block-diagonal mask "
+            "(memory grows with the square of the packed length); flex_attention or flash_attention_2 keep it sparse"
+        )
+    if data.eval:
+        say(f"eval set: {len(data.eval)} rows")
+    if data.stream is not None:
+        say(f"streaming {cfg.train_manifest} for {max_steps} steps (shuffle buffer: {cfg.shuffle_buffer} rows each)")
+    else:
+        say(f"training {len(data.train)} samples for {max_steps} steps ({plan.batches_per_epoch} batches per epoch)")
 
 
 def _start(cfg: TrainConfig, accelerator, say) -> Path | None:
@@ -362,22 +369,8 @@ def step(run: Run) -> StepStats | None:
 
 
 def log_step(run: Run, s: StepStats) -> None:
-    if not run.metrics or run.progress.step % run.cfg.log_steps:
-        return
-    row = {
-        "step": run.progress.step,
-        "epoch": run.progress.epoch,
-        "loss": s.loss,
-        "lr": s.lr,
-        "grad_norm": s.grad_norm,
-        "tokens_per_s": round(_tok_s(run, s), 1),
-        "padding_share": round(1 - s.tokens / s.padded, 4),
-        "data_s": round(s.data_s, 5),
-        "step_s": round(s.step_s, 5),
-    }
-    if s.text_loss is not None:
-        row["text_loss"] = s.text_loss
-    run.metrics.log(row)
+    if run.metrics and not run.progress.step % run.cfg.log_steps:
+        run.metrics.log(s.row(run.progress.step, run.progress.epoch, run.accelerator.num_processes))
 
 
 def maybe_eval(run: Run) -> None:
@@ -416,10 +409,6 @@ def maybe_score_and_sample(run: Run) -> None:
         sample_now(cfg, model, run.processor, step_no, run.metrics, run.say)
     if main and (scored or sampled):
         refresh_report(cfg.output_dir, run.say)
-
-
-def _tok_s(run: Run, s: StepStats) -> float:
-    return s.tokens * run.accelerator.num_processes / max(s.step_s, 1e-9)
 
 
 def _mark_stopped(cfg: TrainConfig, reason: str) -> None:

@@ -59,6 +59,13 @@ def checkpoint_rows(run_dir: str | Path, scores: dict | None = None) -> list[Che
     return rows
 
 
+def checkpoints_listing(run_dir: str | Path, scores: dict) -> list:
+    """What `higgs-train checkpoints` prints: the table (when there are checkpoints) and the notes under it."""
+    rows = checkpoint_rows(run_dir, scores)
+    notes = checkpoint_notes(rows) if rows else [f"{run_dir}: no checkpoints"]
+    return ([checkpoint_table(rows)] if rows else []) + (["\n".join(notes)] if notes else [])
+
+
 def checkpoint_notes(rows: list[CheckpointRow]) -> list[str]:
     """The lines under the table: which checkpoint is best, and why each invalid one is invalid."""
     notes = [f"best (*): {r.name}" for r in rows if r.best]

@@ -138,18 +138,8 @@ def prepare_data(
     samples = load_manifest(manifest, problems, fmt, columns, languages)
     rows = len(samples) + len(problems)
     start = time.perf_counter()
-    samples = _keep(samples, problems, lambda s: _check_reserved(s, limits))
-    unrenderable: dict[str, ManifestError] = {}
-    handles = dict(
-        zip((s.source for s in samples), tokens.ensure(samples, unrenderable, should_stop, share).tolist(), strict=True)
-    )
-    samples = _keep(samples, problems, lambda s: _check_text(s, handles, tokens, unrenderable, limits))
-    sources = [p for s in samples for p in s.audio_paths]
-    lookup = lookup_clips(sources, audio_tokenizer, output_dir, say)
-    cached = lookup.cached()
-    durations, errors = _probe([p for p in dict.fromkeys(sources) if p not in cached])
-    durations.update((p, clip.seconds) for p, clip in cached.items())
-    samples = _keep(samples, problems, lambda s: _check_header(s, durations, errors, limits))
+    samples, handles = _checked_texts(samples, problems, tokens, limits, should_stop, share)
+    samples, lookup, errors = _checked_headers(samples, problems, audio_tokenizer, output_dir, limits, say)
     clips, encode_errors = encode_clips(
         [p for s in samples for p in s.audio_paths],
         audio_tokenizer,
@@ -171,6 +161,26 @@ def prepare_data(
     handles = {s.source: handles[s.source] for s in good}
     contents = {p: lookup.contents.get(p, p) for s in good for p in s.audio_paths}
     return PreparedData(good, clips, report, handles, contents, lengths)
+
+
+def _checked_texts(samples: list[Sample], problems: list[Problem], tokens, limits: DataLimits, should_stop, share):
+    """The rows whose texts hold no reserved token, render and fit --max_text_tokens, with their token handles."""
+    samples = _keep(samples, problems, lambda s: _check_reserved(s, limits))
+    unrenderable: dict[str, ManifestError] = {}
+    ids = tokens.ensure(samples, unrenderable, should_stop, share).tolist()
+    handles = dict(zip((s.source for s in samples), ids, strict=True))
+    return _keep(samples, problems, lambda s: _check_text(s, handles, tokens, unrenderable, limits)), handles
+
+
+def _checked_headers(samples: list[Sample], problems: list[Problem], audio_tokenizer, output_dir, limits, say):
+    """The rows whose clips exist and whose headers say a duration within the limits (a cached clip is not opened:
+    its duration is the cache's), the code-cache lookup and the audio errors found so far."""
+    sources = [p for s in samples for p in s.audio_paths]
+    lookup = lookup_clips(sources, audio_tokenizer, output_dir, say)
+    cached = lookup.cached()
+    durations, errors = _probe([p for p in dict.fromkeys(sources) if p not in cached])
+    durations.update((p, clip.seconds) for p, clip in cached.items())
+    return _keep(samples, problems, lambda s: _check_header(s, durations, errors, limits)), lookup, errors
 
 
 def _write_report(manifest, rows, good, clips, problems, seconds, output_dir, report_file, say) -> DataReport:

@@ -120,6 +120,15 @@ def _eval_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["eval_loss"] for r in read_metrics(run_dir) if "eval_loss" in r}
 
 
+def score_summary(settings: ScoreSettings, rows: list[ScoreRow], best: ScoreRow | None):
+    """What `higgs-train score` prints: the table with the best marked, and one line naming it and the curves."""
+    error = f" (error = {best.headline_name})" if best and settings.select_best_by in ("combined", "error") else ""
+    chosen = best.checkpoint if best else "-"
+    return score_table(
+        rows, best
+    ), f"best by {settings.select_best_by}{error}: {chosen}; curves: {plot_scores(settings.run_dir)}"
+
+
 def plot_scores(run_dir: str | Path) -> Path:
     """scores.png: WER, similarity, duration ratio and trailing share against the step."""
 
