@@ -92,11 +92,11 @@ WINDOW_ROWS = 2048  # --max_tokens_per_batch packs rows within windows of this m
 class TokenBudgetPlan:
     """--max_tokens_per_batch: micro-batches filled to a token budget instead of a row count, a pure function of
     (seed, epoch, rank) like BatchPlan. Each epoch's seeded permutation is cut into windows of WINDOW_ROWS rows; each
-    window is packed first-fit-decreasing into bins of at most `budget` tokens; consecutive runs of world_size bins
-    are the global batches (rank r takes the r-th), shuffled; the bins of a last incomplete global batch are left
-    out of that epoch (as BatchPlan leaves out rows). The bins never depend on the world size (which rank trains
-    which bin, and when, does); an epoch's batch count depends on its permutation, so the plan packs the epochs
-    before a position once (each O(rows))."""
+    window is packed first-fit-decreasing into bins of at most `budget` tokens, and the bins are shuffled (neither
+    depends on the world size). Micro-step j of rank r trains bin j * world_size + r, so 2 processes train in one
+    step exactly the bins 1 process trains in two (with twice the --grad_accum), as BatchPlan does for rows; the
+    bins that do not divide by the world size are left out of that epoch. An epoch's bin count depends on its
+    permutation, so the plan packs the epochs before a position once (each O(rows))."""
 
     def __init__(self, lengths, budget: int, seed: int, rank: int = 0, world_size: int = 1):
         self.lengths = np.asarray(lengths, dtype=np.int64)
@@ -109,9 +109,9 @@ class TokenBudgetPlan:
                 f"{longest} or lower --max_duration"
             )
         self.batch_size = max(1, budget // max(1, int(np.median(self.lengths))))  # rows of a typical micro-batch
-        self._epochs: list[tuple[list[np.ndarray], np.ndarray]] = []  # per epoch: bins, order of global batches
+        self._epochs: list[tuple[list[np.ndarray], np.ndarray]] = []  # per epoch: bins, their shuffled order
         self._starts = [0]  # micro-batch index at which each epoch starts, per rank
-        self.batches_per_epoch = self._epoch(0)[1].size
+        self.batches_per_epoch = self._epoch(0)[1].size // world_size
         if self.batches_per_epoch == 0:
             raise ConfigError(
                 f"{self.num_examples} rows fill fewer than {world_size} micro-batches of --max_tokens_per_batch "
@@ -126,10 +126,9 @@ class TokenBudgetPlan:
             bins = [
                 b for start in range(0, len(order), WINDOW_ROWS) for b in self._pack(order[start : start + WINDOW_ROWS])
             ]
-            groups = len(bins) // self.world_size
-            batches = torch.randperm(groups, generator=gen).numpy()
-            self._epochs.append((bins, batches))
-            self._starts.append(self._starts[-1] + groups)
+            shuffled = torch.randperm(len(bins), generator=gen).numpy()
+            self._epochs.append((bins, shuffled))
+            self._starts.append(self._starts[-1] + len(bins) // self.world_size)
         return self._epochs[epoch]
 
     def _pack(self, rows: np.ndarray) -> list[np.ndarray]:
@@ -157,9 +156,9 @@ class TokenBudgetPlan:
 
     def micro_batch(self, index: int) -> tuple[int, list[int]]:
         epoch = self.epoch_of(index)
-        bins, batches = self._epoch(epoch)
-        group = int(batches[index - self._starts[epoch]])
-        return epoch, bins[group * self.world_size + self.rank].tolist()
+        bins, shuffled = self._epoch(epoch)
+        step = index - self._starts[epoch]
+        return epoch, bins[int(shuffled[step * self.world_size + self.rank])].tolist()
 
     def epoch_start(self, epoch: int) -> int:
         self._epoch(epoch)
