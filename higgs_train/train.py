@@ -91,9 +91,10 @@ class RunResult:
 
     def summary(self) -> str:
         """The lines a finished run prints: the loss it went from and to, and where the adapter is."""
-        done = f"done: step {self.progress.step}, loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f}\n"
         where = self.saves[-1].path if self.saves else self.resumed_from
-        return (done if self.losses else "") + f"adapter: {where}"
+        if not self.losses:  # a rerun of a finished run trains nothing
+            return f"adapter: {where}"
+        return f"done: step {self.progress.step}, loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f}\nadapter: {where}"
 
 
 @dataclass
