@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,9 +87,17 @@ def open_stream(manifest: str, columns: Columns = Columns()):
 
 
 def _shard_names(ds) -> list[str]:
-    kwargs = getattr(ds._ex_iterable, "kwargs", {}) or {}
-    files = kwargs.get("files") or kwargs.get("data_files") or []
-    return [str(f) for f in (files if isinstance(files, list) else [])]
+    """The stream's shard files as datasets lists them (through its wrapping iterables), a local file with its size
+    and modification time: what a checkpoint's reader position counts in."""
+    ex = ds._ex_iterable
+    while not (getattr(ex, "kwargs", None) or {}).get("files") and hasattr(ex, "ex_iterable"):
+        ex = ex.ex_iterable
+    files = (getattr(ex, "kwargs", None) or {}).get("files") or []
+    out = []
+    for f in files if isinstance(files, list) else []:
+        stat = os.stat(f) if isinstance(f, str) and os.path.isfile(f) else None
+        out.append(f"{f}|{stat.st_size}|{stat.st_mtime_ns}" if stat else str(f))
+    return out
 
 
 class Stream:

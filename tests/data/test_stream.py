@@ -199,3 +199,25 @@ def test_a_damaged_stream_state_fails_verification(stream_corpus, tiny_model, tm
     state.write_bytes(state.read_bytes()[:-7])
     result = verify_checkpoint(checkpoint)
     assert not result.ok and any("stream_state_0" in p for p in result.problems)
+
+
+def test_a_changed_shard_is_never_resumed_silently(stream_corpus, tiny_model, base, tmp_path):
+    """A shard rewritten since the checkpoint: its position counts other rows, so the resume stops (error) or
+    starts a fresh pass (--on_data_change restart_epoch), keeping nothing of the old position."""
+    import shutil
+
+    from higgs_train.data.stream import resume_stream
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(stream_corpus, corpus)
+    first = make_stream(stream_cfg(corpus, tmp_path, tiny_model), base)
+    first.take(3)
+    saved = first.state_dict()
+    shard = sorted((corpus / "data").glob("*.parquet"))[0]
+    shard.write_bytes(sorted((stream_corpus / "data").glob("*.parquet"))[1].read_bytes())  # other rows, same name
+    again = make_stream(stream_cfg(corpus, tmp_path, tiny_model), base)
+    with pytest.raises(ConfigError, match="shards changed since"):
+        resume_stream(again, saved, "error", quiet)
+    said = []
+    resume_stream(again, saved, "restart_epoch", said.append)
+    assert again.epoch == 1 and not again.buffer and "a fresh pass, epoch 1" in said[0]
