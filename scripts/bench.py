@@ -160,6 +160,7 @@ class Side:
     attention_flops: float = 0.0
     data_s: float = 0.0
     warmup_s: float = 0.0  # the two warm-up steps (with :compile, the compilation)
+    model: object = None  # the side's prepared model, for the save-stall figure
 
 
 def build_side(args, spec: str, examples, layout, cfg) -> Side:

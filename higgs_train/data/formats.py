@@ -49,7 +49,7 @@ def detect_format(path: Path | str) -> str:
             return "hf"
         if (path / "metadata.csv").is_file():
             return "ljspeech"
-        if _parquet_files(path):
+        if parquet_files(path):
             return "parquet"
         if any(p.suffix.lower() in AUDIO_SUFFIXES for p in path.iterdir()):
             return "pairs"
@@ -234,7 +234,7 @@ def hub_spec(value: str) -> str:
     return f"hub={match.group(1)}:{match.group(2) or 'train'}"
 
 
-def _parquet_files(path: Path) -> list[Path]:
+def parquet_files(path: Path) -> list[Path]:
     """A file, or a folder's parquet shards as a hub download leaves them (top level or data/): the train-* shards
     when the folder holds several splits."""
     if path.is_file():
@@ -250,7 +250,7 @@ def open_dataset(spec: str):
     import datasets
 
     if spec.startswith("parquet="):
-        files = [str(p) for p in _parquet_files(Path(spec[len("parquet=") :]))]
+        files = [str(p) for p in parquet_files(Path(spec[len("parquet=") :]))]
         return datasets.load_dataset("parquet", data_files={"train": files}, split="train")
     if spec.startswith("hub="):
         name, _, split = spec[len("hub=") :].rpartition(":")

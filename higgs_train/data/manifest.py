@@ -94,7 +94,7 @@ def load_manifest(
         try:
             if isinstance(row, ManifestError):
                 raise row
-            samples.append(_with_language(parse_row(row, where, base), languages))
+            samples.append(with_language(parse_row(row, where, base), languages))
         except ManifestError as e:
             if problems is None:
                 raise
@@ -104,7 +104,7 @@ def load_manifest(
     return samples
 
 
-def _with_language(sample: Sample, languages: tuple[str, ...]) -> Sample:
+def with_language(sample: Sample, languages: tuple[str, ...]) -> Sample:
     if sample.language is None:
         return dataclasses.replace(sample, language=languages[0]) if len(languages) == 1 else sample
     if languages and sample.language not in languages:

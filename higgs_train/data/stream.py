@@ -29,8 +29,8 @@ import torch
 from higgs_train.data.audio import decode_audio, load_audio
 from higgs_train.data.codes import encode_wave
 from higgs_train.data.collate import Example, TokenLayout, assemble, example_length, text_pieces
-from higgs_train.data.formats import EMBEDDED, HUB, Columns, _parquet_files, dataset_columns, hub_spec
-from higgs_train.data.manifest import _with_language, parse_row
+from higgs_train.data.formats import EMBEDDED, HUB, Columns, dataset_columns, hub_spec, parquet_files
+from higgs_train.data.manifest import parse_row, with_language
 from higgs_train.data.tokens import user_tokens
 from higgs_train.errors import AudioError, ConfigError, ManifestError
 from higgs_train.language import parse_languages
@@ -60,7 +60,7 @@ def open_stream(manifest: str, columns: Columns = Columns()):
         name, _, split = hub_spec(manifest)[len("hub=") :].rpartition(":")
         opener = lambda: datasets.load_dataset(name, split=split, streaming=True)  # noqa: E731
     else:
-        files = [str(p) for p in _parquet_files(Path(manifest))] if Path(manifest).exists() else []
+        files = [str(p) for p in parquet_files(Path(manifest))] if Path(manifest).exists() else []
         if not files or not all(f.endswith(".parquet") for f in files):
             raise ManifestError(
                 f"{manifest}: --streaming reads hf://OWNER/NAME[:SPLIT] or parquet shards (a .parquet file or a folder "
@@ -105,8 +105,17 @@ class Stream:
     refilling it from the reader (next epoch when a pass ends); `state_dict` / `load_state_dict` for checkpoints,
     `mark` / `rewind` for a window a stop signal cut."""
 
-    def __init__(self, cfg, processor, layout: TokenLayout, rank: int, world: int, say: Callable[[str], None],
-                 max_positions: int | None = None, device="cpu"):  # fmt: skip
+    def __init__(
+        self,
+        cfg,
+        processor,
+        layout: TokenLayout,
+        rank: int,
+        world: int,
+        say: Callable[[str], None],
+        max_positions: int | None = None,
+        device="cpu",
+    ):
         from datasets.distributed import split_dataset_by_node
 
         self.cfg, self.processor, self.layout, self.say = cfg, processor, layout, say
@@ -183,8 +192,8 @@ class Stream:
         cfg = self.cfg
         try:
             audio = item[self.columns.audio]
-            sample = _with_language(parse_row(self.columns.row(item, f"{EMBEDDED}stream"), where, Path.cwd()),
-                                    self.languages)  # fmt: skip
+            row = self.columns.row(item, f"{EMBEDDED}stream")
+            sample = with_language(parse_row(row, where, Path.cwd()), self.languages)
             wave = self._wave(audio, where)
             seconds = len(wave) / self.processor.audio_tokenizer.config.sample_rate
             if not cfg.min_duration <= seconds <= cfg.max_duration:
